@@ -1,0 +1,29 @@
+"""pgo: profile-guided memory and GC optimization for Python.
+
+The allocators (stack, linear, arena, slab) are Cython over malloc'd blocks;
+they hand out Blocks (buffer objects) and numpy arrays.
+"""
+
+from pgo._core._base import DEBUG_BUILD, Allocator, Block
+from pgo._core.arena import ArenaAllocator
+from pgo._core.linear import LinearAllocator
+from pgo._core.slab import SlabAllocator
+from pgo._core.stack import StackAllocator, StackFrame
+from pgo._errors import AllocatorError, ConfigError, PgoError, ProfileFormatError
+from pgo._version import __version__
+
+__all__ = [
+    "Allocator",
+    "ArenaAllocator",
+    "AllocatorError",
+    "Block",
+    "ConfigError",
+    "DEBUG_BUILD",
+    "LinearAllocator",
+    "PgoError",
+    "ProfileFormatError",
+    "SlabAllocator",
+    "StackAllocator",
+    "StackFrame",
+    "__version__",
+]

@@ -1,0 +1,43 @@
+# The Python face shared by every allocator: Block (a buffer object over one
+# allocation) and Allocator (alloc/empty/zeros/free/reset/stats on top of the
+# C hooks each allocator family fills in), plus pgo_raise, which turns the
+# error codes of the noexcept C paths into Python exceptions.
+
+from pgo._core._typedefs cimport pgo_lock_t, pgo_stats_t
+
+# Raises the exception for `code` (MemoryError naming nbytes, ValueError for
+# a bad alignment, pgo.AllocatorError for misuse) and returns -1.  Callable
+# without the GIL: it takes it.
+cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) except -1 with gil
+
+
+cdef class Block:
+    cdef readonly Allocator allocator
+    cdef char* ptr
+    cdef size_t nbytes
+    cdef size_t token          # allocator-specific: arena chunk index, ...
+    cdef Py_ssize_t exports    # open buffer views (memoryview, ndarray from the buffer)
+    cdef bint freed
+    cdef bint backs_array      # made by empty()/zeros(): the array frees it when dropped
+
+
+cdef class Allocator:
+    # NOTE: _st and _lock point into the subclass's C struct, which the
+    # subclass owns (allocated in __cinit__, released in __dealloc__).  Every
+    # Block holds a reference to its allocator, so the struct outlives them.
+    cdef pgo_stats_t* _st
+    cdef pgo_lock_t* _lock
+    cdef size_t _min_align
+    cdef size_t _max_align     # most an allocation can be aligned to
+
+    # Hooks, called with the lock held (and the GIL): return a PGO_ERR_* code.
+    cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept
+    cdef int _c_free(self, Block b) noexcept
+    cdef void _c_dead(self, Block b) noexcept
+    cdef int _c_reset(self) noexcept
+    cdef object _where(self, char* p)
+
+    cdef Block _block(self, size_t nbytes, size_t align)
+    cdef void _block_died(self, Block b) noexcept
+    cdef object _array(self, object shape, object dtype, object order, size_t align, bint zero)
+    cdef size_t _array_align(self, object align) except? 0

@@ -1,0 +1,481 @@
+"""Block and Allocator: the Python face of every pgo allocator.
+
+Design
+------
+a) Each allocator family (stack, linear, arena, slab) is a C struct plus
+   ``nogil`` functions in its ``.pxd``; its ``cdef class`` derives from
+   ``Allocator`` and fills in four hooks (``_c_alloc``, ``_c_free``,
+   ``_c_dead``, ``_c_reset``).  Everything users see -- ``alloc``,
+   ``empty``, ``zeros``, ``free``, ``reset``, ``stats`` -- is written once,
+   here.
+b) Python never sees a bare pointer.  ``alloc()`` returns a ``Block``, an
+   object exporting the memory through the buffer protocol
+   (``memoryview(block).obj is block``); ``empty()``/``zeros()`` return numpy
+   arrays whose ``base`` is the Block.  The Block holds its allocator, so the
+   allocator outlives every view of its memory.
+c) A Block that dies without ``free()`` gives its memory back through
+   ``_c_dead``: a slab slot is freed, a stack block is released once
+   everything above it is gone, an arena chunk is reused once nothing in it
+   is alive.  ``reset()`` refuses while any Block is alive and changes nothing
+   before it refuses.
+
+# NOTE: thread-safety.  Python-level calls hold the GIL.  An allocator made
+# with threadsafe=True also takes its mutex around every C hook, so C code
+# calling the .pxd functions without the GIL can share it; a contended mutex
+# is waited for with the GIL released (pgo_lock_gil_held).
+"""
+
+cimport cython
+cimport numpy as cnp
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.object cimport PyTypeObject
+from cpython.ref cimport PyObject, Py_INCREF
+from libc.stdint cimport uintptr_t
+from libc.string cimport memset
+
+from pgo._core._typedefs cimport (
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
+    PGO_ERR_OVERFLOW, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
+    pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
+)
+
+import numpy as np
+
+from pgo._errors import AllocatorError
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+    # With exc=NULL, an out-of-range integer is clipped instead of raising.
+    Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
+
+cdef extern from "numpy/arrayobject.h":
+    bint PyDataType_REFCHK(cnp.dtype descr)
+    # numpy's Cython declarations leave this one out; `descr` is a raw
+    # PyObject* because the call steals the reference to it.
+    ctypedef struct PyArray_Descr_t "PyArray_Descr":
+        pass
+    object PyArray_NewFromDescr(PyTypeObject* subtype, PyArray_Descr_t* descr, int nd,
+                                cnp.npy_intp* dims, cnp.npy_intp* strides,
+                                void* data, int flags, PyObject* obj)
+
+#: True when built with PGO_TEST_BUILD=1 (bounds checks, NDEBUG off, fills).
+DEBUG_BUILD = bool(PGO_DEBUG_FILL)
+
+cdef enum:
+    MAX_NDIM = 64
+    BIG_MEMSET = 1 << 20        # zero bigger blocks with the GIL released
+
+cdef cnp.dtype _FLOAT64 = np.dtype(np.float64)
+cdef dict _DESCR_CACHE = {}
+
+
+cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) except -1 with gil:
+    name = who.decode()
+    if code == PGO_ERR_NOMEM:
+        raise MemoryError(f"{name}: cannot allocate {nbytes:,} bytes")
+    if code == PGO_ERR_TOO_BIG:
+        raise MemoryError(f"{name}: {nbytes:,} bytes is more than it can ever hold")
+    if code == PGO_ERR_OVERFLOW:
+        raise MemoryError(f"{name}: size of {nbytes:,} bytes overflows with alignment {align}")
+    if code == PGO_ERR_ALIGN:
+        raise ValueError(f"{name}: alignment must be a power of two from 1 to 4096, got {align}")
+    if code == PGO_ERR_FOREIGN:
+        raise AllocatorError(f"{name}: pointer was not allocated here")
+    if code == PGO_ERR_INTERIOR:
+        raise AllocatorError(f"{name}: pointer is inside a block, not the start of one")
+    if code == PGO_ERR_DOUBLE_FREE:
+        raise AllocatorError(f"{name}: double free")
+    if code == PGO_ERR_ORDER:
+        raise AllocatorError(f"{name}: free out of LIFO order (only the most recent block can be freed)")
+    if code == PGO_ERR_LIVE:
+        raise AllocatorError(f"{name}: reset while Python blocks are alive")
+    raise AllocatorError(f"{name}: error code {code}")
+
+
+cdef inline size_t _size_arg(object n, str what) except? 0:
+    # PyNumber_AsSsize_t with no exception type clips instead of raising, so
+    # a huge request becomes an impossible size (MemoryError later), and a
+    # non-integer raises TypeError as it does for np.empty.
+    cdef Py_ssize_t v = PyNumber_AsSsize_t(n, NULL)
+    if v < 0:
+        raise ValueError(f"{what} must be >= 0, got {n!r}")
+    if v == PY_SSIZE_T_MAX:
+        raise MemoryError(f"{what} of {n:,} is more than any allocator can hold")
+    return <size_t>v
+
+
+cdef inline cnp.dtype _descr(object dtype):
+    cdef cnp.dtype d
+    if dtype is None or dtype is float:
+        return _FLOAT64
+    if type(dtype) is type(_FLOAT64) or isinstance(dtype, cnp.dtype):
+        d = <cnp.dtype>dtype
+    else:
+        d = _DESCR_CACHE.get(dtype)
+        if d is None:
+            d = np.dtype(dtype)
+            if len(_DESCR_CACHE) < 256:
+                try:
+                    _DESCR_CACHE[dtype] = d
+                except TypeError:       # unhashable spec (a list of fields)
+                    pass
+    return d
+
+
+@cython.no_gc
+@cython.freelist(64)
+@cython.final
+cdef class Block:
+    """One allocation: a writable buffer over allocator memory.
+
+    ``memoryview(block)``, ``np.frombuffer(block, ...)`` and ``bytes(block)``
+    all work; each open view keeps the block alive.  A Block that is dropped
+    without ``free()`` returns its memory to the allocator by itself.
+
+    Attributes:
+        allocator: the allocator that owns the memory.
+        address: the start address (an int, for diagnostics).
+        nbytes: the size asked for.
+        exports: open buffer views.
+        freed: True once ``allocator.free(block)`` succeeded.
+    """
+
+    def __dealloc__(self):
+        if not self.freed and self.allocator is not None:
+            self.allocator._block_died(self)
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        if self.freed:
+            raise AllocatorError(f"cannot view a freed block of {self.allocator!r}")
+        PyBuffer_FillInfo(buffer, self, self.ptr, <Py_ssize_t>self.nbytes, 0, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        self.exports -= 1
+
+    def __len__(self):
+        return self.nbytes
+
+    @property
+    def address(self):
+        return <uintptr_t>self.ptr
+
+    @property
+    def nbytes(self):
+        return self.nbytes
+
+    @property
+    def exports(self):
+        return self.exports
+
+    @property
+    def freed(self):
+        return self.freed
+
+    def __repr__(self):
+        if self.freed:
+            return f"<pgo Block (freed) of {self.allocator!r}>"
+        return (f"<pgo Block {self.nbytes} bytes at {<uintptr_t>self.ptr:#x} "
+                f"({self.allocator._where(self.ptr)}) of {self.allocator!r}>")
+
+
+cdef class Allocator:
+    """Base of every pgo allocator; not instantiated directly.
+
+    Subclasses: StackAllocator, LinearAllocator, ArenaAllocator,
+    SlabAllocator.  See each for its allocation pattern.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._min_align = 1
+        self._max_align = 4096
+
+    def __init__(self, *args, **kwargs):
+        if type(self) is Allocator:
+            raise TypeError("Allocator is abstract; use StackAllocator, LinearAllocator, "
+                            "ArenaAllocator or SlabAllocator")
+
+    # -- hooks filled in by each allocator family ------------------------
+    cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
+        return PGO_ERR_NOMEM
+
+    cdef int _c_free(self, Block b) noexcept:
+        return PGO_ERR_FOREIGN
+
+    cdef void _c_dead(self, Block b) noexcept:
+        pass
+
+    cdef int _c_reset(self) noexcept:
+        return PGO_OK
+
+    cdef object _where(self, char* p):
+        return "?"
+
+    def _describe_nomem(self, size_t nbytes):
+        return (f"{self!r}: cannot allocate {nbytes:,} bytes "
+                f"({self._st.in_use:,} of {self._st.capacity:,} bytes in use)")
+
+    # -- shared machinery -------------------------------------------------
+    cdef Block _block(self, size_t nbytes, size_t align):
+        cdef void* p = NULL
+        cdef size_t token = 0
+        cdef int code
+        if pgo_bad_align(align):
+            raise ValueError(f"alignment must be a power of two from 1 to 4096, got {align}")
+        if align < self._min_align:
+            align = self._min_align
+        # The Block exists before the memory does, so that a failure to make
+        # it cannot leak an allocation.
+        cdef Block b = Block.__new__(Block)
+        pgo_lock_gil_held(self._lock, self._st)
+        code = self._c_alloc(nbytes, align, &p, &token)
+        if code == PGO_OK:
+            self._st.live_blocks += 1
+        pgo_unlock(self._lock)
+        if code != PGO_OK:
+            self._raise_alloc(code, nbytes, align)
+        b.allocator = self
+        b.ptr = <char*>p
+        b.nbytes = nbytes
+        b.token = token
+        return b
+
+    def _raise_alloc(self, int code, size_t nbytes, size_t align):
+        if code == PGO_ERR_NOMEM:
+            raise MemoryError(self._describe_nomem(nbytes))
+        if code == PGO_ERR_TOO_BIG or code == PGO_ERR_OVERFLOW:
+            raise MemoryError(f"{self!r}: {nbytes:,} bytes (alignment {align}) "
+                              f"is more than it can ever hold")
+        pgo_raise(code, type(self).__name__.encode(), nbytes, align)
+
+    cdef void _block_died(self, Block b) noexcept:
+        pgo_lock_gil_held(self._lock, self._st)
+        self._c_dead(b)
+        self._st.live_blocks -= 1
+        pgo_unlock(self._lock)
+
+    cdef object _array(self, object shape, object dtype, object order, size_t align, bint zero):
+        cdef cnp.npy_intp dims[MAX_NDIM]
+        cdef int nd, i, flags
+        cdef size_t nbytes, d
+        cdef cnp.dtype descr = _descr(dtype)
+        if PyDataType_REFCHK(descr):
+            raise TypeError(f"dtype {descr} holds Python object references; pgo allocators "
+                            f"hand out raw memory, so only plain data dtypes are supported")
+        nbytes = <size_t>descr.itemsize
+        if isinstance(shape, int):
+            nd = 1
+            d = _size_arg(shape, "array dimensions")
+            dims[0] = <cnp.npy_intp>d
+            if pgo_mul_overflow(nbytes, d, &nbytes):
+                raise MemoryError(f"array of shape ({shape},) and dtype {descr} is too big")
+        else:
+            shape = tuple(shape)
+            nd = len(shape)
+            if nd > MAX_NDIM:
+                raise ValueError(f"maximum supported dimension is {MAX_NDIM}, got {nd}")
+            for i in range(nd):
+                d = _size_arg(shape[i], "array dimensions")
+                dims[i] = <cnp.npy_intp>d
+                if pgo_mul_overflow(nbytes, d, &nbytes):
+                    raise MemoryError(f"array of shape {shape} and dtype {descr} is too big")
+        if nbytes > <size_t>(<Py_ssize_t>-1 >> 1):
+            raise MemoryError(f"array of shape {shape} and dtype {descr} is too big")
+        if order is None or order == "C":
+            flags = cnp.NPY_ARRAY_CARRAY
+        elif order == "F":
+            flags = cnp.NPY_ARRAY_FARRAY
+        else:
+            raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+        cdef Block b = self._block(nbytes, align)
+        b.backs_array = True
+        if zero:
+            if nbytes >= BIG_MEMSET:
+                with nogil:
+                    memset(b.ptr, 0, nbytes)
+            else:
+                memset(b.ptr, 0, nbytes)
+        Py_INCREF(descr)
+        arr = PyArray_NewFromDescr(<PyTypeObject*>cnp.ndarray, <PyArray_Descr_t*>descr, nd, dims,
+                                   NULL, b.ptr, flags, NULL)
+        cnp.set_array_base(arr, b)
+        return arr
+
+    # -- public API -------------------------------------------------------
+    def alloc(self, nbytes, size_t align=16):
+        """Allocate `nbytes` bytes aligned to `align` and return a Block.
+
+        Args:
+            nbytes: size in bytes, >= 0.  ``alloc(0)`` returns a valid,
+                zero-length Block with an address of its own; it is freed like
+                any other.
+            align: a power of two from 1 to 4096.
+
+        Returns:
+            A Block: ``memoryview(block)`` is a writable view of the memory.
+
+        Raises:
+            MemoryError: the allocator is exhausted (the message names the
+                byte count) or the size is impossible.
+            ValueError: `align` is not a power of two up to 4096, or `nbytes`
+                is negative.
+        """
+        return self._block(_size_arg(nbytes, "nbytes"), align)
+
+    def empty(self, shape, dtype=None, order="C", align=None):
+        """A new uninitialized numpy array over this allocator's memory.
+
+        Like ``np.empty(shape, dtype, order)``; ``arr.base`` is the Block, and
+        dropping the last array (or view) of it gives the memory back.
+        `align` defaults to 64 (or the allocator's largest alignment, if
+        smaller).  Object dtypes are refused (TypeError).
+        """
+        return self._array(shape, dtype, order, self._array_align(align), False)
+
+    def zeros(self, shape, dtype=None, order="C", align=None):
+        """Like ``empty()``, with the memory set to zero."""
+        return self._array(shape, dtype, order, self._array_align(align), True)
+
+    cdef size_t _array_align(self, object align) except? 0:
+        if align is None:
+            return 64 if self._max_align >= 64 else self._max_align
+        return align
+
+    def free(self, block):
+        """Give back a Block from ``alloc()``.
+
+        Raises:
+            AllocatorError: the block was already freed, belongs to another
+                allocator, still has open views, backs a numpy array, or (for
+                a stack) is not the most recent block.  Nothing changes when
+                it raises.
+            TypeError: `block` is not a Block.
+        """
+        cdef Block b
+        cdef int code
+        if type(block) is not Block:
+            if isinstance(block, np.ndarray):
+                raise TypeError("free() takes a Block from alloc(); numpy arrays from "
+                                "empty()/zeros() give their memory back when the last "
+                                "reference to them is dropped")
+            raise TypeError(f"free() takes a Block from alloc(), got {type(block).__name__}")
+        b = <Block>block
+        if b.allocator is not self:
+            raise AllocatorError(f"{self!r}: block belongs to {b.allocator!r}, free it there")
+        if b.freed:
+            raise AllocatorError(f"{self!r}: double free of the {b.nbytes}-byte block "
+                                 f"at {self._where(b.ptr)}")
+        if b.exports:
+            raise AllocatorError(f"{self!r}: block at {self._where(b.ptr)} still has "
+                                 f"{b.exports} open buffer view(s); release them first")
+        if b.backs_array:
+            raise AllocatorError(f"{self!r}: block at {self._where(b.ptr)} backs a numpy array; "
+                                 f"it is freed when the array is dropped")
+        pgo_lock_gil_held(self._lock, self._st)
+        code = self._c_free(b)
+        if code == PGO_OK:
+            self._st.live_blocks -= 1
+        pgo_unlock(self._lock)
+        if code != PGO_OK:
+            self._raise_free(code, b)
+        b.freed = True
+
+    def _raise_free(self, int code, Block b):
+        where = self._where(b.ptr)
+        if code == PGO_ERR_ORDER:
+            raise AllocatorError(f"{self!r}: free of the block at {where} is out of LIFO order; "
+                                 f"free the blocks allocated after it first")
+        if code == PGO_ERR_DOUBLE_FREE:
+            raise AllocatorError(f"{self!r}: double free of the block at {where}")
+        if code == PGO_ERR_INTERIOR:
+            raise AllocatorError(f"{self!r}: {where} is inside a block, not the start of one")
+        if code == PGO_ERR_FOREIGN:
+            raise AllocatorError(f"{self!r}: address {<uintptr_t>b.ptr:#x} was not allocated here")
+        pgo_raise(code, type(self).__name__.encode(), b.nbytes, 0)
+
+    def reset(self):
+        """Release everything at once.
+
+        Raises:
+            AllocatorError: Blocks or arrays from this allocator are still
+                alive; the message gives their number and nothing is changed.
+        """
+        cdef int code
+        cdef Py_ssize_t live
+        pgo_lock_gil_held(self._lock, self._st)
+        live = self._st.live_blocks
+        code = PGO_ERR_LIVE if live else self._c_reset()
+        pgo_unlock(self._lock)
+        if code == PGO_ERR_LIVE:
+            raise AllocatorError(
+                f"{self!r}: cannot reset while {live} block(s) or array(s) from it are "
+                f"alive; drop them (del, then gc.collect() if they are in a cycle) first")
+        if code != PGO_OK:
+            pgo_raise(code, type(self).__name__.encode(), 0, 0)
+
+    def stats(self):
+        """A dict of counters and ratios.
+
+        Keys: ``in_use`` (bytes consumed now, padding included), ``peak``,
+        ``capacity`` (bytes reserved from the system), ``allocations``,
+        ``frees``, ``resets``, ``failed``, ``live_blocks``, ``requested``
+        and ``lost`` (bytes asked for / lost to alignment, headers and
+        rounding since the last reset), ``fragmentation`` (lost over
+        requested + lost), ``utilization`` (in_use over capacity),
+        ``contention`` (lock acquisitions that had to wait), plus
+        allocator-specific keys.
+        """
+        cdef pgo_stats_t st
+        pgo_lock_gil_held(self._lock, self._st)
+        st = self._st[0]
+        extra = self._extra_stats()
+        pgo_unlock(self._lock)
+        consumed = st.requested + st.lost
+        out = {
+            "allocator": type(self).__name__,
+            "in_use": st.in_use,
+            "peak": st.peak,
+            "capacity": st.capacity,
+            "allocations": st.allocs,
+            "frees": st.frees,
+            "resets": st.resets,
+            "failed": st.failed,
+            "live_blocks": st.live_blocks,
+            "requested": st.requested,
+            "lost": st.lost,
+            "fragmentation": <double>st.lost / consumed if consumed else 0.0,
+            "utilization": <double>st.in_use / st.capacity if st.capacity else 0.0,
+            "contention": st.contention,
+            "threadsafe": bool(self._lock.enabled),
+        }
+        out.update(extra)
+        return out
+
+    def _extra_stats(self):
+        return {}
+
+    @property
+    def capacity(self):
+        """Bytes reserved from the system."""
+        return self._st.capacity
+
+    @property
+    def in_use(self):
+        """Bytes consumed now, alignment padding and headers included."""
+        return self._st.in_use
+
+    @property
+    def peak(self):
+        return self._st.peak
+
+    @property
+    def live_blocks(self):
+        """Blocks and arrays from this allocator that are still alive."""
+        return self._st.live_blocks
+
+    @property
+    def threadsafe(self):
+        return bool(self._lock.enabled)

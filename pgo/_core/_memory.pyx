@@ -1,0 +1,76 @@
+"""System memory for pgo's allocators.
+
+Design: every block of memory an allocator reserves (a stack's buffer, an
+arena chunk, a slab, a bitmap) comes from these four functions and goes back
+through ``pgo_sys_free``.  They never raise: they return NULL and the caller
+turns that into ``MemoryError`` naming the byte count.  ``n * size`` is
+checked for overflow before anything is asked of the system.
+
+Out-of-memory injection (``_inject_oom``) is a test-only entry point: it makes
+a chosen future call fail, so that every growth path's failure handling can be
+tested without exhausting the machine.
+
+# NOTE: the countdown is a plain C global read without the GIL; it is only
+# set by tests, between operations, never concurrently with allocation.
+"""
+
+from libc.stdlib cimport calloc, free, realloc
+from posix.stdlib cimport posix_memalign
+
+from pgo._core._typedefs cimport pgo_mul_overflow
+
+cdef long _oom_countdown = -1
+
+
+cdef inline bint _injected_failure() noexcept nogil:
+    global _oom_countdown
+    if _oom_countdown < 0:
+        return False
+    if _oom_countdown == 0:
+        _oom_countdown = -1
+        return True
+    _oom_countdown -= 1
+    return False
+
+
+cdef void* pgo_sys_alloc(size_t nbytes, size_t align) noexcept nogil:
+    cdef void* p = NULL
+    if _injected_failure():
+        return NULL
+    if align < sizeof(void*):
+        align = sizeof(void*)
+    if posix_memalign(&p, align, nbytes if nbytes else 1) != 0:
+        return NULL
+    return p
+
+
+cdef void* pgo_sys_calloc(size_t count, size_t size) noexcept nogil:
+    cdef size_t total
+    if pgo_mul_overflow(count, size, &total) or _injected_failure():
+        return NULL
+    return calloc(count if count else 1, size if size else 1)
+
+
+cdef void* pgo_sys_realloc(void* p, size_t count, size_t size) noexcept nogil:
+    cdef size_t total
+    if pgo_mul_overflow(count, size, &total) or _injected_failure():
+        return NULL
+    return realloc(p, total if total else 1)
+
+
+cdef void pgo_sys_free(void* p) noexcept nogil:
+    free(p)
+
+
+def _inject_oom(long after=0):
+    """Test-only: make the system allocation after `after` more succeed fail.
+
+    ``_inject_oom(0)`` fails the very next one; ``_inject_oom(-1)`` disarms.
+    """
+    global _oom_countdown
+    _oom_countdown = after
+
+
+def _oom_armed():
+    """Test-only: True while an injected failure is still pending."""
+    return _oom_countdown >= 0

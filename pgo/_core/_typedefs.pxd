@@ -1,0 +1,133 @@
+# Shared C-level types of every pgo allocator: the statistics block, the
+# optional lock, alignment and overflow helpers, and the debug-fill switch.
+# It exists so that each allocator family's .pxd speaks the same vocabulary
+# and so that Cython code cimporting two allocators sees one definition.
+
+from libc.stdint cimport uint64_t, uintptr_t
+
+
+cdef extern from *:
+    """
+    #ifndef PGO_DEBUG_FILL
+    #define PGO_DEBUG_FILL 0
+    #endif
+    #define PGO_FILL_ALLOC 0xA5
+    #define PGO_FILL_FREE 0x5A
+    #define PGO_MAX_ALIGN 4096
+    #define pgo_likely(x) __builtin_expect(!!(x), 1)
+    #define pgo_unlikely(x) __builtin_expect(!!(x), 0)
+    static inline int pgo_mul_overflow(size_t a, size_t b, size_t *out) {
+        return __builtin_mul_overflow(a, b, out);
+    }
+    static inline int pgo_add_overflow(size_t a, size_t b, size_t *out) {
+        return __builtin_add_overflow(a, b, out);
+    }
+    """
+    # 1 in the test build (PGO_TEST_BUILD=1): blocks are filled with
+    # PGO_FILL_ALLOC when handed out and PGO_FILL_FREE when given back.
+    const int PGO_DEBUG_FILL
+    const int PGO_FILL_ALLOC
+    const int PGO_FILL_FREE
+    const size_t PGO_MAX_ALIGN
+    bint pgo_likely(bint) noexcept nogil
+    bint pgo_unlikely(bint) noexcept nogil
+    bint pgo_mul_overflow(size_t a, size_t b, size_t* out) noexcept nogil
+    bint pgo_add_overflow(size_t a, size_t b, size_t* out) noexcept nogil
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t* m, const void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* m)
+    int pthread_mutex_lock(pthread_mutex_t* m)
+    int pthread_mutex_trylock(pthread_mutex_t* m)
+    int pthread_mutex_unlock(pthread_mutex_t* m)
+
+
+# Error codes returned by the noexcept C paths; pgo._core._base.raise_for
+# turns them into Python exceptions when a caller wants one.
+cpdef enum:
+    PGO_OK = 0
+    PGO_ERR_NOMEM = 1          # exhausted, or the system refused memory
+    PGO_ERR_OVERFLOW = 2       # size arithmetic overflowed
+    PGO_ERR_ALIGN = 3          # alignment not a power of two <= 4096
+    PGO_ERR_FOREIGN = 4        # pointer not from this allocator
+    PGO_ERR_INTERIOR = 5       # pointer inside a block, not its start
+    PGO_ERR_DOUBLE_FREE = 6
+    PGO_ERR_ORDER = 7          # stack free out of LIFO order
+    PGO_ERR_LIVE = 8           # reset while Python blocks are alive
+    PGO_ERR_TOO_BIG = 9        # larger than the allocator can ever serve
+
+
+ctypedef struct pgo_stats_t:
+    size_t in_use          # bytes consumed now, padding and headers included
+    size_t peak            # largest in_use seen
+    size_t capacity        # bytes reserved from the system
+    uint64_t allocs
+    uint64_t frees
+    uint64_t resets
+    uint64_t failed        # allocations that returned NULL
+    uint64_t requested     # bytes asked for since the last reset
+    uint64_t lost          # bytes lost to alignment/headers/rounding since the last reset
+    uint64_t contention    # lock acquisitions that had to wait
+    Py_ssize_t live_blocks # Python-level Block objects not yet dead
+
+
+ctypedef struct pgo_lock_t:
+    bint enabled
+    pthread_mutex_t mutex
+
+
+cdef inline bint pgo_bad_align(size_t align) noexcept nogil:
+    return align == 0 or (align & (align - 1)) != 0 or align > PGO_MAX_ALIGN
+
+
+cdef inline uintptr_t pgo_align_up(uintptr_t x, size_t align) noexcept nogil:
+    return (x + align - 1) & ~(<uintptr_t>align - 1)
+
+
+cdef inline void pgo_lock_init(pgo_lock_t* l, bint enabled) noexcept nogil:
+    l.enabled = enabled
+    if enabled:
+        pthread_mutex_init(&l.mutex, NULL)
+
+
+cdef inline void pgo_lock_destroy(pgo_lock_t* l) noexcept nogil:
+    if l.enabled:
+        pthread_mutex_destroy(&l.mutex)
+
+
+cdef inline void pgo_lock(pgo_lock_t* l, pgo_stats_t* st) noexcept nogil:
+    # NOTE: a no-op unless the allocator was made with threadsafe=True.
+    # Contention is counted after the lock is held, so the counter itself
+    # needs no atomics.
+    if l.enabled:
+        if pthread_mutex_trylock(&l.mutex) != 0:
+            pthread_mutex_lock(&l.mutex)
+            st.contention += 1
+
+
+cdef inline void pgo_lock_gil_held(pgo_lock_t* l, pgo_stats_t* st) noexcept:
+    # NOTE: for callers that hold the GIL: blocking on the mutex while
+    # holding the GIL would stall every Python thread, so a contended lock
+    # is waited for with the GIL released.
+    if l.enabled:
+        if pthread_mutex_trylock(&l.mutex) != 0:
+            with nogil:
+                pthread_mutex_lock(&l.mutex)
+            st.contention += 1
+
+
+cdef inline void pgo_unlock(pgo_lock_t* l) noexcept nogil:
+    if l.enabled:
+        pthread_mutex_unlock(&l.mutex)
+
+
+cdef inline void pgo_stats_alloc(pgo_stats_t* st, size_t in_use, size_t requested, size_t lost) noexcept nogil:
+    st.allocs += 1
+    st.in_use = in_use
+    if in_use > st.peak:
+        st.peak = in_use
+    st.requested += requested
+    st.lost += lost

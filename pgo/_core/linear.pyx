@@ -1,0 +1,122 @@
+"""LinearAllocator: bump-pointer memory released all at once.
+
+Design: an allocation is an aligned bump of ``top`` (inline in
+``linear.pxd``); there is no header and no individual free.  ``reset()``
+moves ``top`` back to 0, and refuses while any Python Block or array from
+the allocator is alive, so no view can outlive its memory.
+
+Ownership: the ``pgo_linear_t`` and its buffer belong to the
+LinearAllocator object, or to the C caller of ``linear_create``.
+"""
+
+from libc.string cimport memset
+
+from pgo._core._base cimport Allocator, Block, pgo_raise
+from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
+from pgo._core._typedefs cimport (
+    PGO_DEBUG_FILL, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_FILL_FREE, PGO_OK,
+    pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock,
+)
+
+from pgo._errors import AllocatorError
+
+
+cdef pgo_linear_t* linear_create(size_t capacity, bint threadsafe) except NULL nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>pgo_sys_calloc(1, sizeof(pgo_linear_t))
+    if s == NULL:
+        pgo_raise(PGO_ERR_NOMEM, "LinearAllocator", sizeof(pgo_linear_t), 0)
+        return NULL
+    s.base = <char*>pgo_sys_alloc(capacity, 64)
+    if s.base == NULL:
+        pgo_sys_free(s)
+        pgo_raise(PGO_ERR_NOMEM, "LinearAllocator", capacity, 64)
+        return NULL
+    s.size = capacity
+    s.stats.capacity = capacity
+    pgo_lock_init(&s.lock, threadsafe)
+    if PGO_DEBUG_FILL:
+        memset(s.base, PGO_FILL_FREE, capacity)
+    return s
+
+
+cdef void linear_destroy(pgo_linear_t* s) noexcept nogil:
+    if s != NULL:
+        pgo_lock_destroy(&s.lock)
+        pgo_sys_free(s.base)
+        pgo_sys_free(s)
+
+
+cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
+    if s.stats.live_blocks:
+        return PGO_ERR_LIVE
+    if PGO_DEBUG_FILL:
+        memset(s.base, PGO_FILL_FREE, s.top)
+    s.top = 0
+    s.stats.in_use = 0
+    s.stats.resets += 1
+    s.stats.requested = 0
+    s.stats.lost = 0
+    return PGO_OK
+
+
+cdef int linear_reset(pgo_linear_t* s) except -1 nogil:
+    cdef int code
+    pgo_lock(&s.lock, &s.stats)
+    code = _linear_reset_unlocked(s)
+    pgo_unlock(&s.lock)
+    if code != PGO_OK:
+        return pgo_raise(code, "LinearAllocator", 0, 0)
+    return 0
+
+
+cdef class LinearAllocator(Allocator):
+    """Bump-pointer memory for temporaries that all die together.
+
+    Args:
+        capacity: bytes in the buffer; fixed for the allocator's life.
+        threadsafe: take a mutex on every operation (see StackAllocator).
+
+    Allocation is a pointer bump with no header.  There is no individual
+    free: drop the Blocks and arrays, then ``reset()`` (which raises
+    AllocatorError, changing nothing, while any of them is alive).
+    """
+
+    def __cinit__(self, size_t capacity=1 << 20, *, bint threadsafe=False):
+        self.s = linear_create(capacity, threadsafe)
+        self._st = &self.s.stats
+        self._lock = &self.s.lock
+
+    def __dealloc__(self):
+        linear_destroy(self.s)
+
+    cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
+        return _linear_alloc_unlocked(self.s, nbytes, align, out)
+
+    cdef void _c_dead(self, Block b) noexcept:
+        self.s.stats.frees += 1
+
+    cdef int _c_reset(self) noexcept:
+        return _linear_reset_unlocked(self.s)
+
+    cdef object _where(self, char* p):
+        return f"offset {p - self.s.base}"
+
+    def _describe_nomem(self, size_t nbytes):
+        return (f"{self!r}: cannot allocate {nbytes:,} bytes: {self.s.size - self.s.top:,} "
+                f"of {self.s.size:,} bytes left before reset()")
+
+    def _extra_stats(self):
+        return {"top": self.s.top}
+
+    def free(self, block):
+        """Not supported: a linear allocator frees everything at ``reset()``.
+
+        Raises:
+            AllocatorError: always; drop the block and call ``reset()``.
+        """
+        raise AllocatorError(f"{self!r} has no individual free; drop the block and "
+                             f"call reset() once nothing from it is alive")
+
+    def __repr__(self):
+        return (f"<LinearAllocator capacity={self.s.size} top={self.s.top} "
+                f"threadsafe={bool(self.s.lock.enabled)}>")

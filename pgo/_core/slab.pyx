@@ -1,0 +1,274 @@
+"""SlabAllocator: fixed-size blocks with O(1) alloc and free.
+
+Design: memory comes in slabs (the first of ``slots_per_slab`` blocks, each
+next one twice as big, up to 2**24 slots) so the number of slabs stays
+logarithmic in the allocator's size and a free's binary search is short.
+The free list is a stack of (slab, slot) codes outside the blocks; the
+bitmap of handed-out slots makes a double free an error, not a corrupted
+free list.  The hot paths are inline in ``slab.pxd``.
+
+Ownership: the ``pgo_slab_t``, its slab table, bitmaps, code stack and slabs
+belong to the SlabAllocator object, or to the C caller of ``slab_create``.
+"""
+
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset
+
+from pgo._core._base cimport Allocator, Block, pgo_raise
+from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
+from pgo._core._typedefs cimport (
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM,
+    PGO_ERR_OVERFLOW, PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_OK, pgo_bad_align,
+    pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_mul_overflow,
+    pgo_stats_alloc, pgo_unlock,
+)
+
+cdef enum:
+    MAX_SLAB_SLOTS = 1 << 24
+    DEFAULT_SLAB_BYTES = 64 * 1024
+
+
+cdef inline size_t _round_up(size_t x, size_t align) noexcept nogil:
+    return (x + align - 1) & ~(align - 1)
+
+
+cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots,
+                             size_t max_bytes, bint threadsafe) except NULL nogil:
+    cdef pgo_slab_t* s
+    if pgo_bad_align(align):
+        pgo_raise(PGO_ERR_ALIGN, "SlabAllocator", block_size, align)
+        return NULL
+    if block_size == 0 or block_size > (<size_t>1 << 40):
+        pgo_raise(PGO_ERR_TOO_BIG, "SlabAllocator", block_size, align)
+        return NULL
+    s = <pgo_slab_t*>pgo_sys_calloc(1, sizeof(pgo_slab_t))
+    if s == NULL:
+        pgo_raise(PGO_ERR_NOMEM, "SlabAllocator", sizeof(pgo_slab_t), 0)
+        return NULL
+    s.block_size = block_size
+    s.align = align
+    s.stride = _round_up(block_size, align)
+    if first_slots == 0:
+        first_slots = DEFAULT_SLAB_BYTES // s.stride
+    if first_slots < 1:
+        first_slots = 1
+    if first_slots > MAX_SLAB_SLOTS:
+        first_slots = MAX_SLAB_SLOTS
+    s.next_slots = first_slots
+    s.max_bytes = max_bytes
+    pgo_lock_init(&s.lock, threadsafe)
+    return s
+
+
+cdef void slab_destroy(pgo_slab_t* s) noexcept nogil:
+    cdef size_t i
+    if s != NULL:
+        pgo_lock_destroy(&s.lock)
+        for i in range(s.nsegs):
+            pgo_sys_free(s.segs[i].base)
+            pgo_sys_free(s.segs[i].bitmap)
+        pgo_sys_free(s.segs)
+        pgo_sys_free(s.order)
+        pgo_sys_free(s.free_codes)
+        pgo_sys_free(s)
+
+
+cdef int _slab_grow(pgo_slab_t* s) noexcept nogil:
+    cdef size_t nslots = s.next_slots, nbytes, total, i, pos
+    cdef char* base
+    cdef uint64_t* bitmap
+    cdef pgo_slab_seg_t* segs
+    cdef size_t* order
+    cdef uint64_t* codes
+    if s.max_bytes:
+        # Shrink the slab to what the limit still allows, down to one slot.
+        if s.stats.capacity >= s.max_bytes or s.max_bytes - s.stats.capacity < s.stride:
+            return PGO_ERR_NOMEM
+        if nslots > (s.max_bytes - s.stats.capacity) // s.stride:
+            nslots = (s.max_bytes - s.stats.capacity) // s.stride
+    if pgo_mul_overflow(nslots, s.stride, &nbytes):
+        return PGO_ERR_OVERFLOW
+    if s.nsegs >= 0xffffffffu:
+        return PGO_ERR_NOMEM
+    total = s.cap_free + nslots
+    # Grow every table first, so that a failure leaves the allocator as it was.
+    if s.nsegs == s.cap_segs:
+        segs = <pgo_slab_seg_t*>pgo_sys_realloc(s.segs, s.cap_segs * 2 + 4, sizeof(pgo_slab_seg_t))
+        if segs == NULL:
+            return PGO_ERR_NOMEM
+        s.segs = segs
+        order = <size_t*>pgo_sys_realloc(s.order, s.cap_segs * 2 + 4, sizeof(size_t))
+        if order == NULL:
+            return PGO_ERR_NOMEM
+        s.order = order
+        s.cap_segs = s.cap_segs * 2 + 4
+    codes = <uint64_t*>pgo_sys_realloc(s.free_codes, total, sizeof(uint64_t))
+    if codes == NULL:
+        return PGO_ERR_NOMEM
+    s.free_codes = codes
+    bitmap = <uint64_t*>pgo_sys_calloc((nslots + 63) // 64, sizeof(uint64_t))
+    if bitmap == NULL:
+        return PGO_ERR_NOMEM
+    base = <char*>pgo_sys_alloc(nbytes, s.align if s.align > 64 else 64)
+    if base == NULL:
+        pgo_sys_free(bitmap)
+        return PGO_ERR_NOMEM
+    s.cap_free = total
+    if PGO_DEBUG_FILL:
+        memset(base, PGO_FILL_FREE, nbytes)
+    s.segs[s.nsegs].base = base
+    s.segs[s.nsegs].bitmap = bitmap
+    s.segs[s.nsegs].nslots = nslots
+    pos = s.nsegs
+    while pos > 0 and <uintptr_t>s.segs[s.order[pos - 1]].base > <uintptr_t>base:
+        s.order[pos] = s.order[pos - 1]
+        pos -= 1
+    s.order[pos] = s.nsegs
+    # Highest slot pushed first, so slot 0 is handed out first.
+    for i in range(nslots):
+        s.free_codes[s.nfree] = ((<uint64_t>s.nsegs) << 32) | (nslots - 1 - i)
+        s.nfree += 1
+    s.nsegs += 1
+    s.stats.capacity += nbytes
+    if s.next_slots < MAX_SLAB_SLOTS:
+        s.next_slots *= 2
+    return PGO_OK
+
+
+cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
+    cdef size_t i, j, nslots
+    if s.stats.live_blocks:
+        return PGO_ERR_LIVE
+    s.nfree = 0
+    # Rebuilt slab by slab from the last, so the first slab's slot 0 is on top.
+    i = s.nsegs
+    while i > 0:
+        i -= 1
+        nslots = s.segs[i].nslots
+        memset(s.segs[i].bitmap, 0, ((nslots + 63) // 64) * sizeof(uint64_t))
+        if PGO_DEBUG_FILL:
+            memset(s.segs[i].base, PGO_FILL_FREE, nslots * s.stride)
+        for j in range(nslots):
+            s.free_codes[s.nfree] = ((<uint64_t>i) << 32) | (nslots - 1 - j)
+            s.nfree += 1
+    s.stats.in_use = 0
+    s.stats.resets += 1
+    s.stats.requested = 0
+    s.stats.lost = 0
+    return PGO_OK
+
+
+cdef int slab_reset(pgo_slab_t* s) except -1 nogil:
+    cdef int code
+    pgo_lock(&s.lock, &s.stats)
+    code = _slab_reset_unlocked(s)
+    pgo_unlock(&s.lock)
+    if code != PGO_OK:
+        return pgo_raise(code, "SlabAllocator", 0, 0)
+    return 0
+
+
+cdef size_t _natural_align(size_t block_size) noexcept:
+    cdef size_t a = 8
+    while a < block_size and a < 64:
+        a <<= 1
+    return a
+
+
+cdef class SlabAllocator(Allocator):
+    """Fixed-size blocks with O(1) alloc and free: objects of one size that
+    come and go all the time.
+
+    Args:
+        block_size: bytes each block holds (> 0).
+        align: block alignment, a power of two up to 4096; by default the
+            block size rounded up to a power of two, between 8 and 64.
+        slots_per_slab: blocks in the first slab (each next slab doubles);
+            by default as many as fit in 64 KiB.
+        max_bytes: most bytes of slabs to reserve, 0 for no limit.
+        threadsafe: take a mutex on every operation (see StackAllocator).
+
+    ``alloc(n)`` takes any ``n <= block_size``.  ``free(block)`` gives a
+    block back; a double free, or a block of another allocator, raises
+    AllocatorError and leaves the free list as it was.  Dropped Blocks and
+    arrays free their slot by themselves.
+    """
+
+    def __cinit__(self, size_t block_size=64, *, align=None, size_t slots_per_slab=0,
+                  size_t max_bytes=0, bint threadsafe=False):
+        cdef size_t a = _natural_align(block_size) if align is None else align
+        self.s = slab_create(block_size, a, slots_per_slab, max_bytes, threadsafe)
+        self._st = &self.s.stats
+        self._lock = &self.s.lock
+        self._max_align = self.s.align
+
+    def __dealloc__(self):
+        slab_destroy(self.s)
+
+    cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
+        cdef uint64_t code
+        cdef int err
+        if nbytes > self.s.block_size:
+            self.s.stats.failed += 1
+            return PGO_ERR_TOO_BIG
+        if align > self.s.align:
+            self.s.stats.failed += 1
+            return PGO_ERR_ALIGN
+        err = _slab_alloc_unlocked(self.s, out, &code)
+        if err == PGO_OK:
+            token[0] = code
+            pgo_stats_alloc(&self.s.stats, self.s.stats.in_use + self.s.stride,
+                            nbytes, self.s.stride - nbytes)
+        return err
+
+    cdef int _c_free(self, Block b) noexcept:
+        return _slab_free_code(self.s, b.token)
+
+    cdef void _c_dead(self, Block b) noexcept:
+        _slab_free_code(self.s, b.token)
+
+    cdef int _c_reset(self) noexcept:
+        return _slab_reset_unlocked(self.s)
+
+    cdef object _where(self, char* p):
+        cdef uint64_t code
+        if _slab_locate(self.s, p, &code) == PGO_OK:
+            return f"slab {code >> 32} slot {code & 0xffffffffu}"
+        return f"address {<uintptr_t>p:#x}"
+
+    def _raise_alloc(self, int code, size_t nbytes, size_t align):
+        if code == PGO_ERR_TOO_BIG:
+            raise ValueError(f"{self!r} serves blocks of at most {self.s.block_size} bytes; "
+                             f"{nbytes:,} requested")
+        if code == PGO_ERR_ALIGN:
+            raise ValueError(f"{self!r} aligns blocks to {self.s.align} bytes; alignment "
+                             f"{align} requested")
+        Allocator._raise_alloc(self, code, nbytes, align)
+
+    def _describe_nomem(self, size_t nbytes):
+        limit = f"max_bytes={self.s.max_bytes:,}" if self.s.max_bytes else "the system refused"
+        return (f"{self!r}: cannot allocate a {self.s.block_size}-byte block: "
+                f"{self.s.stats.capacity:,} bytes in {self.s.nsegs} slab(s), {limit}")
+
+    def _extra_stats(self):
+        return {"block_size": self.s.block_size, "stride": self.s.stride,
+                "align": self.s.align, "slabs": self.s.nsegs, "free_slots": self.s.nfree}
+
+    def _free_address(self, size_t address):
+        """Test-only: run the C-level free on a raw address."""
+        cdef int code
+        code = _slab_free_unlocked(self.s, <void*>address)
+        if code != PGO_OK:
+            pgo_raise(code, "SlabAllocator", 0, 0)
+
+    @property
+    def block_size(self):
+        return self.s.block_size
+
+    @property
+    def align(self):
+        return self.s.align
+
+    def __repr__(self):
+        return (f"<SlabAllocator block_size={self.s.block_size} align={self.s.align} "
+                f"slabs={self.s.nsegs} threadsafe={bool(self.s.lock.enabled)}>")

@@ -1,0 +1,21 @@
+"""Exceptions raised by pgo.  Every one derives from PgoError."""
+
+__all__ = ["PgoError", "AllocatorError", "ConfigError", "ProfileFormatError"]
+
+
+class PgoError(Exception):
+    """Base of every error pgo raises on purpose."""
+
+
+class AllocatorError(PgoError):
+    """An allocator was misused: double free, a foreign block, a free out of
+    order, a reset while memory is still in use.  The allocator is unchanged
+    and still usable after it is raised."""
+
+
+class ConfigError(PgoError):
+    """A configuration file is invalid."""
+
+
+class ProfileFormatError(PgoError):
+    """A profile file is corrupt, truncated or of an unknown format."""

@@ -1,0 +1,53 @@
+"""Build the Cython core.
+
+Set ``PGO_TEST_BUILD=1`` to build the test flavour: Cython bounds, wraparound
+and overflow checks on, ``NDEBUG`` undefined (C asserts live) and every block
+filled with 0xA5 when handed out and 0x5A when freed, so that a read of freed
+memory shows up as a pattern rather than as plausible data.
+"""
+
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab"]
+
+TEST_BUILD = os.environ.get("PGO_TEST_BUILD", "") not in ("", "0")
+
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+DEFINE_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")]
+UNDEF_MACROS = []
+EXTRA_COMPILE_ARGS = ["-O2"]
+
+if TEST_BUILD:
+    COMPILER_DIRECTIVES.update(boundscheck=True, wraparound=True, overflowcheck=True)
+    DEFINE_MACROS.append(("PGO_DEBUG_FILL", "1"))
+    UNDEF_MACROS.append("NDEBUG")
+    EXTRA_COMPILE_ARGS = ["-O1", "-g"]
+
+extensions = [
+    Extension(
+        f"pgo._core.{name}",
+        [f"pgo/_core/{name}.pyx"],
+        include_dirs=[numpy.get_include()],
+        define_macros=DEFINE_MACROS,
+        undef_macros=UNDEF_MACROS,
+        extra_compile_args=EXTRA_COMPILE_ARGS,
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=COMPILER_DIRECTIVES,
+    ),
+)
