@@ -49,5 +49,8 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
+        # Each flavour keeps its generated C apart, so switching between them
+        # can never reuse C (or objects) generated with the other's settings.
+        build_dir="build/cython-test" if TEST_BUILD else "build/cython",
     ),
 )

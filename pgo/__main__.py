@@ -1,0 +1,5 @@
+import sys
+
+from pgo.commands import main
+
+sys.exit(main())
