@@ -143,6 +143,9 @@ cdef class Block:
         freed: True once ``allocator.free(block)`` succeeded.
     """
 
+    def __init__(self):
+        raise TypeError("Blocks come from an allocator's alloc(), empty() or zeros()")
+
     def __dealloc__(self):
         if not self.freed and self.allocator is not None:
             self.allocator._block_died(self)

@@ -79,6 +79,12 @@ def main(args: list[str] | None = None) -> int:
     except PgoError as e:
         print(f"pgo {parsed.command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader (`| head`) went away: stop quietly, as other CLIs do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"pgo {parsed.command}: interrupted", file=sys.stderr)
         return 130
