@@ -1,0 +1,62 @@
+"""The real `pgo` command line, run in subprocesses."""
+
+import subprocess
+import sys
+
+import pgo
+
+
+def run_pgo(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "pgo", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_version():
+    proc = run_pgo("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"pgo {pgo.__version__}"
+
+
+def test_help_lists_demo():
+    proc = run_pgo("--help")
+    assert proc.returncode == 0
+    assert "demo" in proc.stdout
+    assert "profile" in proc.stdout.lower()
+
+
+def test_no_command_prints_help_and_fails():
+    proc = run_pgo()
+    assert proc.returncode == 2
+    assert "usage: pgo" in proc.stdout
+
+
+def test_unknown_command_is_an_error():
+    proc = run_pgo("nonsense")
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
+
+
+def test_demo_quick_runs_every_allocator():
+    proc = run_pgo("demo", "--quick", "--repeat", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for name in ("StackAllocator", "LinearAllocator", "ArenaAllocator", "SlabAllocator"):
+        assert name in out
+    assert "np.empty" in out
+    assert out.count("AllocatorError") == 3
+    # Every pattern gives back everything it allocated: the live column is 0.
+    stats_rows = [line.split() for line in out.splitlines()
+                  if line.strip().startswith(("StackAllocator ", "LinearAllocator ",
+                                              "ArenaAllocator ", "SlabAllocator "))]
+    assert len(stats_rows) == 4
+    for row in stats_rows:
+        assert row[1] == row[2], row          # allocations == frees
+        assert row[-1] == "0", row            # nothing alive
+
+
+def test_demo_rejects_bad_repeat():
+    proc = run_pgo("demo", "--repeat", "0")
+    assert proc.returncode == 2
+    assert "--repeat" in proc.stderr
