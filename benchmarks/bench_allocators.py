@@ -1,0 +1,579 @@
+"""Allocators vs standard: pgo's allocators side by side with glibc and numpy.
+
+    python3 benchmarks/bench_allocators.py [--repeat 7] [--quick]
+        [-o benchmarks/results/allocators.json] [--only c|py]
+
+Two sections, each a set of *rows*; a row compares one pgo arm with a
+baseline arm measured in the same repetition, right next to it:
+
+C level (``benchmarks/c_level.pyx``, built at run time by ``build.py``):
+``nogil`` loops calling the inline ``.pxd`` paths vs glibc ``malloc``/
+``free`` doing the same pattern in the same loop shape, at 16 B, 256 B,
+4 KiB and 64 KiB.  Value: ns per operation (see c_level.pyx for what an
+operation is in each pattern).
+
+Python level: ``alloc()`` + ``free()`` / ``del`` pairs vs ``bytearray(64)``,
+and ``allocator.empty(n)`` vs ``np.empty(n)`` (float64) for n = 16 .. 8M,
+each array dropped before the next.  Value: ns per statement, loop
+overhead included (the ``pass`` row shows how much that is).
+
+Every arm is timed ``--repeat`` times; within a repetition the arms of one
+row-group run back to back, in alternating order from one repetition to the
+next, so drift on a noisy machine hits both sides alike.  The table reports
+medians and ``speedup = baseline median / arm median`` (> 1: pgo is
+faster), with the median of the per-repetition ratios as a check.  Results
+go to JSON; this is a measurement, not a test, and never fails on a missed
+target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+import build as _build  # noqa: E402  (benchmarks/build.py)
+
+C_SIZES = (16, 256, 4096, 65536)
+TARGET_SIZES_FAST = (16, 256)             # stack / linear targets apply here
+LIFO_DEPTH = 8
+BULK_BATCH = 64
+CHURN_LIVE = 512
+EMPTY_NS = (16, 256, 4096, 65536, 524288, 1 << 20, 8 << 20)
+SMALL_EMPTY_MAX = 4096                    # "small arrays": up to 32 KiB of float64
+BIG_EMPTY_MIN_BYTES = 4 << 20             # "4 MiB and more"
+PY_BATCH = 100                            # statements per inner loop
+
+
+# ---------------------------------------------------------------------------
+# Statistics helpers
+
+def _median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _spread(xs):
+    """Interquartile range over the median (0.05 = 5 %); 0 with < 4 samples."""
+    if len(xs) < 4:
+        return (max(xs) - min(xs)) / _median(xs) if xs and _median(xs) else 0.0
+    q = statistics.quantiles(xs, n=4)
+    return (q[2] - q[0]) / _median(xs)
+
+
+# ---------------------------------------------------------------------------
+# Arms: something that, given a size of work, returns ns per operation.
+
+class Arm:
+    """One measured thing.  `run(work)` returns ns/op; `calibrate` picks `work`."""
+
+    def __init__(self, key, label, run, *, min_work, max_work, ops_per_work=1, describe=""):
+        self.key = key
+        self.ops_per_work = ops_per_work
+        self.label = label
+        self._run = run
+        self.min_work = min_work
+        self.max_work = max_work
+        self.work = min_work
+        self.describe = describe
+        self.samples: list[float] = []
+
+    def calibrate(self, target_s):
+        self._run(self.min_work)                   # warm: first-touch, code paths
+        ns = self._run(self.min_work) * self.ops_per_work     # ns per unit of work
+        work = int(target_s * 1e9 / max(ns, 0.05))
+        self.work = max(self.min_work, min(self.max_work, work))
+
+    def sample(self):
+        self.samples.append(self._run(self.work))
+
+    def to_json(self):
+        return {
+            "key": self.key,
+            "label": self.label,
+            "median_ns": round(_median(self.samples), 4),
+            "repeats_ns": [round(x, 4) for x in self.samples],
+            "spread_iqr": round(_spread(self.samples), 4),
+            "ops_per_sample": self.work * self.ops_per_work,
+            "describe": self.describe,
+        }
+
+
+class Row:
+    """A pgo arm against a baseline arm (both shared by reference)."""
+
+    def __init__(self, section, group, name, arm, baseline, *, size=None, pattern="",
+                 target=None, reference=None, note="", show_ratio=True):
+        self.section = section
+        self.group = group
+        self.name = name
+        self.arm = arm
+        self.baseline = baseline
+        self.reference = reference
+        self.size = size
+        self.pattern = pattern
+        self.target = target            # callable(row) -> dict or None
+        self.note = note
+        self.show_ratio = show_ratio
+
+    def speedup(self):
+        return _median(self.baseline.samples) / _median(self.arm.samples)
+
+    def speedup_paired(self):
+        return _median([b / a for a, b in zip(self.arm.samples, self.baseline.samples)])
+
+    def to_json(self):
+        out = {
+            "section": self.section,
+            "group": self.group,
+            "row": self.name,
+            "pattern": self.pattern,
+            "size": self.size,
+            "arm": self.arm.to_json(),
+            "baseline": self.baseline.to_json(),
+            "speedup": round(self.speedup(), 4),
+            "speedup_paired": round(self.speedup_paired(), 4),
+            "note": self.note,
+        }
+        if self.reference is not None:
+            out["reference"] = self.reference.to_json()
+            out["arm_over_reference"] = round(
+                _median(self.arm.samples) / _median(self.reference.samples), 4)
+        tgt = self.target(self) if self.target else None
+        if tgt is not None:
+            out["target"] = tgt
+        return out
+
+
+def run_groups(groups, repeat, target_s, log):
+    """groups: list of lists of Arms.  Calibrate, then sample round-robin."""
+    n_arms = sum(len(g) for g in groups)
+    log(f"  calibrating {n_arms} arms ...")
+    for g in groups:
+        for arm in g:
+            arm.calibrate(target_s)
+    for rep in range(repeat):
+        t0 = time.perf_counter()
+        for g in groups:
+            for arm in (g if rep % 2 == 0 else reversed(g)):
+                arm.sample()
+        log(f"  repetition {rep + 1}/{repeat}: {time.perf_counter() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------------
+# Targets
+
+def _speedup_target(threshold, text):
+    def check(row):
+        s = row.speedup()
+        return {"text": text, "metric": "speedup", "threshold": threshold,
+                "value": round(s, 3), "met": bool(s >= threshold)}
+    return check
+
+
+def _pair_target(bytearray_arm):
+    def check(row):
+        ns = _median(row.arm.samples)
+        ba = _median(bytearray_arm.samples)
+        return {"text": "alloc+free pair < 60 ns and faster than bytearray(64)",
+                "metric": "ns", "threshold": min(60.0, ba), "value": round(ns, 2),
+                "bytearray_ns": round(ba, 2), "met": bool(ns < 60.0 and ns < ba)}
+    return check
+
+
+def _empty_target(n):
+    nbytes = n * 8
+    if n <= SMALL_EMPTY_MAX:
+        return _speedup_target(1 / 1.3, "small array: within 1.3x of np.empty (speedup >= 0.769)")
+    if nbytes >= BIG_EMPTY_MIN_BYTES:
+        def check(row):
+            s = row.speedup()
+            return {"text": ">= 4 MiB: faster than np.empty", "metric": "speedup",
+                    "threshold": 1.0, "value": round(s, 3), "met": bool(s > 1.0)}
+        return check
+    return None
+
+
+# ---------------------------------------------------------------------------
+# C level
+
+def c_level_rows(c):
+    """Build arms and rows for the C-level section."""
+    groups, rows = [], []
+    big = 50_000_000
+
+    def arm(key, label, fn, describe, min_work=20_000):
+        return Arm(key, label, fn, min_work=min_work, max_work=big, describe=describe)
+
+    for size in C_SIZES:
+        fast = size in TARGET_SIZES_FAST
+        # LIFO depth 8 and plain pairs (depth 1).
+        for depth, pat in ((LIFO_DEPTH, f"LIFO: alloc {LIFO_DEPTH}, free newest first"),
+                           (1, "alloc/free pairs (LIFO depth 1)")):
+            st = arm(f"c.lifo{depth}.stack.{size}", "stack",
+                     lambda w, s=size, d=depth: c.lifo("stack", s, w, d), pat)
+            ml = arm(f"c.lifo{depth}.malloc.{size}", "malloc/free",
+                     lambda w, s=size, d=depth: c.lifo("malloc", s, w, d), pat)
+            rf = arm(f"c.lifo{depth}.ref.{size}", "ref: inline bump pointer",
+                     lambda w, s=size, d=depth: c.lifo("ref", s, w, d), pat)
+            g = [st, ml, rf]
+            tgt = _speedup_target(8.0, "stack >= 8x malloc/free at 16-256 B") if fast else None
+            rows.append(Row("c", f"lifo{depth}", "stack", st, ml, size=size, pattern=pat,
+                            target=tgt, reference=rf))
+            if depth == LIFO_DEPTH:
+                ts = arm(f"c.lifo{depth}.stack_ts.{size}", "stack threadsafe",
+                         lambda w, s=size, d=depth: c.lifo("stack", s, w, d, True), pat)
+                g.append(ts)
+                rows.append(Row("c", f"lifo{depth}", "stack (threadsafe)", ts, ml, size=size,
+                                pattern=pat, note="mutex on every call; no target"))
+            groups.append(g)
+        # Bulk: linear and arena vs malloc + free-all.
+        pat = f"bulk: alloc {BULK_BATCH}, then reset (glibc: free each)"
+        ml = arm(f"c.bulk.malloc.{size}", "malloc/free", lambda w, s=size: c.bulk("malloc", s, w, BULK_BATCH), pat)
+        li = arm(f"c.bulk.linear.{size}", "linear", lambda w, s=size: c.bulk("linear", s, w, BULK_BATCH), pat)
+        ar = arm(f"c.bulk.arena.{size}", "arena", lambda w, s=size: c.bulk("arena", s, w, BULK_BATCH), pat)
+        rf = arm(f"c.bulk.ref.{size}", "ref: inline bump pointer", lambda w, s=size: c.bulk("ref", s, w, BULK_BATCH), pat)
+        lts = arm(f"c.bulk.linear_ts.{size}", "linear threadsafe",
+                  lambda w, s=size: c.bulk("linear", s, w, BULK_BATCH, True), pat)
+        ats = arm(f"c.bulk.arena_ts.{size}", "arena threadsafe",
+                  lambda w, s=size: c.bulk("arena", s, w, BULK_BATCH, True), pat)
+        groups.append([li, ar, ml, rf, lts, ats])
+        rows.append(Row("c", "bulk", "linear", li, ml, size=size, pattern=pat, reference=rf,
+                        target=_speedup_target(8.0, "linear >= 8x malloc/free at 16-256 B") if fast else None))
+        rows.append(Row("c", "bulk", "arena", ar, ml, size=size, pattern=pat, reference=rf,
+                        target=_speedup_target(5.0, "arena >= 5x malloc/free"),
+                        note="1 MiB chunks (default)"))
+        rows.append(Row("c", "bulk", "linear (threadsafe)", lts, ml, size=size, pattern=pat,
+                        note="mutex on every call; no target"))
+        rows.append(Row("c", "bulk", "arena (threadsafe)", ats, ml, size=size, pattern=pat,
+                        note="mutex on every call; no target"))
+        # Churn: slab vs malloc.
+        pat = f"churn: {CHURN_LIVE} live, free a random one, alloc again"
+        sl = arm(f"c.churn.slab.{size}", "slab", lambda w, s=size: c.churn("slab", s, w, CHURN_LIVE), pat)
+        ml = arm(f"c.churn.malloc.{size}", "malloc/free", lambda w, s=size: c.churn("malloc", s, w, CHURN_LIVE), pat)
+        rf = arm(f"c.churn.ref.{size}", "ref: inline free list", lambda w, s=size: c.churn("ref", s, w, CHURN_LIVE), pat)
+        sts = arm(f"c.churn.slab_ts.{size}", "slab threadsafe",
+                  lambda w, s=size: c.churn("slab", s, w, CHURN_LIVE, True), pat)
+        groups.append([sl, ml, rf, sts])
+        rows.append(Row("c", "churn", "slab", sl, ml, size=size, pattern=pat, reference=rf,
+                        target=_speedup_target(6.0, "slab >= 6x malloc/free on fixed-size churn")))
+        rows.append(Row("c", "churn", "slab (threadsafe)", sts, ml, size=size, pattern=pat,
+                        note="mutex on every call; no target"))
+    return groups, rows
+
+
+# ---------------------------------------------------------------------------
+# Python level
+
+_TEMPLATE = """
+def _bench(_batches, {names}):
+    _repeat = _itertools.repeat
+    _t0 = _perf_counter_ns()
+    for _b in range(_batches):
+        for _ in _repeat(None, {k}):
+            {stmt}
+        {after}
+    return _perf_counter_ns() - _t0
+"""
+
+
+def py_arm(key, label, stmt, env, *, k=PY_BATCH, after="pass", describe=""):
+    """An arm timing `stmt` (names from `env`, bound as fast locals) `k` times
+    per batch, then `after` once per batch (e.g. a linear allocator's reset)."""
+    names = sorted(env)
+    src = _TEMPLATE.format(names=", ".join(names), k=k, stmt=stmt, after=after)
+    ns = {"_itertools": itertools, "_perf_counter_ns": time.perf_counter_ns}
+    exec(compile(src, f"<bench {key}>", "exec"), ns)
+    fn = ns["_bench"]
+    args = [env[n] for n in names]
+
+    def run(batches):
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(batches, *args) / (batches * k)
+        finally:
+            if gc_was:
+                gc.enable()
+
+    text = stmt if after == "pass" else f"{stmt}  (x{k}, then {after})"
+    return Arm(key, label, run, min_work=5, max_work=1_000_000, ops_per_work=k,
+               describe=describe or text)
+
+
+def py_level_rows():
+    import numpy as np
+
+    import pgo
+
+    groups, rows = [], []
+
+    # -- alloc+free pairs vs bytearray(64) -------------------------------
+    st = pgo.StackAllocator(1 << 20)
+    li = pgo.LinearAllocator(1 << 20)
+    ar = pgo.ArenaAllocator()
+    sl = pgo.SlabAllocator(64)
+    ba_expr = py_arm("py.pair.bytearray_expr", "bytearray(64)", "bytearray(64)", {})
+    ba_del = py_arm("py.pair.bytearray_del", "b = bytearray(64); del b",
+                    "b = bytearray(64); del b", {})
+    loop = py_arm("py.pair.pass", "loop overhead (pass)", "pass", {})
+    arms = {
+        "stack alloc+free()": py_arm("py.pair.stack_free", "stack: b = alloc(64); free(b)",
+                                     "b = alloc(64); free(b)", {"alloc": st.alloc, "free": st.free}),
+        "stack alloc+del": py_arm("py.pair.stack_del", "stack: b = alloc(64); del b",
+                                  "b = alloc(64); del b", {"alloc": st.alloc}),
+        "linear alloc+del": py_arm("py.pair.linear_del", "linear: b = alloc(64); del b",
+                                   "b = alloc(64); del b", {"alloc": li.alloc, "reset": li.reset},
+                                   after="reset()"),
+        "arena alloc+del": py_arm("py.pair.arena_del", "arena: b = alloc(64); del b",
+                                  "b = alloc(64); del b", {"alloc": ar.alloc}),
+        "slab alloc+free()": py_arm("py.pair.slab_free", "slab: b = alloc(64); free(b)",
+                                    "b = alloc(64); free(b)", {"alloc": sl.alloc, "free": sl.free}),
+        "slab alloc+del": py_arm("py.pair.slab_del", "slab: b = alloc(64); del b",
+                                 "b = alloc(64); del b", {"alloc": sl.alloc}),
+    }
+    groups.append([ba_expr, ba_del, loop, *arms.values()])
+    tgt = _pair_target(ba_expr)
+    for name, a in arms.items():
+        rows.append(Row("py", "pair", name, a, ba_expr, size=64, pattern="alloc+free pair",
+                        target=tgt))
+    rows.append(Row("py", "pair", "b = bytearray(64); del b", ba_del, ba_expr, size=64,
+                    pattern="alloc+free pair", note="second baseline form"))
+    rows.append(Row("py", "pair", "loop overhead (pass)", loop, loop, size=0,
+                    pattern="empty statement", note="included in every Python-level row",
+                    show_ratio=False))
+
+    # -- empty(n) vs np.empty(n) -----------------------------------------
+    keep = []                      # allocators live until the end of the run
+    for n in EMPTY_NS:
+        nbytes = n * 8
+        cap = max(1 << 20, min(256 << 20, PY_BATCH * (nbytes + 128)))
+        k_lin = max(1, min(PY_BATCH, cap // (nbytes + 128)))
+        stn = pgo.StackAllocator(max(1 << 20, nbytes + 8192))
+        lin = pgo.LinearAllocator(cap)
+        arn = pgo.ArenaAllocator()
+        sln = pgo.SlabAllocator(nbytes)
+        keep += [stn, lin, arn, sln]
+        npa = py_arm(f"py.empty.numpy.{n}", "np.empty(n)", "a = empty(n); del a",
+                     {"empty": np.empty, "n": n})
+        a_st = py_arm(f"py.empty.stack.{n}", "stack.empty(n)", "a = empty(n); del a",
+                      {"empty": stn.empty, "n": n})
+        a_li = py_arm(f"py.empty.linear.{n}", "linear.empty(n)", "a = empty(n); del a",
+                      {"empty": lin.empty, "n": n, "reset": lin.reset}, k=k_lin, after="reset()")
+        a_ar = py_arm(f"py.empty.arena.{n}", "arena.empty(n)", "a = empty(n); del a",
+                      {"empty": arn.empty, "n": n})
+        a_sl = py_arm(f"py.empty.slab.{n}", "slab.empty(n)", "a = empty(n); del a",
+                      {"empty": sln.empty, "n": n})
+        groups.append([npa, a_st, a_li, a_ar, a_sl])
+        tgt = _empty_target(n)
+        for name, a in (("stack", a_st), ("linear", a_li), ("arena", a_ar), ("slab", a_sl)):
+            rows.append(Row("py", "empty", name, a, npa, size=n,
+                            pattern=f"empty({n}) float64 = {nbytes:,} B, dropped", target=tgt))
+    return groups, rows, keep
+
+
+# ---------------------------------------------------------------------------
+# Machine info
+
+def _cmd_out(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001  -- informational only
+        return ""
+
+
+def machine_info():
+    import Cython
+    import numpy
+
+    import pgo
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    git = _cmd_out(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
+    dirty = bool(_cmd_out(["git", "-C", str(ROOT), "status", "--porcelain", "--", "pgo"]))
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "numpy": numpy.__version__,
+        "cython": Cython.__version__,
+        "libc": " ".join(platform.libc_ver()),
+        "compiler": _cmd_out([cc, "--version"]).splitlines()[0] if _cmd_out([cc, "--version"]) else cc,
+        "c_level_cflags": _build.compile_args(),
+        "pgo_version": pgo.__version__,
+        "pgo_debug_build": bool(pgo.DEBUG_BUILD),
+        "git_commit": git,
+        "pgo_tree_dirty": dirty,
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+def _fmt_ns(x):
+    return f"{x:8.2f}" if x < 1000 else f"{x:8.0f}"
+
+
+def _size(n):
+    if n is None:
+        return ""
+    for unit, div in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def render(rows, info, args):
+    out = []
+    w = out.append
+    w(f"pgo allocators vs standard  --  {info['cpu']} x{info['cpu_count']}, "
+      f"Python {info['python']}, numpy {info['numpy']}, {info['libc']}, "
+      f"medians of {args.repeat}")
+    if info["pgo_debug_build"]:
+        w("!! pgo is a PGO_TEST_BUILD: debug fills are on; these numbers are meaningless")
+    sec = None
+    for r in rows:
+        if r.section != sec:
+            sec = r.section
+            if sec == "c":
+                w("\nC level: ns per op in a nogil loop (speedup = malloc/free ns / pgo ns)")
+                w(f"{'pattern':<8} {'size':>7}  {'allocator':<20} {'pgo ns':>8} {'glibc ns':>8} "
+                  f"{'speedup':>8} {'paired':>7} {'ref ns':>8} {'spread':>6}  target")
+            else:
+                w("\nPython level: ns per statement, loop overhead included "
+                  "(speedup = baseline ns / pgo ns)")
+                w(f"{'group':<6} {'size':>9}  {'row':<26} {'ns':>8} {'base ns':>8} "
+                  f"{'speedup':>8} {'paired':>7} {'spread':>6}  target")
+        tgt = r.target(r) if r.target else None
+        t = ""
+        if tgt is not None:
+            t = ("MET   " if tgt["met"] else "MISSED") + "  " + tgt["text"]
+        a = _median(r.arm.samples)
+        b = _median(r.baseline.samples)
+        spread = f"{100 * _spread(r.arm.samples):5.1f}%"
+        if r.section == "c":
+            ref = _fmt_ns(_median(r.reference.samples)) if r.reference else " " * 8
+            w(f"{r.group:<8} {_size(r.size):>7}  {r.name:<20} {_fmt_ns(a)} {_fmt_ns(b)} "
+              f"{r.speedup():7.2f}x {r.speedup_paired():6.2f}x {ref} {spread}  {t}")
+        else:
+            size = f"n={r.size}" if r.group == "empty" else _size(r.size)
+            ratio = (f"{_fmt_ns(b)} {r.speedup():7.2f}x {r.speedup_paired():6.2f}x"
+                     if r.show_ratio else f"{'':8} {'':8} {'':7}")
+            w(f"{r.group:<6} {size:>9}  {r.name:<26} {_fmt_ns(a)} {ratio} {spread}  {t}")
+    w("\nTargets (each row judged on its own medians):")
+    by_text = {}
+    for r in rows:
+        tgt = r.target(r) if r.target else None
+        if tgt is not None:
+            by_text.setdefault(tgt["text"], []).append((r, tgt))
+    n_met = n_all = 0
+    for text, items in by_text.items():
+        met = sum(t["met"] for _, t in items)
+        n_met += met
+        n_all += len(items)
+        vals = ", ".join(
+            f"{r.name}{' ' + r.group if r.section == 'c' else ''} "
+            f"{_size(r.size) if r.group != 'empty' else 'n=' + str(r.size)}: "
+            f"{t['value']}{'x' if t['metric'] == 'speedup' else ' ns'}"
+            f"{'' if t['met'] else ' (missed)'}" for r, t in items)
+        w(f"  [{met}/{len(items)} met] {text}: {vals}")
+    w(f"targets met: {n_met} of {n_all} rows")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="pgo allocators vs glibc malloc/free and np.empty")
+    ap.add_argument("--repeat", type=int, default=None, help="repetitions per arm (default 7, --quick 3)")
+    ap.add_argument("--quick", action="store_true", help="short samples, 3 repetitions: a smoke run")
+    ap.add_argument("--sample-ms", type=float, default=None,
+                    help="target duration of one sample (default 40, --quick 15)")
+    ap.add_argument("--only", choices=("c", "py"), help="run one section only")
+    ap.add_argument("-o", "--output", default=str(HERE / "results" / "allocators.json"),
+                    help="JSON output path (default benchmarks/results/allocators.json)")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild c_level even if up to date")
+    args = ap.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 7
+    sample_s = (args.sample_ms if args.sample_ms is not None else (15 if args.quick else 40)) / 1e3
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    t_start = time.perf_counter()
+    info = machine_info()
+    rows, keep = [], []
+    # The C section runs first: glibc's state (dynamic mmap threshold, heap
+    # top) would otherwise depend on the big numpy arrays of the Python one.
+    if args.only in (None, "c"):
+        log("building c_level ...")
+        c = _build.load_c_level(force=args.rebuild)
+        log("C level:")
+        groups, crows = c_level_rows(c)
+        run_groups(groups, args.repeat, sample_s, log)
+        rows += crows
+        info["c_level_sink"] = str(c.sink())
+    if args.only in (None, "py"):
+        log("Python level:")
+        groups, prows, keep = py_level_rows()
+        run_groups(groups, args.repeat, sample_s, log)
+        rows += prows
+    info["loadavg_end"] = list(os.getloadavg())
+    info["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+
+    doc = {
+        "benchmark": "pgo allocators vs standard",
+        "format_version": 1,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": {
+            "repeat": args.repeat, "quick": args.quick, "sample_ms": sample_s * 1e3,
+            "c_sizes": list(C_SIZES), "lifo_depth": LIFO_DEPTH, "bulk_batch": BULK_BATCH,
+            "churn_live": CHURN_LIVE, "empty_n": list(EMPTY_NS), "py_batch": PY_BATCH,
+            "speedup": "baseline median ns / arm median ns (> 1: pgo faster)",
+            "speedup_paired": "median over repetitions of baseline_i / arm_i",
+            "spread_iqr": "interquartile range of the repeats / median",
+        },
+        "machine": info,
+        "rows": [r.to_json() for r in rows],
+    }
+    judged = [r["target"] for r in doc["rows"] if "target" in r]
+    doc["summary"] = {"targets": len(judged), "met": sum(t["met"] for t in judged)}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(render(rows, info, args))
+    print(f"\nwrote {out}  ({info['elapsed_s']} s)")
+    del keep
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
