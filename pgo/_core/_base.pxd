@@ -10,6 +10,12 @@ from pgo._core._typedefs cimport pgo_lock_t, pgo_stats_t
 # without the GIL: it takes it.
 cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) except -1 with gil
 
+# The same exception, set without Cython's error machinery, returning -1 /
+# NULL: the inline hot paths in the .pxd files call these on failure so that
+# they carry no traceback code and stay small enough to be inlined.
+cdef int pgo_fail(int code, const char* who, size_t nbytes, size_t align) noexcept nogil
+cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align) noexcept nogil
+
 
 cdef class Block:
     cdef readonly Allocator allocator

@@ -28,13 +28,14 @@ c) A Block that dies without ``free()`` gives its memory back through
 cimport cython
 cimport numpy as cnp
 from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.exc cimport PyErr_SetObject
 from cpython.object cimport PyTypeObject
 from cpython.ref cimport PyObject, Py_INCREF
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    pgo_lock_t, pgo_stats_t, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
     PGO_ERR_OVERFLOW, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
     pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
@@ -48,6 +49,7 @@ cnp.import_array()
 
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
+    bint PyIndex_Check(object o)
     # With exc=NULL, an out-of-range integer is clipped instead of raising.
     Py_ssize_t PyNumber_AsSsize_t(object o, PyObject* exc) except? -1
 
@@ -69,6 +71,8 @@ cdef enum:
     BIG_MEMSET = 1 << 20        # zero bigger blocks with the GIL released
 
 cdef cnp.dtype _FLOAT64 = np.dtype(np.float64)
+cdef pgo_stats_t _NO_STATS
+cdef pgo_lock_t _NO_LOCK
 cdef dict _DESCR_CACHE = {}
 
 
@@ -95,6 +99,28 @@ cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) excep
     raise AllocatorError(f"{name}: error code {code}")
 
 
+cdef void _set_error(int code, const char* who, size_t nbytes, size_t align) noexcept:
+    # GIL held.  pgo_raise always raises; keep that exception set for the
+    # caller of the noexcept function instead of reporting it as unraisable.
+    cdef object etype, evalue, etb
+    try:
+        pgo_raise(code, who, nbytes, align)
+    except BaseException as e:
+        PyErr_SetObject(type(e), e)
+
+
+cdef int pgo_fail(int code, const char* who, size_t nbytes, size_t align) noexcept nogil:
+    with gil:
+        _set_error(code, who, nbytes, align)
+    return -1
+
+
+cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align) noexcept nogil:
+    with gil:
+        _set_error(code, who, nbytes, align)
+    return NULL
+
+
 cdef inline size_t _size_arg(object n, str what) except? 0:
     # PyNumber_AsSsize_t with no exception type clips instead of raising, so
     # a huge request becomes an impossible size (MemoryError later), and a
@@ -107,6 +133,13 @@ cdef inline size_t _size_arg(object n, str what) except? 0:
     return <size_t>v
 
 
+cdef inline size_t _align_arg(object align) except? 0:
+    cdef Py_ssize_t v = PyNumber_AsSsize_t(align, NULL)
+    if v <= 0 or pgo_bad_align(<size_t>v):
+        raise ValueError(f"alignment must be a power of two from 1 to 4096, got {align!r}")
+    return <size_t>v
+
+
 cdef inline cnp.dtype _descr(object dtype):
     cdef cnp.dtype d
     if dtype is None or dtype is float:
@@ -114,14 +147,14 @@ cdef inline cnp.dtype _descr(object dtype):
     if type(dtype) is type(_FLOAT64) or isinstance(dtype, cnp.dtype):
         d = <cnp.dtype>dtype
     else:
-        d = _DESCR_CACHE.get(dtype)
+        try:
+            d = _DESCR_CACHE.get(dtype)
+        except TypeError:               # unhashable spec (a list of fields)
+            return np.dtype(dtype)
         if d is None:
             d = np.dtype(dtype)
             if len(_DESCR_CACHE) < 256:
-                try:
-                    _DESCR_CACHE[dtype] = d
-                except TypeError:       # unhashable spec (a list of fields)
-                    pass
+                _DESCR_CACHE[dtype] = d
     return d
 
 
@@ -151,6 +184,8 @@ cdef class Block:
             self.allocator._block_died(self)
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
+        if self.allocator is None:
+            raise AllocatorError("this Block was not made by an allocator")
         if self.freed:
             raise AllocatorError(f"cannot view a freed block of {self.allocator!r}")
         PyBuffer_FillInfo(buffer, self, self.ptr, <Py_ssize_t>self.nbytes, 0, flags)
@@ -179,6 +214,8 @@ cdef class Block:
         return self.freed
 
     def __repr__(self):
+        if self.allocator is None:
+            return "<pgo Block (not made by an allocator)>"
         if self.freed:
             return f"<pgo Block (freed) of {self.allocator!r}>"
         return (f"<pgo Block {self.nbytes} bytes at {<uintptr_t>self.ptr:#x} "
@@ -193,6 +230,11 @@ cdef class Allocator:
     """
 
     def __cinit__(self, *args, **kwargs):
+        # Until a subclass points these at its own struct (and forever for a
+        # bare Allocator or a Python subclass of it), they point at empty
+        # module-level ones, so no method ever dereferences NULL.
+        self._st = &_NO_STATS
+        self._lock = &_NO_LOCK
         self._min_align = 1
         self._max_align = 4096
 
@@ -269,7 +311,7 @@ cdef class Allocator:
             raise TypeError(f"dtype {descr} holds Python object references; pgo allocators "
                             f"hand out raw memory, so only plain data dtypes are supported")
         nbytes = <size_t>descr.itemsize
-        if isinstance(shape, int):
+        if isinstance(shape, int) or PyIndex_Check(shape):
             nd = 1
             d = _size_arg(shape, "array dimensions")
             dims[0] = <cnp.npy_intp>d
@@ -285,7 +327,7 @@ cdef class Allocator:
                 dims[i] = <cnp.npy_intp>d
                 if pgo_mul_overflow(nbytes, d, &nbytes):
                     raise MemoryError(f"array of shape {shape} and dtype {descr} is too big")
-        if nbytes > <size_t>(<Py_ssize_t>-1 >> 1):
+        if nbytes > <size_t>PY_SSIZE_T_MAX:
             raise MemoryError(f"array of shape {shape} and dtype {descr} is too big")
         if order is None or order == "C":
             flags = cnp.NPY_ARRAY_CARRAY
@@ -308,14 +350,15 @@ cdef class Allocator:
         return arr
 
     # -- public API -------------------------------------------------------
-    def alloc(self, nbytes, size_t align=16):
+    def alloc(self, nbytes, align=None):
         """Allocate `nbytes` bytes aligned to `align` and return a Block.
 
         Args:
             nbytes: size in bytes, >= 0.  ``alloc(0)`` returns a valid,
                 zero-length Block with an address of its own; it is freed like
                 any other.
-            align: a power of two from 1 to 4096.
+            align: a power of two from 1 to 4096; by default 16 (or the
+                allocator's largest alignment, if smaller).
 
         Returns:
             A Block: ``memoryview(block)`` is a writable view of the memory.
@@ -326,7 +369,12 @@ cdef class Allocator:
             ValueError: `align` is not a power of two up to 4096, or `nbytes`
                 is negative.
         """
-        return self._block(_size_arg(nbytes, "nbytes"), align)
+        cdef size_t a
+        if align is None:
+            a = 16 if self._max_align >= 16 else self._max_align
+        else:
+            a = _align_arg(align)
+        return self._block(_size_arg(nbytes, "nbytes"), a)
 
     def empty(self, shape, dtype=None, order="C", align=None):
         """A new uninitialized numpy array over this allocator's memory.
@@ -345,7 +393,7 @@ cdef class Allocator:
     cdef size_t _array_align(self, object align) except? 0:
         if align is None:
             return 64 if self._max_align >= 64 else self._max_align
-        return align
+        return _align_arg(align)
 
     def free(self, block):
         """Give back a Block from ``alloc()``.
@@ -357,20 +405,8 @@ cdef class Allocator:
                 it raises.
             TypeError: `block` is not a Block.
         """
-        cdef Block b
+        cdef Block b = self._check_free(block)
         cdef int code
-        if type(block) is not Block:
-            if isinstance(block, np.ndarray):
-                raise TypeError("free() takes a Block from alloc(); numpy arrays from "
-                                "empty()/zeros() give their memory back when the last "
-                                "reference to them is dropped")
-            raise TypeError(f"free() takes a Block from alloc(), got {type(block).__name__}")
-        b = <Block>block
-        if b.allocator is not self:
-            raise AllocatorError(f"{self!r}: block belongs to {b.allocator!r}, free it there")
-        if b.freed:
-            raise AllocatorError(f"{self!r}: double free of the {b.nbytes}-byte block "
-                                 f"at {self._where(b.ptr)}")
         if b.exports:
             raise AllocatorError(f"{self!r}: block at {self._where(b.ptr)} still has "
                                  f"{b.exports} open buffer view(s); release them first")
@@ -385,6 +421,23 @@ cdef class Allocator:
         if code != PGO_OK:
             self._raise_free(code, b)
         b.freed = True
+
+    def _check_free(self, block):
+        """The Block `block`, if this allocator may free it; else raises."""
+        cdef Block b
+        if type(block) is not Block:
+            if isinstance(block, np.ndarray):
+                raise TypeError("free() takes a Block from alloc(); numpy arrays from "
+                                "empty()/zeros() give their memory back when the last "
+                                "reference to them is dropped")
+            raise TypeError(f"free() takes a Block from alloc(), got {type(block).__name__}")
+        b = <Block>block
+        if b.allocator is not self:
+            raise AllocatorError(f"{self!r}: block belongs to {b.allocator!r}, free it there")
+        if b.freed:
+            raise AllocatorError(f"{self!r}: double free of the {b.nbytes}-byte block "
+                                 f"at {self._where(b.ptr)}")
+        return b
 
     def _raise_free(self, int code, Block b):
         where = self._where(b.ptr)
@@ -432,10 +485,12 @@ cdef class Allocator:
         allocator-specific keys.
         """
         cdef pgo_stats_t st
+        # NOTE: no Python code may run while the mutex is held: a GC pass
+        # could drop a Block, whose release takes the same mutex.
         pgo_lock_gil_held(self._lock, self._st)
         st = self._st[0]
-        extra = self._extra_stats()
         pgo_unlock(self._lock)
+        extra = self._extra_stats()
         consumed = st.requested + st.lost
         out = {
             "allocator": type(self).__name__,

@@ -11,7 +11,7 @@
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, pgo_raise
+from pgo._core._base cimport Allocator, pgo_fail, pgo_fail_null
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_FILL_ALLOC, PGO_OK, pgo_align_up,
     pgo_bad_align, pgo_lock, pgo_lock_t, pgo_stats_alloc, pgo_stats_t,
@@ -56,10 +56,12 @@ cdef inline int _arena_alloc_unlocked(pgo_arena_t* a, size_t n, size_t align, vo
         return PGO_ERR_ALIGN
     p = pgo_align_up(<uintptr_t>c.base + c.top, align)
     off = p - <uintptr_t>c.base
-    if pgo_unlikely(off > c.size or n > c.size - off):
+    # A zero-byte block still takes a byte, so that it has an address of its own.
+    cdef size_t take = n + (n == 0)
+    if pgo_unlikely(off > c.size or take > c.size - off):
         return _arena_alloc_slow(a, n, align, out, chunk)
-    pgo_stats_alloc(&a.stats, a.stats.in_use + (off + n - c.top), n, off - c.top)
-    c.top = off + n
+    pgo_stats_alloc(&a.stats, a.stats.in_use + (off + take - c.top), n, off - c.top + (take - n))
+    c.top = off + take
     c.live += 1
     if PGO_DEBUG_FILL:
         memset(<void*>p, PGO_FILL_ALLOC, n)
@@ -77,8 +79,7 @@ cdef inline void* arena_alloc(pgo_arena_t* a, size_t n, size_t align) except NUL
     code = _arena_alloc_unlocked(a, n, align, &p, &chunk)
     pgo_unlock(&a.lock)
     if pgo_unlikely(code != PGO_OK):
-        pgo_raise(code, "ArenaAllocator", n, align)
-        return NULL
+        return pgo_fail_null(code, "ArenaAllocator", n, align)
     return p
 
 

@@ -233,8 +233,9 @@ cdef class ArenaAllocator(Allocator):
         nothing in it is alive.
 
         Raises:
-            AllocatorError: always.
+            AllocatorError: always (naming the real owner of a foreign block).
         """
+        self._check_free(block)
         raise AllocatorError(f"{self!r} has no individual free; drop the block (its chunk is "
                              f"reused once nothing in it is alive) or reset()")
 

@@ -9,7 +9,7 @@
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, pgo_raise
+from pgo._core._base cimport Allocator, pgo_fail, pgo_fail_null
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG,
     PGO_FILL_ALLOC, PGO_OK, pgo_align_up, pgo_bad_align, pgo_lock,
@@ -39,11 +39,13 @@ cdef inline int _linear_alloc_unlocked(pgo_linear_t* s, size_t n, size_t align, 
         return PGO_ERR_ALIGN
     p = pgo_align_up(<uintptr_t>s.base + s.top, align)
     off = p - <uintptr_t>s.base
-    if pgo_unlikely(off > s.size or n > s.size - off):
+    # A zero-byte block still takes a byte, so that it has an address of its own.
+    cdef size_t take = n + (n == 0)
+    if pgo_unlikely(off > s.size or take > s.size - off):
         s.stats.failed += 1
         return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
-    pgo_stats_alloc(&s.stats, off + n, n, off - s.top)
-    s.top = off + n
+    pgo_stats_alloc(&s.stats, off + take, n, off - s.top + (take - n))
+    s.top = off + take
     if PGO_DEBUG_FILL:
         memset(<void*>p, PGO_FILL_ALLOC, n)
     out[0] = <void*>p
@@ -58,8 +60,7 @@ cdef inline void* linear_alloc(pgo_linear_t* s, size_t n, size_t align) except N
     code = _linear_alloc_unlocked(s, n, align, &p)
     pgo_unlock(&s.lock)
     if pgo_unlikely(code != PGO_OK):
-        pgo_raise(code, "LinearAllocator", n, align)
-        return NULL
+        return pgo_fail_null(code, "LinearAllocator", n, align)
     return p
 
 

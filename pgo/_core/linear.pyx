@@ -112,8 +112,9 @@ cdef class LinearAllocator(Allocator):
         """Not supported: a linear allocator frees everything at ``reset()``.
 
         Raises:
-            AllocatorError: always; drop the block and call ``reset()``.
+            AllocatorError: always (naming the real owner of a foreign block); drop the block and call ``reset()``.
         """
+        self._check_free(block)
         raise AllocatorError(f"{self!r} has no individual free; drop the block and "
                              f"call reset() once nothing from it is alive")
 

@@ -14,7 +14,7 @@
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, pgo_raise
+from pgo._core._base cimport Allocator, pgo_fail, pgo_fail_null
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
     PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_lock, pgo_lock_t,
@@ -31,6 +31,7 @@ ctypedef struct pgo_slab_seg_t:
 ctypedef struct pgo_slab_t:
     size_t block_size         # bytes a block may hold
     size_t stride             # block_size rounded up to align
+    size_t stride_shift       # log2(stride) when stride is a power of two, else 0
     size_t align
     pgo_slab_seg_t* segs
     size_t nsegs
@@ -92,7 +93,8 @@ cdef inline int _slab_locate(pgo_slab_t* s, void* p, uint64_t* code_out) noexcep
     if x < <uintptr_t>seg.base:
         return PGO_ERR_FOREIGN
     off = x - <uintptr_t>seg.base
-    slot = off // s.stride
+    # A shift, not a division, for the usual power-of-two strides.
+    slot = off >> s.stride_shift if s.stride_shift else off // s.stride
     if slot >= seg.nslots:
         return PGO_ERR_FOREIGN
     if off - slot * s.stride:
@@ -128,30 +130,48 @@ cdef inline int _slab_free_unlocked(pgo_slab_t* s, void* p) noexcept nogil:
     return _slab_free_code(s, code)
 
 
+# Out of line (slab.pyx): the locked, growing and failing cases, so that the
+# inline paths below stay small enough for the C compiler to inline.
+cdef void* _slab_alloc_slow(pgo_slab_t* s) except NULL nogil
+cdef int _slab_free_slow(pgo_slab_t* s, void* p) except -1 nogil
+
+
 cdef inline void* slab_alloc(pgo_slab_t* s) except NULL nogil:
     """One block of s.block_size bytes; raises MemoryError when exhausted."""
-    cdef void* p = NULL
     cdef uint64_t code
-    cdef int err
-    pgo_lock(&s.lock, &s.stats)
-    err = _slab_alloc_unlocked(s, &p, &code)
-    if err == PGO_OK:
-        pgo_stats_alloc(&s.stats, s.stats.in_use + s.stride, s.block_size, s.stride - s.block_size)
-    pgo_unlock(&s.lock)
-    if pgo_unlikely(err != PGO_OK):
-        pgo_raise(err, "SlabAllocator", s.block_size, s.align)
-        return NULL
+    cdef size_t slot
+    cdef char* p
+    if pgo_unlikely(s.lock.enabled or s.nfree == 0 or PGO_DEBUG_FILL):
+        return _slab_alloc_slow(s)
+    s.nfree -= 1
+    code = s.free_codes[s.nfree]
+    slot = <size_t>(code & 0xffffffffu)
+    s.segs[code >> 32].bitmap[slot >> 6] |= (<uint64_t>1) << (slot & 63)
+    p = s.segs[code >> 32].base + slot * s.stride
+    pgo_stats_alloc(&s.stats, s.stats.in_use + s.stride, s.block_size, s.stride - s.block_size)
     return p
 
 
 cdef inline int slab_free(pgo_slab_t* s, void* p) except -1 nogil:
     """Give back a block; NULL is a no-op.  Raises AllocatorError on misuse."""
-    cdef int err
-    pgo_lock(&s.lock, &s.stats)
-    err = _slab_free_unlocked(s, p)
-    pgo_unlock(&s.lock)
-    if pgo_unlikely(err != PGO_OK):
-        return pgo_raise(err, "SlabAllocator", 0, 0)
+    cdef pgo_slab_seg_t* seg = s.segs
+    cdef size_t off, slot
+    cdef uint64_t bit
+    # Fast path: an unlocked allocator with one slab, a slot start, a power
+    # of two stride; everything else (and every error) goes out of line.
+    if pgo_unlikely(s.lock.enabled or s.nsegs != 1 or s.stride_shift == 0 or PGO_DEBUG_FILL):
+        return _slab_free_slow(s, p)
+    off = <uintptr_t>p - <uintptr_t>seg.base
+    slot = off >> s.stride_shift
+    bit = (<uint64_t>1) << (slot & 63)
+    if pgo_unlikely(slot >= seg.nslots or (off & (s.stride - 1)) != 0
+                    or not (seg.bitmap[slot >> 6] & bit)):
+        return _slab_free_slow(s, p)
+    seg.bitmap[slot >> 6] &= ~bit
+    s.free_codes[s.nfree] = slot
+    s.nfree += 1
+    s.stats.frees += 1
+    s.stats.in_use -= s.stride
     return 0
 
 

@@ -14,14 +14,16 @@ belong to the SlabAllocator object, or to the C caller of ``slab_create``.
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_raise
+from pgo._core._base cimport Allocator, Block, pgo_fail, pgo_fail_null, pgo_raise
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_LIVE, PGO_ERR_NOMEM,
     PGO_ERR_OVERFLOW, PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_OK, pgo_bad_align,
     pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_mul_overflow,
     pgo_stats_alloc, pgo_unlock,
 )
+
+from pgo._errors import AllocatorError
 
 cdef enum:
     MAX_SLAB_SLOTS = 1 << 24
@@ -48,6 +50,9 @@ cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots
     s.block_size = block_size
     s.align = align
     s.stride = _round_up(block_size, align)
+    if s.stride & (s.stride - 1) == 0:
+        while (<size_t>1 << s.stride_shift) < s.stride:
+            s.stride_shift += 1
     if first_slots == 0:
         first_slots = DEFAULT_SLAB_BYTES // s.stride
     if first_slots < 1:
@@ -135,6 +140,30 @@ cdef int _slab_grow(pgo_slab_t* s) noexcept nogil:
     return PGO_OK
 
 
+cdef void* _slab_alloc_slow(pgo_slab_t* s) except NULL nogil:
+    cdef void* p = NULL
+    cdef uint64_t code
+    cdef int err
+    pgo_lock(&s.lock, &s.stats)
+    err = _slab_alloc_unlocked(s, &p, &code)
+    if err == PGO_OK:
+        pgo_stats_alloc(&s.stats, s.stats.in_use + s.stride, s.block_size, s.stride - s.block_size)
+    pgo_unlock(&s.lock)
+    if err != PGO_OK:
+        return pgo_fail_null(err, "SlabAllocator", s.block_size, s.align)
+    return p
+
+
+cdef int _slab_free_slow(pgo_slab_t* s, void* p) except -1 nogil:
+    cdef int err
+    pgo_lock(&s.lock, &s.stats)
+    err = _slab_free_unlocked(s, p)
+    pgo_unlock(&s.lock)
+    if err != PGO_OK:
+        return pgo_fail(err, "SlabAllocator", 0, 0)
+    return 0
+
+
 cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
     cdef size_t i, j, nslots
     if s.stats.live_blocks:
@@ -196,6 +225,8 @@ cdef class SlabAllocator(Allocator):
 
     def __cinit__(self, size_t block_size=64, *, align=None, size_t slots_per_slab=0,
                   size_t max_bytes=0, bint threadsafe=False):
+        if block_size == 0:
+            raise ValueError("block_size must be at least 1")
         cdef size_t a = _natural_align(block_size) if align is None else align
         self.s = slab_create(block_size, a, slots_per_slab, max_bytes, threadsafe)
         self._st = &self.s.stats
@@ -258,6 +289,9 @@ cdef class SlabAllocator(Allocator):
         """Test-only: run the C-level free on a raw address."""
         cdef int code
         code = _slab_free_unlocked(self.s, <void*>address)
+        if code == PGO_ERR_DOUBLE_FREE:
+            raise AllocatorError(f"{self!r}: double free of the block at "
+                                 f"{self._where(<char*>address)}")
         if code != PGO_OK:
             pgo_raise(code, "SlabAllocator", 0, 0)
 

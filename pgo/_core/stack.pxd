@@ -16,7 +16,7 @@
 from libc.stdint cimport uint32_t, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, pgo_raise
+from pgo._core._base cimport Allocator, pgo_fail, pgo_fail_null
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
@@ -129,7 +129,7 @@ cdef inline int _stack_free_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
     if a < <uintptr_t>s.base or a - <uintptr_t>s.base > s.top:
         return PGO_ERR_FOREIGN
     off = a - <uintptr_t>s.base
-    if pgo_unlikely(off != s.last):
+    if pgo_unlikely(off != s.last or off == 0):
         return _stack_classify(s, off)
     h = _stack_hdr(s, off)
     h.flags |= PGO_STACK_DEAD
@@ -156,8 +156,7 @@ cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NUL
     code = _stack_alloc_unlocked(s, n, align, &p)
     pgo_unlock(&s.lock)
     if pgo_unlikely(code != PGO_OK):
-        pgo_raise(code, "StackAllocator", n, align)
-        return NULL
+        return pgo_fail_null(code, "StackAllocator", n, align)
     return p
 
 
@@ -168,7 +167,7 @@ cdef inline int stack_free(pgo_stack_t* s, void* p) except -1 nogil:
     code = _stack_free_unlocked(s, p)
     pgo_unlock(&s.lock)
     if pgo_unlikely(code != PGO_OK):
-        return pgo_raise(code, "StackAllocator", 0, 0)
+        return pgo_fail(code, "StackAllocator", 0, 0)
     return 0
 
 
