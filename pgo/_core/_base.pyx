@@ -68,7 +68,7 @@ DEBUG_BUILD = bool(PGO_DEBUG_FILL)
 
 cdef enum:
     MAX_NDIM = 64
-    BIG_MEMSET = 1 << 20        # zero bigger blocks with the GIL released
+    BIG_MEMSET = 1048576        # zero bigger blocks with the GIL released (1 MiB)
 
 cdef cnp.dtype _FLOAT64 = np.dtype(np.float64)
 cdef pgo_stats_t _NO_STATS

@@ -28,7 +28,7 @@ from pgo._core._typedefs cimport (
 from pgo._errors import AllocatorError
 
 cdef enum:
-    DEF_CHUNK = 1 << 20
+    DEF_CHUNK = 1048576         # 1 MiB; literals only: overflowcheck mis-compiles constant expressions here
 
 
 cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:

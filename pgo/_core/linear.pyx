@@ -81,7 +81,7 @@ cdef class LinearAllocator(Allocator):
     AllocatorError, changing nothing, while any of them is alive).
     """
 
-    def __cinit__(self, size_t capacity=1 << 20, *, bint threadsafe=False):
+    def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = linear_create(capacity, threadsafe)
         self._st = &self.s.stats
         self._lock = &self.s.lock

@@ -26,8 +26,8 @@ from pgo._core._typedefs cimport (
 from pgo._errors import AllocatorError
 
 cdef enum:
-    MAX_SLAB_SLOTS = 1 << 24
-    DEFAULT_SLAB_BYTES = 64 * 1024
+    MAX_SLAB_SLOTS = 16777216   # 2**24; literals only: overflowcheck mis-compiles constant expressions here
+    DEFAULT_SLAB_BYTES = 65536
 
 
 cdef inline size_t _round_up(size_t x, size_t align) noexcept nogil:

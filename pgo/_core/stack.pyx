@@ -129,7 +129,7 @@ cdef class StackAllocator(Allocator):
     Thread-safety: see `threadsafe`; without it, the GIL must be held.
     """
 
-    def __cinit__(self, size_t capacity=1 << 20, *, bint threadsafe=False):
+    def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = stack_create(capacity, threadsafe)
         self._st = &self.s.stats
         self._lock = &self.s.lock

@@ -1,0 +1,195 @@
+"""Threadsafe allocators shared by threads.
+
+- The stress (RELIABILITY 9, after mimalloc's test-stress): 8 threads run
+  the nogil worker of tests/_cython/stress.pyx on one SlabAllocator, then
+  on one ArenaAllocator, in rounds of freshly created threads; blocks carry
+  a cookie pattern and are freed on other threads.  Zero mismatches, and
+  the stats add up afterwards.
+- Pure Python: 8 threads share a SlabAllocator and pass Blocks and arrays
+  to each other through a queue.Queue; the receiver checks, then frees or
+  drops them.
+"""
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+
+import pgo
+
+THREADS = 8
+
+
+def run_rounds(cext, allocator, seconds, rounds):
+    """`rounds` rounds of THREADS new threads, each running the worker for
+    seconds / rounds; blocks left in the exchange cross into the next round."""
+    exchange = cext.Exchange(256)
+    results, errors = [], []
+
+    def work(tid):
+        try:
+            results.append(cext.stress(allocator, exchange, seconds / rounds, tid, seed=tid + 1))
+        except BaseException as e:            # reported below, not lost in the thread
+            errors.append(e)
+
+    for r in range(rounds):
+        threads = [threading.Thread(target=work, args=(r * THREADS + i,)) for i in range(THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    left_mismatches, left = cext.drain(allocator, exchange)
+    total = {key: sum(res[key] for res in results) for key in results[0]}
+    total["mismatches"] += left_mismatches
+    total["frees"] += left
+    assert len(exchange) == 0
+    return total
+
+
+def assert_clean(allocator, total, allocations_before):
+    st = allocator.stats()
+    assert total["mismatches"] == 0, total
+    assert total["allocations"] == total["frees"], total
+    assert st["allocations"] - allocations_before == total["allocations"]
+    assert st["allocations"] == st["frees"]
+    assert st["live_blocks"] == 0 and st["in_use"] == 0
+    assert st["in_use"] <= st["capacity"]
+    # Blocks really changed threads (the point of the exercise).
+    assert total["foreign"] > 0, total
+    return st
+
+
+@pytest.mark.slow
+def test_nogil_stress_slab(cext):
+    sl = pgo.SlabAllocator(96, slots_per_slab=64, threadsafe=True)
+    keep = sl.alloc(96)                       # a Python Block alongside the C users
+    with memoryview(keep) as mv:
+        mv[:] = bytes(range(96))
+    total = run_rounds(cext, sl, seconds=2.5, rounds=5)
+    del keep
+    st = assert_clean(sl, total, allocations_before=1)
+    assert st["free_slots"] * st["stride"] == st["capacity"]
+
+
+@pytest.mark.slow
+def test_nogil_stress_arena(cext):
+    ar = pgo.ArenaAllocator(1 << 14, threadsafe=True)
+    total = run_rounds(cext, ar, seconds=2.5, rounds=5)
+    st = assert_clean(ar, total, allocations_before=0)
+    assert st["chunks_in_use"] == 0
+
+
+def test_nogil_stress_short(cext):
+    # A fast version for every run: one round, both allocators.
+    for allocator in (pgo.SlabAllocator(40, slots_per_slab=8, threadsafe=True),
+                      pgo.ArenaAllocator(4096, threadsafe=True)):
+        total = run_rounds(cext, allocator, seconds=0.2, rounds=1)
+        assert_clean(allocator, total, allocations_before=0)
+
+
+def test_python_and_nogil_users_share_a_slab(cext):
+    # Python calls hold the GIL; when a nogil worker holds the mutex they
+    # wait for it with the GIL released (or everything would stall).
+    sl = pgo.SlabAllocator(64, slots_per_slab=8, threadsafe=True)
+    exchange = cext.Exchange(64)
+    results, errors = [], []
+
+    def work(tid):
+        try:
+            results.append(cext.stress(sl, exchange, 0.5, tid, seed=tid + 1))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(tid,)) for tid in range(4)]
+    for t in threads:
+        t.start()
+    rounds = 0
+    while any(t.is_alive() for t in threads) or rounds < 100:
+        blocks = [sl.alloc(64, 64) for _ in range(8)]
+        for i, b in enumerate(blocks):
+            with memoryview(b) as mv:
+                mv[:] = bytes([i + rounds & 0xFF]) * 64
+        arr = sl.zeros(8, dtype=np.int64)
+        for i, b in enumerate(blocks):
+            assert bytes(b) == bytes([i + rounds & 0xFF]) * 64
+        for b in blocks[::2]:
+            sl.free(b)
+        assert not arr.any()
+        del blocks, b, arr
+        sl.stats()
+        rounds += 1
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    mismatches, _ = cext.drain(sl, exchange)
+    assert mismatches == 0 and sum(r["mismatches"] for r in results) == 0
+    st = sl.stats()
+    assert st["allocations"] == st["frees"]
+    assert st["live_blocks"] == 0 and st["in_use"] == 0
+
+
+def test_stress_worker_refuses_other_allocators(cext):
+    with pytest.raises(TypeError, match="SlabAllocator or an ArenaAllocator"):
+        cext.stress(pgo.StackAllocator(1024, threadsafe=True), cext.Exchange(4), 0.01, 0)
+
+
+def test_python_threads_pass_blocks_through_a_queue():
+    sl = pgo.SlabAllocator(64, slots_per_slab=16, threadsafe=True)
+    q = queue.Queue()
+    per_thread = 300
+    problems = []
+    counts = [0, 0]                            # freed, dropped
+    lock = threading.Lock()
+
+    def expected(tid, i, n):
+        return bytes(((tid * 37 + i * 11 + k) & 0xFF) for k in range(n))
+
+    def worker(tid):
+        try:
+            for i in range(per_thread):
+                n = 1 + (tid * 7 + i) % 64
+                if i % 5 == 0:
+                    arr = sl.empty(n, dtype=np.uint8, align=64)
+                    arr[:] = np.frombuffer(expected(tid, i, n), dtype=np.uint8)
+                    q.put((tid, i, arr))
+                    del arr
+                else:
+                    b = sl.alloc(n, 64)
+                    with memoryview(b) as mv:
+                        mv[:] = expected(tid, i, n)
+                    q.put((tid, i, b))
+                    del b
+                src, j, item = q.get(timeout=30)
+                if isinstance(item, pgo.Block):
+                    data = bytes(item)
+                    nbytes = item.nbytes
+                else:
+                    data = item.tobytes()
+                    nbytes = item.nbytes
+                if data != expected(src, j, nbytes):
+                    problems.append((tid, src, j))
+                if isinstance(item, pgo.Block) and i % 2:
+                    sl.free(item)
+                    with lock:
+                        counts[0] += 1
+                else:
+                    with lock:
+                        counts[1] += 1
+                del item
+        except BaseException as e:
+            problems.append(e)
+
+    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not problems, problems[:5]
+    assert q.empty()
+    st = sl.stats()
+    assert st["allocations"] == st["frees"] == THREADS * per_thread
+    assert counts[0] > 0 and counts[1] > 0
+    assert st["live_blocks"] == 0 and st["in_use"] == 0
+    assert st["free_slots"] * st["stride"] == st["capacity"]
