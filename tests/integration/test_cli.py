@@ -1,6 +1,7 @@
 """The real `pgo` command line, run in subprocesses."""
 
 import subprocess
+import tempfile
 import sys
 
 import pgo
@@ -9,6 +10,9 @@ import pgo
 def run_pgo(*args, timeout=120):
     return subprocess.run(
         [sys.executable, "-m", "pgo", *args],
+        # Outside the checkout: `-m` puts cwd first on sys.path, and the source
+        # tree's pgo/ (without built extensions) must not shadow the install.
+        cwd=tempfile.gettempdir(),
         capture_output=True, text=True, timeout=timeout,
     )
 

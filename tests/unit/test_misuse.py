@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -86,7 +87,10 @@ def assert_usable(a, keep=()):
 
 def run_python(code, timeout=60):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+    # cwd outside the checkout: `-c` puts cwd first on sys.path, and the
+    # source tree's pgo/ (without built extensions) must not shadow the install.
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tempfile.gettempdir(),
+                          capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
