@@ -824,7 +824,7 @@ def test_stats_while_gc_collects_a_threadsafe_allocators_arrays():
         print(a.live_blocks)
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    procs = {kind: subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), kind], env=env,
+    procs = {kind: subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), kind], env=env, cwd=tempfile.gettempdir(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for kind in MAKERS}
     hung, failed = [], {}
