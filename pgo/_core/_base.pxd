@@ -42,6 +42,10 @@ cdef class Allocator:
     cdef void _c_dead(self, Block b) noexcept
     cdef int _c_reset(self) noexcept
     cdef object _where(self, char* p)
+    cdef void _sync(self) noexcept             # write derived stats into *_st
+    cdef size_t _canary_len(self, Block b) noexcept  # test build: bytes checked after a block
+    cdef Block _check_free(self, object block)
+    cdef bint _canary_broken(self, Block b) noexcept
 
     cdef Block _block(self, size_t nbytes, size_t align)
     cdef void _block_died(self, Block b) noexcept

@@ -28,16 +28,16 @@ c) A Block that dies without ``free()`` gives its memory back through
 cimport cython
 cimport numpy as cnp
 from cpython.buffer cimport PyBuffer_FillInfo
-from cpython.exc cimport PyErr_SetObject
+from cpython.exc cimport PyErr_SetObject, PyErr_WriteUnraisable
 from cpython.object cimport PyTypeObject
 from cpython.ref cimport PyObject, Py_INCREF
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 from pgo._core._typedefs cimport (
-    pgo_lock_t, pgo_stats_t, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    pgo_lock_t, pgo_stats_t, pgo_canary_ok, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
-    PGO_ERR_OVERFLOW, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
+    PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
     pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
 )
 
@@ -96,6 +96,11 @@ cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) excep
         raise AllocatorError(f"{name}: free out of LIFO order (only the most recent block can be freed)")
     if code == PGO_ERR_LIVE:
         raise AllocatorError(f"{name}: reset while Python blocks are alive")
+    if code == PGO_ERR_PY_OWNED:
+        raise AllocatorError(f"{name}: block is owned by a Python Block; free() or drop "
+                             f"that instead")
+    if code == PGO_ERR_OVERRUN:
+        raise AllocatorError(f"{name}: something wrote past the end of the block")
     raise AllocatorError(f"{name}: error code {code}")
 
 
@@ -259,7 +264,18 @@ cdef class Allocator:
     cdef object _where(self, char* p):
         return "?"
 
+    cdef void _sync(self) noexcept:
+        pass
+
+    cdef size_t _canary_len(self, Block b) noexcept:
+        return 0
+
+    cdef bint _canary_broken(self, Block b) noexcept:
+        # Test build only: the bytes after the block must still hold the fill.
+        return PGO_DEBUG_FILL and not pgo_canary_ok(b.ptr + b.nbytes, self._canary_len(b))
+
     def _describe_nomem(self, size_t nbytes):
+        self._sync()
         return (f"{self!r}: cannot allocate {nbytes:,} bytes "
                 f"({self._st.in_use:,} of {self._st.capacity:,} bytes in use)")
 
@@ -297,6 +313,13 @@ cdef class Allocator:
         pgo_raise(code, type(self).__name__.encode(), nbytes, align)
 
     cdef void _block_died(self, Block b) noexcept:
+        if self._canary_broken(b):
+            # Nobody to raise to in a deallocator: report it as unraisable.
+            try:
+                raise AllocatorError(f"{self!r}: something wrote past the end of the "
+                                     f"{b.nbytes}-byte block at {self._where(b.ptr)}")
+            except AllocatorError as e:
+                PyErr_WriteUnraisable(e)
         pgo_lock_gil_held(self._lock, self._st)
         self._c_dead(b)
         self._st.live_blocks -= 1
@@ -413,6 +436,9 @@ cdef class Allocator:
         if b.backs_array:
             raise AllocatorError(f"{self!r}: block at {self._where(b.ptr)} backs a numpy array; "
                                  f"it is freed when the array is dropped")
+        if self._canary_broken(b):
+            raise AllocatorError(f"{self!r}: something wrote past the end of the "
+                                 f"{b.nbytes}-byte block at {self._where(b.ptr)}")
         pgo_lock_gil_held(self._lock, self._st)
         code = self._c_free(b)
         if code == PGO_OK:
@@ -422,8 +448,8 @@ cdef class Allocator:
             self._raise_free(code, b)
         b.freed = True
 
-    def _check_free(self, block):
-        """The Block `block`, if this allocator may free it; else raises."""
+    cdef Block _check_free(self, object block):
+        # The Block `block`, if this allocator may free it; else raises.
         cdef Block b
         if type(block) is not Block:
             if isinstance(block, np.ndarray):
@@ -488,6 +514,7 @@ cdef class Allocator:
         # NOTE: no Python code may run while the mutex is held: a GC pass
         # could drop a Block, whose release takes the same mutex.
         pgo_lock_gil_held(self._lock, self._st)
+        self._sync()
         st = self._st[0]
         pgo_unlock(self._lock)
         extra = self._extra_stats()
@@ -523,10 +550,16 @@ cdef class Allocator:
     @property
     def in_use(self):
         """Bytes consumed now, alignment padding and headers included."""
+        pgo_lock_gil_held(self._lock, self._st)
+        self._sync()
+        pgo_unlock(self._lock)
         return self._st.in_use
 
     @property
     def peak(self):
+        pgo_lock_gil_held(self._lock, self._st)
+        self._sync()
+        pgo_unlock(self._lock)
         return self._st.peak
 
     @property

@@ -13,6 +13,9 @@ cdef extern from *:
     #endif
     #define PGO_FILL_ALLOC 0xA5
     #define PGO_FILL_FREE 0x5A
+    /* Test build: bytes reserved after every stack and slab block, filled
+       with PGO_FILL_ALLOC and checked when the block is freed. */
+    #define PGO_CANARY (PGO_DEBUG_FILL ? 8 : 0)
     #define PGO_MAX_ALIGN 4096
     #define pgo_likely(x) __builtin_expect(!!(x), 1)
     #define pgo_unlikely(x) __builtin_expect(!!(x), 0)
@@ -28,6 +31,7 @@ cdef extern from *:
     const int PGO_DEBUG_FILL
     const int PGO_FILL_ALLOC
     const int PGO_FILL_FREE
+    const size_t PGO_CANARY
     const size_t PGO_MAX_ALIGN
     bint pgo_likely(bint) noexcept nogil
     bint pgo_unlikely(bint) noexcept nogil
@@ -58,6 +62,8 @@ cpdef enum:
     PGO_ERR_ORDER = 7          # stack free out of LIFO order
     PGO_ERR_LIVE = 8           # reset while Python blocks are alive
     PGO_ERR_TOO_BIG = 9        # larger than the allocator can ever serve
+    PGO_ERR_PY_OWNED = 10      # C-level free of a block a Python Block owns
+    PGO_ERR_OVERRUN = 11       # test build: the canary after a block was overwritten
 
 
 ctypedef struct pgo_stats_t:
@@ -122,6 +128,14 @@ cdef inline void pgo_lock_gil_held(pgo_lock_t* l, pgo_stats_t* st) noexcept:
 cdef inline void pgo_unlock(pgo_lock_t* l) noexcept nogil:
     if l.enabled:
         pthread_mutex_unlock(&l.mutex)
+
+
+cdef inline bint pgo_canary_ok(const char* p, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if <unsigned char>p[i] != PGO_FILL_ALLOC:
+            return False
+    return True
 
 
 cdef inline void pgo_stats_alloc(pgo_stats_t* st, size_t in_use, size_t requested, size_t lost) noexcept nogil:

@@ -1,5 +1,7 @@
 # LinearAllocator: a bump pointer over one malloc'd buffer.  No per-block
 # header and no individual free: everything goes at once with linear_reset.
+# stats.in_use, peak and lost are derived: call linear_sync_stats(s) before
+# reading s.stats.
 #
 #   cdef pgo_linear_t* s = linear_create(1 << 20, False)
 #   cdef char* p = <char*>linear_alloc(s, 256, 16)
@@ -7,13 +9,10 @@
 #   linear_destroy(s)
 
 from libc.stdint cimport uintptr_t
-from libc.string cimport memset
-
-from pgo._core._base cimport Allocator, pgo_fail, pgo_fail_null
+from pgo._core._base cimport Allocator
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG,
-    PGO_FILL_ALLOC, PGO_OK, pgo_align_up, pgo_bad_align, pgo_lock,
-    pgo_lock_t, pgo_stats_alloc, pgo_stats_t, pgo_unlikely, pgo_unlock,
+    PGO_DEBUG_FILL, pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t,
+    pgo_unlikely,
 )
 
 
@@ -31,37 +30,34 @@ cdef void linear_destroy(pgo_linear_t* s) noexcept nogil
 cdef int linear_reset(pgo_linear_t* s) except -1 nogil
 
 
-cdef inline int _linear_alloc_unlocked(pgo_linear_t* s, size_t n, size_t align, void** out) noexcept nogil:
-    cdef uintptr_t p
-    cdef size_t off
-    if pgo_unlikely(pgo_bad_align(align)):
-        s.stats.failed += 1
-        return PGO_ERR_ALIGN
-    p = pgo_align_up(<uintptr_t>s.base + s.top, align)
-    off = p - <uintptr_t>s.base
-    # A zero-byte block still takes a byte, so that it has an address of its own.
-    cdef size_t take = n + (n == 0)
-    if pgo_unlikely(off > s.size or take > s.size - off):
-        s.stats.failed += 1
-        return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
-    pgo_stats_alloc(&s.stats, off + take, n, off - s.top + (take - n))
-    s.top = off + take
-    if PGO_DEBUG_FILL:
-        memset(<void*>p, PGO_FILL_ALLOC, n)
-    out[0] = <void*>p
-    return PGO_OK
+# Out of line: locked, test-build and failing allocations; NULL with the
+# exception set.
+cdef void* _linear_alloc_slow(pgo_linear_t* s, size_t n, size_t align) noexcept nogil
+
+
+cdef inline void linear_sync_stats(pgo_linear_t* s) noexcept nogil:
+    # in_use, peak and lost follow from top (which only grows between
+    # resets), so the hot path does not maintain them.
+    s.stats.in_use = s.top
+    if s.top > s.stats.peak:
+        s.stats.peak = s.top
+    s.stats.lost = s.top - s.stats.requested
 
 
 cdef inline void* linear_alloc(pgo_linear_t* s, size_t n, size_t align) except NULL nogil:
     """Allocate n bytes aligned to align; raises MemoryError/ValueError."""
-    cdef void* p = NULL
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _linear_alloc_unlocked(s, n, align, &p)
-    pgo_unlock(&s.lock)
-    if pgo_unlikely(code != PGO_OK):
-        return pgo_fail_null(code, "LinearAllocator", n, align)
-    return p
+    cdef uintptr_t p
+    cdef size_t off
+    if pgo_unlikely(s.lock.enabled or pgo_bad_align(align) or PGO_DEBUG_FILL or n == 0):
+        return _linear_alloc_slow(s, n, align)
+    p = pgo_align_up(<uintptr_t>s.base + s.top, align)
+    off = p - <uintptr_t>s.base
+    if pgo_unlikely(off > s.size or n > s.size - off):
+        return _linear_alloc_slow(s, n, align)
+    s.top = off + n
+    s.stats.allocs += 1
+    s.stats.requested += n
+    return <void*>p
 
 
 cdef class LinearAllocator(Allocator):

@@ -9,12 +9,14 @@ Ownership: the ``pgo_linear_t`` and its buffer belong to the
 LinearAllocator object, or to the C caller of ``linear_create``.
 """
 
+from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_raise
+from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_FILL_FREE, PGO_OK,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG,
+    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_align_up, pgo_bad_align,
     pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock,
 )
 
@@ -46,11 +48,45 @@ cdef void linear_destroy(pgo_linear_t* s) noexcept nogil:
         pgo_sys_free(s)
 
 
+cdef int _linear_alloc_unlocked(pgo_linear_t* s, size_t n, size_t align, void** out) noexcept nogil:
+    cdef uintptr_t p
+    cdef size_t off
+    # A zero-byte block still takes a byte, so that it has an address of its own.
+    cdef size_t take = n + (n == 0)
+    if pgo_bad_align(align):
+        s.stats.failed += 1
+        return PGO_ERR_ALIGN
+    p = pgo_align_up(<uintptr_t>s.base + s.top, align)
+    off = p - <uintptr_t>s.base
+    if off > s.size or take > s.size - off:
+        s.stats.failed += 1
+        return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
+    s.top = off + take
+    s.stats.allocs += 1
+    s.stats.requested += n
+    if PGO_DEBUG_FILL:
+        memset(<void*>p, PGO_FILL_ALLOC, n)
+    out[0] = <void*>p
+    return PGO_OK
+
+
+cdef void* _linear_alloc_slow(pgo_linear_t* s, size_t n, size_t align) noexcept nogil:
+    cdef void* p = NULL
+    cdef int code
+    pgo_lock(&s.lock, &s.stats)
+    code = _linear_alloc_unlocked(s, n, align, &p)
+    pgo_unlock(&s.lock)
+    if code != PGO_OK:
+        return pgo_fail_null(code, "LinearAllocator", n, align)
+    return p
+
+
 cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, s.top)
+    linear_sync_stats(s)
     s.top = 0
     s.stats.in_use = 0
     s.stats.resets += 1
@@ -94,6 +130,9 @@ cdef class LinearAllocator(Allocator):
 
     cdef void _c_dead(self, Block b) noexcept:
         self.s.stats.frees += 1
+
+    cdef void _sync(self) noexcept:
+        linear_sync_stats(self.s)
 
     cdef int _c_reset(self) noexcept:
         return _linear_reset_unlocked(self.s)

@@ -1,7 +1,8 @@
 """StackAllocator: LIFO scratch memory over one malloc'd buffer.
 
 Design: the hot path (alloc, free of the top block) is inline in
-``stack.pxd``.  Each block carries a 24-byte header (the previous top and the
+``stack.pxd``; the complete versions, with locking, errors, the test
+build's fill and canary and deferred releases, are here.  Each block carries a 24-byte header (the previous top and the
 previous block), which is what lets ``free`` check LIFO order and lets a
 Python Block that dies out of order be released later, once every block
 above it is gone, instead of corrupting the stack.
@@ -17,12 +18,17 @@ object (created in ``__cinit__``, freed in ``__dealloc__``); C callers of
 cimport cython
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_raise
+from pgo._core._base cimport Allocator, Block, pgo_fail, pgo_fail_null, pgo_raise
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
+from libc.stdint cimport uintptr_t
+
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_FILL_FREE,
-    PGO_OK, pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init,
-    pgo_unlock,
+    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE,
+    PGO_ERR_FOREIGN, PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM,
+    PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
+    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow, pgo_align_up,
+    pgo_bad_align, pgo_canary_ok, pgo_lock, pgo_lock_destroy,
+    pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
 )
 
 import warnings
@@ -53,7 +59,131 @@ cdef void stack_destroy(pgo_stack_t* s) noexcept nogil:
         pgo_sys_free(s)
 
 
-cdef inline int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept nogil:
+cdef int _stack_alloc_unlocked(pgo_stack_t* s, size_t n, size_t align, void** out) noexcept nogil:
+    # The complete allocation: what stack_alloc inlines, plus the test
+    # build's fill and canary, and the failure codes.
+    cdef uintptr_t p
+    cdef size_t off, take
+    cdef pgo_stack_hdr_t* h
+    if pgo_bad_align(align):
+        s.stats.failed += 1
+        return PGO_ERR_ALIGN
+    if align < PGO_STACK_MIN_ALIGN:
+        align = PGO_STACK_MIN_ALIGN
+    p = pgo_align_up(<uintptr_t>s.base + s.top + sizeof(pgo_stack_hdr_t), align)
+    off = p - <uintptr_t>s.base
+    if pgo_add_overflow(n, PGO_CANARY, &take) or off > s.size or take > s.size - off:
+        s.stats.failed += 1
+        return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
+    h = <pgo_stack_hdr_t*>(p - sizeof(pgo_stack_hdr_t))
+    h.prev_top = s.top
+    h.prev_last = s.last
+    h.magic = PGO_STACK_MAGIC
+    h.flags = 0
+    s.stats.allocs += 1
+    s.stats.requested += n
+    s.stats.lost += off - s.top + PGO_CANARY
+    s.top = off + take
+    s.last = off
+    if s.top > s.stats.peak:
+        s.stats.peak = s.top
+    if PGO_DEBUG_FILL:
+        memset(<void*>p, PGO_FILL_ALLOC, take)
+    out[0] = <void*>p
+    return PGO_OK
+
+
+cdef void _stack_pop_dead(pgo_stack_t* s) noexcept nogil:
+    cdef pgo_stack_hdr_t* h
+    cdef size_t old_top = s.top
+    while s.last:
+        h = _stack_hdr(s, s.last)
+        if not (h.flags & PGO_STACK_DEAD):
+            break
+        s.top = h.prev_top
+        s.last = h.prev_last
+    if PGO_DEBUG_FILL and s.top < old_top:
+        memset(s.base + s.top, PGO_FILL_FREE, old_top - s.top)
+
+
+cdef int _stack_classify(pgo_stack_t* s, size_t off) noexcept nogil:
+    # Error path only: walks the chain of blocks to say what `off` is.
+    cdef size_t k = s.last
+    while k:
+        if k == off:
+            if _stack_hdr(s, k).flags & PGO_STACK_DEAD:
+                return PGO_ERR_DOUBLE_FREE
+            return PGO_ERR_ORDER
+        k = _stack_hdr(s, k).prev_last
+    return PGO_ERR_INTERIOR if off < s.top else PGO_ERR_FOREIGN
+
+
+cdef int _stack_free_unlocked(pgo_stack_t* s, void* p, bint from_python) noexcept nogil:
+    # The complete free of the top block; nothing changes when it fails.
+    cdef uintptr_t a = <uintptr_t>p
+    cdef size_t off
+    cdef pgo_stack_hdr_t* h
+    if p == NULL:
+        return PGO_OK
+    if a < <uintptr_t>s.base or a - <uintptr_t>s.base > s.top:
+        return PGO_ERR_FOREIGN
+    off = a - <uintptr_t>s.base
+    if off != s.last or off == 0:
+        return _stack_classify(s, off)
+    h = _stack_hdr(s, off)
+    if h.flags & PGO_STACK_DEAD:
+        return PGO_ERR_DOUBLE_FREE
+    if h.flags & PGO_STACK_PY and not from_python:
+        return PGO_ERR_PY_OWNED
+    if PGO_CANARY and not pgo_canary_ok(s.base + s.top - PGO_CANARY, PGO_CANARY):
+        return PGO_ERR_OVERRUN
+    h.flags |= PGO_STACK_DEAD
+    s.stats.frees += 1
+    _stack_pop_dead(s)
+    return PGO_OK
+
+
+cdef void* _stack_alloc_slow(pgo_stack_t* s, size_t n, size_t align) noexcept nogil:
+    cdef void* p = NULL
+    cdef int code
+    pgo_lock(&s.lock, &s.stats)
+    code = _stack_alloc_unlocked(s, n, align, &p)
+    pgo_unlock(&s.lock)
+    if code != PGO_OK:
+        return pgo_fail_null(code, "StackAllocator", n, align)
+    return p
+
+
+cdef int _stack_free_slow(pgo_stack_t* s, void* p) noexcept nogil:
+    cdef int code
+    pgo_lock(&s.lock, &s.stats)
+    code = _stack_free_unlocked(s, p, False)
+    pgo_unlock(&s.lock)
+    if code != PGO_OK:
+        return pgo_fail(code, "StackAllocator", 0, 0)
+    return 0
+
+
+cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
+    # A Python Block died: its block is released now if it is on top, else
+    # as soon as every block above it is gone.
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
+    _stack_hdr(s, off).flags |= PGO_STACK_DEAD
+    s.stats.frees += 1
+    if off == s.last:
+        _stack_pop_dead(s)
+
+
+cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
+    cdef pgo_stack_mark_t m
+    pgo_lock(&s.lock, &s.stats)
+    m.top = s.top
+    m.last = s.last
+    pgo_unlock(&s.lock)
+    return m
+
+
+cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept nogil:
     cdef size_t k = s.last
     cdef size_t released = 0
     cdef pgo_stack_hdr_t* h
@@ -71,7 +201,6 @@ cdef inline int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noex
         memset(s.base + m.top, PGO_FILL_FREE, s.top - m.top)
     s.top = m.top
     s.last = m.last
-    s.stats.in_use = s.top
     return PGO_OK
 
 
@@ -145,7 +274,7 @@ cdef class StackAllocator(Allocator):
         return code
 
     cdef int _c_free(self, Block b) noexcept:
-        return _stack_free_unlocked(self.s, b.ptr)
+        return _stack_free_unlocked(self.s, b.ptr, True)
 
     cdef void _c_dead(self, Block b) noexcept:
         _stack_kill_unlocked(self.s, b.ptr)
@@ -161,8 +290,15 @@ cdef class StackAllocator(Allocator):
                 f"of {self.s.size:,} bytes free (each block also takes a "
                 f"{sizeof(pgo_stack_hdr_t)}-byte header and alignment padding)")
 
+    cdef void _sync(self) noexcept:
+        stack_sync_stats(self.s)
+
+    cdef size_t _canary_len(self, Block b) noexcept:
+        return PGO_CANARY
+
     def _extra_stats(self):
-        return {"top": self.s.top, "header_bytes": sizeof(pgo_stack_hdr_t)}
+        return {"top": self.s.top, "header_bytes": sizeof(pgo_stack_hdr_t),
+                "canary_bytes": PGO_CANARY}
 
     def frame(self):
         """``with stack.frame() as f:`` -- release what is allocated inside on exit.
@@ -176,7 +312,7 @@ cdef class StackAllocator(Allocator):
         """Test-only: run the C-level free on a raw address."""
         cdef int code
         pgo_lock_gil_held(self._lock, self._st)
-        code = _stack_free_unlocked(self.s, <void*>address)
+        code = _stack_free_unlocked(self.s, <void*>address, False)
         pgo_unlock(self._lock)
         if code != PGO_OK:
             pgo_raise(code, "StackAllocator", 0, 0)

@@ -1,5 +1,6 @@
 """The real `pgo` command line, run in subprocesses."""
 
+import os
 import subprocess
 import tempfile
 import sys
@@ -13,6 +14,7 @@ def run_pgo(*args, timeout=120):
         # Outside the checkout: `-m` puts cwd first on sys.path, and the source
         # tree's pgo/ (without built extensions) must not shadow the install.
         cwd=tempfile.gettempdir(),
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
         capture_output=True, text=True, timeout=timeout,
     )
 

@@ -780,8 +780,6 @@ def test_arena_recycled_chunk_reads_5a():
 
 
 @debug_only
-@pytest.mark.xfail(reason="trailing canaries are not implemented yet (RELIABILITY 8); "
-                          "the test build fills blocks but does not check a canary on free")
 @pytest.mark.parametrize("kind", WITH_FREE)
 def test_canary_catches_a_one_byte_overflow(kind):
     # RELIABILITY 8: a trailing canary catches a 1-byte overflow on free and

@@ -192,7 +192,8 @@ class StackMachine(AllocatorMachine):
     def check_exhausted(self, n, align, st_before):
         # Failing is only allowed when header, padding and bytes do not fit.
         pad = max(align, 8) - 1
-        assert st_before["top"] + st_before["header_bytes"] + pad + max(n, 1) > st_before["capacity"]
+        assert (st_before["top"] + st_before["header_bytes"] + pad + n + st_before["canary_bytes"]
+                > st_before["capacity"])
 
     @precondition(lambda self: self.live)
     @rule()
