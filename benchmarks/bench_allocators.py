@@ -55,6 +55,7 @@ LIFO_DEPTH = 8
 BULK_BATCH = 64
 CHURN_LIVE = 512
 EMPTY_NS = (16, 256, 4096, 65536, 524288, 1 << 20, 8 << 20)
+TOUCH_NS = (1 << 20, 8 << 20)                # 8 MiB and 64 MiB, every page written
 SMALL_EMPTY_MAX = 4096                    # "small arrays": up to 32 KiB of float64
 BIG_EMPTY_MIN_BYTES = 4 << 20             # "4 MiB and more"
 PY_BATCH = 100                            # statements per inner loop
@@ -383,6 +384,28 @@ def py_level_rows():
         for name, a in (("stack", a_st), ("linear", a_li), ("arena", a_ar), ("slab", a_sl)):
             rows.append(Row("py", "empty", name, a, npa, size=n,
                             pattern=f"empty({n}) float64 = {nbytes:,} B, dropped", target=tgt))
+
+    # -- empty(n), every page written, vs np.empty(n) -----------------------
+    # The rows above never touch the memory.  A real temporary is written,
+    # and fresh memory costs page faults: here one float64 per 4 KiB page is
+    # written before the array is dropped.  No target; it shows what the
+    # allocation-only rows leave out.
+    for n in TOUCH_NS:
+        nbytes = n * 8
+        stn = pgo.StackAllocator(nbytes + 8192)
+        arn = pgo.ArenaAllocator(chunk_size=nbytes + 8192)
+        keep += [stn, arn]
+        stmt = "a = empty(n); a[::512] = 1.0; del a"
+        npa = py_arm(f"py.touch.numpy.{n}", "np.empty(n), touched", stmt,
+                     {"empty": np.empty, "n": n}, k=4)
+        a_st = py_arm(f"py.touch.stack.{n}", "stack.empty(n), touched", stmt,
+                      {"empty": stn.empty, "n": n}, k=4)
+        a_ar = py_arm(f"py.touch.arena.{n}", "arena.empty(n), touched", stmt,
+                      {"empty": arn.empty, "n": n}, k=4)
+        groups.append([npa, a_st, a_ar])
+        for name, a in (("stack", a_st), ("arena", a_ar)):
+            rows.append(Row("py", "touch", name, a, npa, size=n,
+                            pattern=f"empty({n}) float64 = {nbytes:,} B, a page in 512 written"))
     return groups, rows, keep
 
 
@@ -483,7 +506,7 @@ def render(rows, info, args):
             w(f"{r.group:<8} {_size(r.size):>7}  {r.name:<20} {_fmt_ns(a)} {_fmt_ns(b)} "
               f"{r.speedup():7.2f}x {r.speedup_paired():6.2f}x {ref} {spread}  {t}")
         else:
-            size = f"n={r.size}" if r.group == "empty" else _size(r.size)
+            size = f"n={r.size}" if r.group in ("empty", "touch") else _size(r.size)
             ratio = (f"{_fmt_ns(b)} {r.speedup():7.2f}x {r.speedup_paired():6.2f}x"
                      if r.show_ratio else f"{'':8} {'':8} {'':7}")
             w(f"{r.group:<6} {size:>9}  {r.name:<26} {_fmt_ns(a)} {ratio} {spread}  {t}")

@@ -5,3 +5,11 @@ cdef void* pgo_sys_alloc(size_t nbytes, size_t align) noexcept nogil
 cdef void* pgo_sys_calloc(size_t count, size_t size) noexcept nogil
 cdef void* pgo_sys_realloc(void* p, size_t count, size_t size) noexcept nogil
 cdef void pgo_sys_free(void* p) noexcept nogil
+
+# Address space reserved without memory behind it (PROT_NONE, MAP_NORESERVE),
+# then committed piece by piece: an allocator that grows in place, so that a
+# pointer's slot is one subtraction and a shift away.  `raw`/`raw_len` are
+# what pgo_sys_unreserve needs; the return value is aligned to `align`.
+cdef char* pgo_sys_reserve(size_t nbytes, size_t align, void** raw, size_t* raw_len) noexcept nogil
+cdef int pgo_sys_commit(char* p, size_t nbytes) noexcept nogil
+cdef void pgo_sys_unreserve(void* raw, size_t raw_len) noexcept nogil

@@ -18,7 +18,10 @@ tested without exhausting the machine.
 
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc, free, realloc
-from posix.mman cimport MADV_HUGEPAGE, madvise
+from posix.mman cimport (
+    MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_NORESERVE, MAP_PRIVATE,
+    PROT_NONE, PROT_READ, PROT_WRITE, madvise, mmap, mprotect, munmap,
+)
 from posix.stdlib cimport posix_memalign
 
 from pgo._core._typedefs cimport pgo_mul_overflow
@@ -75,6 +78,40 @@ cdef void* pgo_sys_realloc(void* p, size_t count, size_t size) noexcept nogil:
 
 cdef void pgo_sys_free(void* p) noexcept nogil:
     free(p)
+
+
+cdef char* pgo_sys_reserve(size_t nbytes, size_t align, void** raw, size_t* raw_len) noexcept nogil:
+    cdef size_t total
+    cdef void* p
+    cdef uintptr_t a
+    if align < 4096:
+        align = 4096
+    if _injected_failure() or nbytes > (<size_t>-1) - align:
+        return NULL
+    total = nbytes + align
+    p = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    raw[0] = p
+    raw_len[0] = total
+    a = (<uintptr_t>p + align - 1) & ~(<uintptr_t>align - 1)
+    return <char*>a
+
+
+cdef int pgo_sys_commit(char* p, size_t nbytes) noexcept nogil:
+    # 0, or -1 when the system refuses (or a failure was injected).
+    if _injected_failure():
+        return -1
+    if mprotect(p, nbytes, PROT_READ | PROT_WRITE) != 0:
+        return -1
+    if nbytes >= HUGE_THRESHOLD:
+        madvise(p, nbytes, MADV_HUGEPAGE)
+    return 0
+
+
+cdef void pgo_sys_unreserve(void* raw, size_t raw_len) noexcept nogil:
+    if raw != NULL:
+        munmap(raw, raw_len)
 
 
 def _inject_oom(long after=0):

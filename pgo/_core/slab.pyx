@@ -1,22 +1,29 @@
 """SlabAllocator: fixed-size blocks with O(1) alloc and free.
 
-Design: memory comes in slabs (the first of ``slots_per_slab`` blocks, each
-next one twice as big, up to 2**24 slots) so the number of slabs stays
-logarithmic in the allocator's size and a free's binary search is short.
-The free list is a stack of (slab, slot) codes outside the blocks; the
-bitmap of handed-out slots makes a double free an error, not a corrupted
-free list.  The common paths are inline in ``slab.pxd``; the complete ones
-(locking, growth, errors, the test build's fill and canary) are here.
+Design: one range of address space is reserved when the allocator is made
+(``max_bytes``, or 64 GiB; nothing is committed) and slabs are committed in
+it one after another -- the first of ``slots_per_slab`` blocks, each next
+one twice as big, up to 2**24 slots -- so slot ``i`` is always at
+``base + i * stride``, growth never moves a block, and finding a pointer's
+slot costs the same with one slab or a hundred.  The free list is a stack of
+slot numbers outside the blocks; the bitmap of handed-out slots makes a
+double free an error, not a corrupted free list.  The common paths are
+inline in ``slab.pxd``; the complete ones (locking, growth, errors, the test
+build's fill and canary) are here.
 
-Ownership: the ``pgo_slab_t``, its slab table, bitmaps, code stack and slabs
-belong to the SlabAllocator object, or to the C caller of ``slab_create``.
+Ownership: the ``pgo_slab_t``, its reservation, bitmaps, slot stack and
+slab table belong to the SlabAllocator object, or to the C caller of
+``slab_create``; ``slab_destroy`` unmaps the reservation.
 """
 
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport Allocator, Block, pgo_fail, pgo_fail_null, pgo_raise
-from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
+from pgo._core._memory cimport (
+    pgo_sys_calloc, pgo_sys_commit, pgo_sys_free, pgo_sys_realloc,
+    pgo_sys_reserve, pgo_sys_unreserve,
+)
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE,
     PGO_ERR_FOREIGN, PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM,
@@ -31,6 +38,11 @@ from pgo._errors import AllocatorError
 cdef enum:
     MAX_SLAB_SLOTS = 16777216   # 2**24; literals only: overflowcheck mis-compiles constant expressions here
     DEFAULT_SLAB_BYTES = 262144
+    HUGE_PAGE = 2097152
+
+# Address space reserved when no max_bytes is given: 64 GiB, untouched
+# until committed.  Far below the 128 TiB a process has.
+cdef size_t DEFAULT_RESERVE = (<size_t>64) << 30
 
 
 cdef inline size_t _round_up(size_t x, size_t align) noexcept nogil:
@@ -38,13 +50,13 @@ cdef inline size_t _round_up(size_t x, size_t align) noexcept nogil:
 
 
 cdef inline void _slab_update_fast(pgo_slab_t* s) noexcept nogil:
-    s.fast = (not s.lock.enabled and s.nsegs == 1 and s.stride_shift != 0
-              and not PGO_DEBUG_FILL)
+    s.fast = not s.lock.enabled and s.stride_shift != 0 and not PGO_DEBUG_FILL
 
 
 cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots,
                              size_t max_bytes, bint threadsafe) except NULL nogil:
     cdef pgo_slab_t* s
+    cdef size_t reserve
     if pgo_bad_align(align):
         pgo_raise(PGO_ERR_ALIGN, "SlabAllocator", block_size, align)
         return NULL
@@ -68,95 +80,95 @@ cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots
     if first_slots > MAX_SLAB_SLOTS:
         first_slots = MAX_SLAB_SLOTS
     s.next_slots = first_slots
+    # Reserve address space (not memory): max_bytes if given, else 64 GiB.
+    reserve = max_bytes if max_bytes else DEFAULT_RESERVE
+    if reserve < s.stride:
+        reserve = s.stride
+    s.base = pgo_sys_reserve(reserve, HUGE_PAGE if reserve >= HUGE_PAGE else 4096,
+                             &s.raw, &s.raw_len)
+    if s.base == NULL:
+        pgo_sys_free(s)
+        # Under a tight `ulimit -v`, max_bytes makes the reservation smaller.
+        pgo_raise(PGO_ERR_NOMEM, "SlabAllocator (reserving address space; pass max_bytes "
+                  "to reserve less)", reserve, align)
+        return NULL
     s.max_bytes = max_bytes
+    s.max_slots = (max_bytes if max_bytes else reserve) // s.stride
+    if s.max_slots > 0xffffffffu:
+        s.max_slots = 0xffffffffu
     pgo_lock_init(&s.lock, threadsafe)
     _slab_update_fast(s)
     return s
 
 
 cdef void slab_destroy(pgo_slab_t* s) noexcept nogil:
-    cdef size_t i
     if s != NULL:
         pgo_lock_destroy(&s.lock)
-        for i in range(s.nsegs):
-            pgo_sys_free(s.segs[i].base)
-            pgo_sys_free(s.segs[i].bitmap)
-        pgo_sys_free(s.segs)
-        pgo_sys_free(s.order)
-        pgo_sys_free(s.free_codes)
+        pgo_sys_unreserve(s.raw, s.raw_len)
+        pgo_sys_free(s.bitmap)
+        pgo_sys_free(s.pybits)
+        pgo_sys_free(s.free_slots)
+        pgo_sys_free(s.slab_starts)
         pgo_sys_free(s)
 
 
 cdef int _slab_grow(pgo_slab_t* s) noexcept nogil:
-    cdef size_t nslots = s.next_slots, nbytes, total, i, pos, words
-    cdef char* base
-    cdef uint64_t* bitmap
-    cdef pgo_slab_seg_t* segs
-    cdef size_t* order
-    cdef uint64_t* codes
-    if s.max_bytes:
-        # Shrink the slab to what the limit still allows, down to one slot.
-        if s.stats.capacity >= s.max_bytes or s.max_bytes - s.stats.capacity < s.stride:
+    cdef size_t nslots = s.next_slots, total, words, i, nbytes, offset, end
+    cdef uint64_t* table
+    cdef size_t* starts
+    if s.nslots >= s.max_slots:
+        return PGO_ERR_NOMEM
+    if nslots > s.max_slots - s.nslots:
+        nslots = s.max_slots - s.nslots           # what the reservation still holds
+    total = s.nslots + nslots
+    words = (total + 63) // 64
+    # Grow every table first and commit last, so that a failure leaves the
+    # allocator as it was (a bigger table is harmless).
+    if words > s.cap_words:
+        table = <uint64_t*>pgo_sys_realloc(s.bitmap, words, sizeof(uint64_t))
+        if table == NULL:
             return PGO_ERR_NOMEM
-        if nslots > (s.max_bytes - s.stats.capacity) // s.stride:
-            nslots = (s.max_bytes - s.stats.capacity) // s.stride
-    if pgo_mul_overflow(nslots, s.stride, &nbytes):
+        memset(table + s.cap_words, 0, (words - s.cap_words) * sizeof(uint64_t))
+        s.bitmap = table
+        table = <uint64_t*>pgo_sys_realloc(s.pybits, words, sizeof(uint64_t))
+        if table == NULL:
+            return PGO_ERR_NOMEM
+        memset(table + s.cap_words, 0, (words - s.cap_words) * sizeof(uint64_t))
+        s.pybits = table
+        s.cap_words = words
+    table = <uint64_t*>pgo_sys_realloc(s.free_slots, total, sizeof(uint64_t))
+    if table == NULL:
+        return PGO_ERR_NOMEM
+    s.free_slots = table
+    starts = <size_t*>pgo_sys_realloc(s.slab_starts, s.nslabs + 1, sizeof(size_t))
+    if starts == NULL:
+        return PGO_ERR_NOMEM
+    s.slab_starts = starts
+    if pgo_mul_overflow(s.nslots, s.stride, &offset) or pgo_mul_overflow(nslots, s.stride, &nbytes):
         return PGO_ERR_OVERFLOW
-    if s.nsegs >= 0xffffffffu:
-        return PGO_ERR_NOMEM
-    total = s.cap_free + nslots
-    # Grow every table first, so that a failure leaves the allocator as it was.
-    if s.nsegs == s.cap_segs:
-        segs = <pgo_slab_seg_t*>pgo_sys_realloc(s.segs, s.cap_segs * 2 + 4, sizeof(pgo_slab_seg_t))
-        if segs == NULL:
+    # Commits are whole pages; the slab may already sit in the last one.
+    end = _round_up(offset + nbytes, 4096)
+    if end > s.committed:
+        if pgo_sys_commit(s.base + s.committed, end - s.committed) != 0:
             return PGO_ERR_NOMEM
-        s.segs = segs
-        order = <size_t*>pgo_sys_realloc(s.order, s.cap_segs * 2 + 4, sizeof(size_t))
-        if order == NULL:
-            return PGO_ERR_NOMEM
-        s.order = order
-        s.cap_segs = s.cap_segs * 2 + 4
-    codes = <uint64_t*>pgo_sys_realloc(s.free_codes, total, sizeof(uint64_t))
-    if codes == NULL:
-        return PGO_ERR_NOMEM
-    s.free_codes = codes
-    # One allocation holds both bitmaps: handed out, then owned by Python.
-    words = (nslots + 63) // 64
-    bitmap = <uint64_t*>pgo_sys_calloc(2 * words, sizeof(uint64_t))
-    if bitmap == NULL:
-        return PGO_ERR_NOMEM
-    base = <char*>pgo_sys_alloc(nbytes, s.align if s.align > 64 else 64)
-    if base == NULL:
-        pgo_sys_free(bitmap)
-        return PGO_ERR_NOMEM
+        s.committed = end
     if PGO_DEBUG_FILL:
-        memset(base, PGO_FILL_FREE, nbytes)
-    s.segs[s.nsegs].base = base
-    s.segs[s.nsegs].bitmap = bitmap
-    s.segs[s.nsegs].pybits = bitmap + words
-    s.segs[s.nsegs].nslots = nslots
-    pos = s.nsegs
-    while pos > 0 and <uintptr_t>s.segs[s.order[pos - 1]].base > <uintptr_t>base:
-        s.order[pos] = s.order[pos - 1]
-        pos -= 1
-    s.order[pos] = s.nsegs
-    # Highest slot pushed first, so slot 0 is handed out first.
+        memset(s.base + offset, PGO_FILL_FREE, nbytes)
+    s.slab_starts[s.nslabs] = s.nslots
+    s.nslabs += 1
+    # Highest slot pushed first, so the lowest new slot is handed out first.
     for i in range(nslots):
-        s.free_codes[s.nfree] = ((<uint64_t>s.nsegs) << 32) | (nslots - 1 - i)
+        s.free_slots[s.nfree] = total - 1 - i
         s.nfree += 1
-    s.cap_free = total
-    s.nsegs += 1
+    s.nslots = total
     s.stats.capacity += nbytes
     if s.next_slots < MAX_SLAB_SLOTS:
         s.next_slots *= 2
-    _slab_update_fast(s)
     return PGO_OK
 
 
-cdef int _slab_alloc_unlocked(pgo_slab_t* s, void** out, uint64_t* code_out) noexcept nogil:
-    # The complete allocation of one slot; the caller adds to `requested`.
-    cdef uint64_t code
-    cdef pgo_slab_seg_t* seg
+cdef int _slab_alloc_unlocked(pgo_slab_t* s, void** out, size_t* slot_out) noexcept nogil:
+    # The complete allocation of one slot.
     cdef size_t slot
     cdef int err
     if s.nfree == 0:
@@ -165,86 +177,68 @@ cdef int _slab_alloc_unlocked(pgo_slab_t* s, void** out, uint64_t* code_out) noe
             s.stats.failed += 1
             return err
     s.nfree -= 1
-    code = s.free_codes[s.nfree]
-    seg = &s.segs[code >> 32]
-    slot = <size_t>(code & 0xffffffffu)
-    seg.bitmap[slot >> 6] |= (<uint64_t>1) << (slot & 63)
-    out[0] = seg.base + slot * s.stride
-    code_out[0] = code
+    slot = <size_t>s.free_slots[s.nfree]
+    s.bitmap[slot >> 6] |= (<uint64_t>1) << (slot & 63)
+    out[0] = s.base + slot * s.stride
+    slot_out[0] = slot
     s.stats.allocs += 1
-    if s.cap_free - s.nfree > s.peak_slots:
-        s.peak_slots = s.cap_free - s.nfree
+    if s.nslots - s.nfree > s.peak_slots:
+        s.peak_slots = s.nslots - s.nfree
     if PGO_DEBUG_FILL:
         memset(out[0], PGO_FILL_ALLOC, s.stride)
     return PGO_OK
 
 
-cdef int _slab_locate(pgo_slab_t* s, void* p, uint64_t* code_out) noexcept nogil:
-    # Binary search for the last slab starting at or below p.
-    cdef uintptr_t x = <uintptr_t>p
-    cdef size_t lo = 0, hi = s.nsegs, mid, off, slot
-    cdef pgo_slab_seg_t* seg
-    if s.nsegs == 0:
+cdef int _slab_locate(pgo_slab_t* s, void* p, size_t* slot_out) noexcept nogil:
+    cdef size_t off, slot
+    if <uintptr_t>p < <uintptr_t>s.base:
         return PGO_ERR_FOREIGN
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if <uintptr_t>s.segs[s.order[mid]].base <= x:
-            lo = mid
-        else:
-            hi = mid
-    seg = &s.segs[s.order[lo]]
-    if x < <uintptr_t>seg.base:
-        return PGO_ERR_FOREIGN
-    off = x - <uintptr_t>seg.base
+    off = <uintptr_t>p - <uintptr_t>s.base
     slot = off >> s.stride_shift if s.stride_shift else off // s.stride
-    if slot >= seg.nslots:
+    if slot >= s.nslots:
         return PGO_ERR_FOREIGN
     if off - slot * s.stride:
         return PGO_ERR_INTERIOR
-    code_out[0] = ((<uint64_t>s.order[lo]) << 32) | slot
+    slot_out[0] = slot
     return PGO_OK
 
 
-cdef int _slab_free_code(pgo_slab_t* s, uint64_t code, bint from_python) noexcept nogil:
-    cdef pgo_slab_seg_t* seg = &s.segs[code >> 32]
-    cdef size_t slot = <size_t>(code & 0xffffffffu)
+cdef int _slab_free_slot(pgo_slab_t* s, size_t slot, bint from_python) noexcept nogil:
     cdef uint64_t bit = (<uint64_t>1) << (slot & 63)
-    if not (seg.bitmap[slot >> 6] & bit):
+    if not (s.bitmap[slot >> 6] & bit):
         return PGO_ERR_DOUBLE_FREE
-    if seg.pybits[slot >> 6] & bit and not from_python:
+    if s.pybits[slot >> 6] & bit and not from_python:
         return PGO_ERR_PY_OWNED
     if PGO_CANARY and not from_python and not pgo_canary_ok(
-            seg.base + slot * s.stride + s.block_size, s.stride - s.block_size):
+            s.base + slot * s.stride + s.block_size, s.stride - s.block_size):
         return PGO_ERR_OVERRUN
-    seg.bitmap[slot >> 6] &= ~bit
-    seg.pybits[slot >> 6] &= ~bit
-    s.free_codes[s.nfree] = code
+    s.bitmap[slot >> 6] &= ~bit
+    s.pybits[slot >> 6] &= ~bit
+    s.free_slots[s.nfree] = slot
     s.nfree += 1
     s.stats.frees += 1
     if PGO_DEBUG_FILL:
-        memset(seg.base + slot * s.stride, PGO_FILL_FREE, s.stride)
+        memset(s.base + slot * s.stride, PGO_FILL_FREE, s.stride)
     return PGO_OK
 
 
 cdef int _slab_free_unlocked(pgo_slab_t* s, void* p) noexcept nogil:
-    cdef uint64_t code
+    cdef size_t slot
     cdef int err
     if p == NULL:
         return PGO_OK
-    err = _slab_locate(s, p, &code)
+    err = _slab_locate(s, p, &slot)
     if err != PGO_OK:
         return err
-    return _slab_free_code(s, code, False)
+    return _slab_free_slot(s, slot, False)
 
 
 cdef void* _slab_alloc_slow(pgo_slab_t* s) noexcept nogil:
     cdef void* p = NULL
-    cdef uint64_t code
+    cdef size_t slot
     cdef int err
     pgo_lock(&s.lock, &s.stats)
-    err = _slab_alloc_unlocked(s, &p, &code)
-    if err == PGO_OK:
-        s.stats.requested += s.block_size
+    err = _slab_alloc_unlocked(s, &p, &slot)
     pgo_unlock(&s.lock)
     if err != PGO_OK:
         return pgo_fail_null(err, "SlabAllocator", s.block_size, s.align)
@@ -262,25 +256,23 @@ cdef int _slab_free_slow(pgo_slab_t* s, void* p) noexcept nogil:
 
 
 cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
-    cdef size_t i, j, nslots
+    cdef size_t i
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
     slab_sync_stats(s)
-    s.stats.frees += s.cap_free - s.nfree
+    s.stats.frees += s.nslots - s.nfree
+    memset(s.bitmap, 0, s.cap_words * sizeof(uint64_t))
+    memset(s.pybits, 0, s.cap_words * sizeof(uint64_t))
+    if PGO_DEBUG_FILL:
+        memset(s.base, PGO_FILL_FREE, s.nslots * s.stride)
     s.nfree = 0
-    # Rebuilt slab by slab from the last, so the first slab's slot 0 is on top.
-    i = s.nsegs
-    while i > 0:
-        i -= 1
-        nslots = s.segs[i].nslots
-        memset(s.segs[i].bitmap, 0, 2 * ((nslots + 63) // 64) * sizeof(uint64_t))
-        if PGO_DEBUG_FILL:
-            memset(s.segs[i].base, PGO_FILL_FREE, nslots * s.stride)
-        for j in range(nslots):
-            s.free_codes[s.nfree] = ((<uint64_t>i) << 32) | (nslots - 1 - j)
-            s.nfree += 1
+    for i in range(s.nslots):
+        s.free_slots[s.nfree] = s.nslots - 1 - i
+        s.nfree += 1
     s.stats.resets += 1
     s.stats.requested = 0
+    s.py_allocs = 0
+    s.py_requested = 0
     s.allocs_at_reset = s.stats.allocs
     return PGO_OK
 
@@ -335,7 +327,7 @@ cdef class SlabAllocator(Allocator):
         slab_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        cdef uint64_t code
+        cdef size_t slot
         cdef int err
         if nbytes > self.s.block_size:
             self.s.stats.failed += 1
@@ -343,18 +335,19 @@ cdef class SlabAllocator(Allocator):
         if align > self.s.align:
             self.s.stats.failed += 1
             return PGO_ERR_ALIGN
-        err = _slab_alloc_unlocked(self.s, out, &code)
+        err = _slab_alloc_unlocked(self.s, out, &slot)
         if err == PGO_OK:
-            token[0] = code
-            self.s.stats.requested += nbytes
-            self.s.segs[code >> 32].pybits[(code & 0xffffffffu) >> 6] |= (<uint64_t>1) << (code & 63)
+            token[0] = slot
+            self.s.py_allocs += 1
+            self.s.py_requested += nbytes
+            self.s.pybits[slot >> 6] |= (<uint64_t>1) << (slot & 63)
         return err
 
     cdef int _c_free(self, Block b) noexcept:
-        return _slab_free_code(self.s, b.token, True)
+        return _slab_free_slot(self.s, b.token, True)
 
     cdef void _c_dead(self, Block b) noexcept:
-        _slab_free_code(self.s, b.token, True)
+        _slab_free_slot(self.s, b.token, True)
 
     cdef void _sync(self) noexcept:
         slab_sync_stats(self.s)
@@ -366,10 +359,13 @@ cdef class SlabAllocator(Allocator):
         return _slab_reset_unlocked(self.s)
 
     cdef object _where(self, char* p):
-        cdef uint64_t code
-        if _slab_locate(self.s, p, &code) == PGO_OK:
-            return f"slab {code >> 32} slot {code & 0xffffffffu}"
-        return f"address {<uintptr_t>p:#x}"
+        cdef size_t slot, k
+        if _slab_locate(self.s, p, &slot) != PGO_OK:
+            return f"address {<uintptr_t>p:#x}"
+        k = self.s.nslabs - 1
+        while k > 0 and self.s.slab_starts[k] > slot:
+            k -= 1
+        return f"slab {k} slot {slot - self.s.slab_starts[k]}"
 
     def _raise_alloc(self, int code, size_t nbytes, size_t align):
         if code == PGO_ERR_TOO_BIG:
@@ -381,13 +377,15 @@ cdef class SlabAllocator(Allocator):
         Allocator._raise_alloc(self, code, nbytes, align)
 
     def _describe_nomem(self, size_t nbytes):
-        limit = f"max_bytes={self.s.max_bytes:,}" if self.s.max_bytes else "the system refused"
+        limit = (f"max_bytes={self.s.max_bytes:,} reached" if self.s.max_bytes
+                 and self.s.nslots >= self.s.max_slots else "the system refused more")
         return (f"{self!r}: cannot allocate a {self.s.block_size}-byte block: "
-                f"{self.s.stats.capacity:,} bytes in {self.s.nsegs} slab(s), {limit}")
+                f"{self.s.stats.capacity:,} bytes in {self.s.nslabs} slab(s), {limit}")
 
     def _extra_stats(self):
         return {"block_size": self.s.block_size, "stride": self.s.stride,
-                "align": self.s.align, "slabs": self.s.nsegs, "free_slots": self.s.nfree}
+                "align": self.s.align, "slabs": self.s.nslabs, "free_slots": self.s.nfree,
+                "max_bytes": self.s.max_bytes}
 
     def _free_address(self, size_t address):
         """Test-only: run the C-level free on a raw address."""
@@ -411,4 +409,4 @@ cdef class SlabAllocator(Allocator):
 
     def __repr__(self):
         return (f"<SlabAllocator block_size={self.s.block_size} align={self.s.align} "
-                f"slabs={self.s.nsegs} threadsafe={bool(self.s.lock.enabled)}>")
+                f"slabs={self.s.nslabs} threadsafe={bool(self.s.lock.enabled)}>")

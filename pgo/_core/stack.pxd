@@ -106,9 +106,13 @@ cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NUL
 
 cdef inline int stack_free(pgo_stack_t* s, void* p) except -1 nogil:
     """Free the most recent block; NULL is a no-op.  Raises AllocatorError."""
-    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
+    cdef size_t off
     cdef pgo_stack_hdr_t* h
-    if pgo_unlikely(s.lock.enabled or off != s.last or off == 0 or PGO_DEBUG_FILL):
+    # NULL and foreign pointers below the buffer take the slow path too.
+    if pgo_unlikely(s.lock.enabled or PGO_DEBUG_FILL or <uintptr_t>p <= <uintptr_t>s.base):
+        return _stack_free_slow(s, p)
+    off = <uintptr_t>p - <uintptr_t>s.base
+    if pgo_unlikely(off != s.last):
         return _stack_free_slow(s, p)
     h = _stack_hdr(s, off)
     if pgo_unlikely(h.flags != 0):

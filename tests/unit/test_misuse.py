@@ -595,7 +595,9 @@ def test_oom_when_a_slab_grows():
                 raise
 
         failures, b = fail_each_system_call(grow)
-        assert failures >= 3                 # code stack, bitmap and slab at least
+        # The slot stack and the slab table grow every time; the bitmaps and
+        # the committed pages only when they run out.
+        assert failures >= 2
         write(b, pattern(64, b.address % 251))
         held.append(b)
         assert sl.stats()["slabs"] == growth + 1
