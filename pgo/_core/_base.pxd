@@ -45,6 +45,7 @@ cdef class Allocator:
     cdef void _sync(self) noexcept             # write derived stats into *_st
     cdef size_t _canary_len(self, Block b) noexcept  # test build: bytes checked after a block
     cdef Block _check_free(self, object block)
+    cdef int _check_releasable(self, Block b) except -1
     cdef bint _canary_broken(self, Block b) noexcept
 
     cdef Block _block(self, size_t nbytes, size_t align)

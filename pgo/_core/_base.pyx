@@ -339,7 +339,7 @@ cdef class Allocator:
             raise TypeError(f"dtype {descr} holds Python object references; pgo allocators "
                             f"hand out raw memory, so only plain data dtypes are supported")
         nbytes = <size_t>descr.itemsize
-        if isinstance(shape, int) or PyIndex_Check(shape):
+        if isinstance(shape, int) or (PyIndex_Check(shape) and getattr(shape, "ndim", 0) == 0):
             nd = 1
             d = _size_arg(shape, "array dimensions")
             dims[0] = <cnp.npy_intp>d
@@ -436,6 +436,26 @@ cdef class Allocator:
         """
         cdef Block b = self._check_free(block)
         cdef int code
+        self._check_releasable(b)
+        pgo_lock_gil_held(self._lock, self._st)
+        # Checked again under the mutex: taking it may have released the
+        # GIL, and another thread may have freed the block or opened a view
+        # on it meanwhile.  `freed` is set before the mutex is let go.
+        if b.freed or b.exports:
+            pgo_unlock(self._lock)
+            self._check_free(b)
+            self._check_releasable(b)
+            raise AllocatorError(f"{self!r}: another thread used the block while it was "
+                                 f"being freed; nothing was freed")
+        code = self._c_free(b)
+        if code == PGO_OK:
+            self._st.live_blocks -= 1
+            b.freed = True
+        pgo_unlock(self._lock)
+        if code != PGO_OK:
+            self._raise_free(code, b)
+
+    cdef int _check_releasable(self, Block b) except -1:
         if b.exports:
             raise AllocatorError(f"{self!r}: block at {self._where(b.ptr)} still has "
                                  f"{b.exports} open buffer view(s); release them first")
@@ -445,14 +465,7 @@ cdef class Allocator:
         if PGO_DEBUG_FILL and self._canary_broken(b):
             raise AllocatorError(f"{self!r}: something wrote past the end of the "
                                  f"{b.nbytes}-byte block at {self._where(b.ptr)}")
-        pgo_lock_gil_held(self._lock, self._st)
-        code = self._c_free(b)
-        if code == PGO_OK:
-            self._st.live_blocks -= 1
-        pgo_unlock(self._lock)
-        if code != PGO_OK:
-            self._raise_free(code, b)
-        b.freed = True
+        return 0
 
     cdef Block _check_free(self, object block):
         # The Block `block`, if this allocator may free it; else raises.

@@ -115,13 +115,21 @@ cdef inline void pgo_lock(pgo_lock_t* l, pgo_stats_t* st) noexcept nogil:
 
 
 cdef inline void pgo_lock_gil_held(pgo_lock_t* l, pgo_stats_t* st) noexcept:
-    # NOTE: for callers that hold the GIL: blocking on the mutex while
-    # holding the GIL would stall every Python thread, so a contended lock
-    # is waited for with the GIL released.
+    # NOTE: for callers that hold the GIL.  The mutex is only ever taken
+    # here with a trylock while the GIL is held, and a contended mutex is
+    # waited for with the GIL released *without* keeping it: a thread that
+    # held the mutex while waiting for the GIL would deadlock with C code
+    # that calls the .pxd API (which may block on the mutex) with the GIL
+    # held.  Holders of the mutex from this side therefore always hold the
+    # GIL, and nogil holders never need it, so nobody waits in a circle.
     if l.enabled:
         if pthread_mutex_trylock(&l.mutex) != 0:
-            with nogil:
-                pthread_mutex_lock(&l.mutex)
+            while True:
+                with nogil:
+                    pthread_mutex_lock(&l.mutex)
+                    pthread_mutex_unlock(&l.mutex)
+                if pthread_mutex_trylock(&l.mutex) == 0:
+                    break
             st.contention += 1
 
 

@@ -7,16 +7,23 @@
 #   arena_release(a, p)        # optional: lets p's chunk be reused early
 #   arena_reset(a)             # everything, chunks kept for reuse
 #   arena_destroy(a)
+#
+# Blocks start on 8-byte boundaries, and each chunk keeps a bitmap with a
+# bit per 8 bytes marking where live blocks start, plus one marking those a
+# Python Block owns: that is what lets arena_release refuse a foreign or
+# interior pointer, a second release, or a block Python still owns, instead
+# of recycling a chunk under a live block.  The inline path covers the
+# common case (no lock, the normal build, room in the current chunk).
 
-from libc.stdint cimport uintptr_t
-from libc.string cimport memset
+from libc.stdint cimport uint64_t, uintptr_t
 
-from pgo._core._base cimport Allocator, pgo_fail, pgo_fail_null
+from pgo._core._base cimport Allocator
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_FILL_ALLOC, PGO_OK, pgo_align_up,
-    pgo_bad_align, pgo_lock, pgo_lock_t, pgo_stats_alloc, pgo_stats_t,
-    pgo_unlikely, pgo_unlock,
+    pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t, pgo_unlikely,
 )
+
+cdef enum:
+    PGO_ARENA_MIN_ALIGN = 8   # the granularity of the start bitmaps
 
 
 ctypedef struct pgo_arena_chunk_t:
@@ -24,6 +31,8 @@ ctypedef struct pgo_arena_chunk_t:
     size_t size
     size_t top
     size_t live               # blocks handed out and not released
+    uint64_t* starts          # bit (off >> 3): a live block starts at off
+    uint64_t* pybits          # bit (off >> 3): ... and a Python Block owns it
 
 
 ctypedef struct pgo_arena_t:
@@ -33,54 +42,42 @@ ctypedef struct pgo_arena_t:
     size_t current            # chunk allocations bump in
     size_t chunk_size
     size_t max_bytes          # 0: no limit
+    bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock
 
 
 cdef pgo_arena_t* arena_create(size_t chunk_size, size_t max_bytes, bint threadsafe) except NULL nogil
 cdef void arena_destroy(pgo_arena_t* a) noexcept nogil
-# Moves to (or makes) another chunk; called when the current one is full.
-cdef int _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil
-# Marks one block of `chunk` released; the chunk is recycled at zero live.
-cdef void _arena_release_in(pgo_arena_t* a, size_t chunk) noexcept nogil
 cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil
 cdef int arena_reset(pgo_arena_t* a) except -1 nogil
-
-
-cdef inline int _arena_alloc_unlocked(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil:
-    cdef pgo_arena_chunk_t* c = &a.chunks[a.current]
-    cdef uintptr_t p
-    cdef size_t off
-    if pgo_unlikely(pgo_bad_align(align)):
-        a.stats.failed += 1
-        return PGO_ERR_ALIGN
-    p = pgo_align_up(<uintptr_t>c.base + c.top, align)
-    off = p - <uintptr_t>c.base
-    # A zero-byte block still takes a byte, so that it has an address of its own.
-    cdef size_t take = n + (n == 0)
-    if pgo_unlikely(off > c.size or take > c.size - off):
-        return _arena_alloc_slow(a, n, align, out, chunk)
-    pgo_stats_alloc(&a.stats, a.stats.in_use + (off + take - c.top), n, off - c.top + (take - n))
-    c.top = off + take
-    c.live += 1
-    if PGO_DEBUG_FILL:
-        memset(<void*>p, PGO_FILL_ALLOC, n)
-    out[0] = <void*>p
-    chunk[0] = a.current
-    return PGO_OK
+# Out of line: NULL with the exception set.
+cdef void* _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align) noexcept nogil
 
 
 cdef inline void* arena_alloc(pgo_arena_t* a, size_t n, size_t align) except NULL nogil:
-    """Allocate n bytes aligned to align; raises MemoryError/ValueError."""
-    cdef void* p = NULL
-    cdef size_t chunk
-    cdef int code
-    pgo_lock(&a.lock, &a.stats)
-    code = _arena_alloc_unlocked(a, n, align, &p, &chunk)
-    pgo_unlock(&a.lock)
-    if pgo_unlikely(code != PGO_OK):
-        return pgo_fail_null(code, "ArenaAllocator", n, align)
-    return p
+    """Allocate n bytes aligned to align (>= 8); raises MemoryError/ValueError."""
+    cdef pgo_arena_chunk_t* c = &a.chunks[a.current]
+    cdef uintptr_t p
+    cdef size_t off
+    if pgo_unlikely(not a.fast or pgo_bad_align(align) or n == 0):
+        return _arena_alloc_slow(a, n, align)
+    if align < PGO_ARENA_MIN_ALIGN:
+        align = PGO_ARENA_MIN_ALIGN
+    p = pgo_align_up(<uintptr_t>c.base + c.top, align)
+    off = p - <uintptr_t>c.base
+    if pgo_unlikely(off > c.size or n > c.size - off):
+        return _arena_alloc_slow(a, n, align)
+    c.starts[off >> 9] |= (<uint64_t>1) << ((off >> 3) & 63)
+    c.live += 1
+    a.stats.allocs += 1
+    a.stats.requested += n
+    a.stats.lost += off - c.top
+    a.stats.in_use += off + n - c.top
+    if a.stats.in_use > a.stats.peak:
+        a.stats.peak = a.stats.in_use
+    c.top = off + n
+    return <void*>p
 
 
 cdef class ArenaAllocator(Allocator):

@@ -7,22 +7,26 @@ big request) while ``max_bytes`` allows.  Each chunk counts its live blocks;
 a dropped Python Block (or ``arena_release`` from C) decrements the count,
 and at zero the chunk's bump pointer goes back to 0.  So a loop of scoped
 temporaries runs in steady state without any explicit reset, and a chunk
-is never reused while anything in it is alive.
+is never reused while anything in it is alive.  Per-chunk bitmaps of block
+starts (one bit per 8 bytes) make every release checkable.
 
-Ownership: the ``pgo_arena_t``, its chunk table and every chunk belong to
-the ArenaAllocator object (or to the C caller of ``arena_create``); chunks
-are kept across ``reset()`` and freed in ``arena_destroy``.
+Ownership: the ``pgo_arena_t``, its chunk table, every chunk and its
+bitmaps belong to the ArenaAllocator object (or to the C caller of
+``arena_create``); chunks are kept across ``reset()`` and freed in
+``arena_destroy``.
 """
 
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_raise
+from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_FOREIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM,
-    PGO_ERR_OVERFLOW, PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
-    pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_PY_OWNED,
+    PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
+    pgo_align_up, pgo_bad_align, pgo_lock, pgo_lock_destroy,
+    pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
 )
 
 from pgo._errors import AllocatorError
@@ -31,10 +35,15 @@ cdef enum:
     DEF_CHUNK = 1048576         # 1 MiB; literals only: overflowcheck mis-compiles constant expressions here
 
 
+cdef inline size_t _bitmap_words(size_t size) noexcept nogil:
+    return (size // 8 + 63) // 64
+
+
 cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
     cdef pgo_arena_chunk_t* chunks
-    cdef size_t cap
+    cdef size_t cap, words
     cdef char* base
+    cdef uint64_t* bits
     if a.max_bytes and (size > a.max_bytes or a.stats.capacity > a.max_bytes - size):
         return PGO_ERR_NOMEM
     if a.nchunks == a.cap_chunks:
@@ -44,8 +53,13 @@ cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
             return PGO_ERR_NOMEM
         a.chunks = chunks
         a.cap_chunks = cap
+    words = _bitmap_words(size)
+    bits = <uint64_t*>pgo_sys_calloc(2 * words, sizeof(uint64_t))
+    if bits == NULL:
+        return PGO_ERR_NOMEM
     base = <char*>pgo_sys_alloc(size, 64)
     if base == NULL:
+        pgo_sys_free(bits)
         return PGO_ERR_NOMEM
     if PGO_DEBUG_FILL:
         memset(base, PGO_FILL_FREE, size)
@@ -53,6 +67,8 @@ cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
     a.chunks[a.nchunks].size = size
     a.chunks[a.nchunks].top = 0
     a.chunks[a.nchunks].live = 0
+    a.chunks[a.nchunks].starts = bits
+    a.chunks[a.nchunks].pybits = bits + words
     a.nchunks += 1
     a.stats.capacity += size
     return PGO_OK
@@ -75,6 +91,8 @@ cdef pgo_arena_t* arena_create(size_t chunk_size, size_t max_bytes, bint threads
         pgo_raise(PGO_ERR_NOMEM, "ArenaAllocator", chunk_size, 64)
         return NULL
     pgo_lock_init(&a.lock, threadsafe)
+    # Decided by pgo's own build, not by the build that inlines arena.pxd.
+    a.fast = not threadsafe and not PGO_DEBUG_FILL
     return a
 
 
@@ -84,13 +102,46 @@ cdef void arena_destroy(pgo_arena_t* a) noexcept nogil:
         pgo_lock_destroy(&a.lock)
         for i in range(a.nchunks):
             pgo_sys_free(a.chunks[i].base)
+            pgo_sys_free(a.chunks[i].starts)
         pgo_sys_free(a.chunks)
         pgo_sys_free(a)
 
 
-cdef int _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil:
+cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil:
+    # The complete bump in the current chunk; PGO_ERR_NOMEM if it is full.
+    cdef pgo_arena_chunk_t* c = &a.chunks[a.current]
+    cdef uintptr_t p = pgo_align_up(<uintptr_t>c.base + c.top, align)
+    cdef size_t off = p - <uintptr_t>c.base
+    # A zero-byte block still takes a byte, so that it has an address of its own.
+    cdef size_t take = n + (n == 0)
+    if off > c.size or take > c.size - off:
+        return PGO_ERR_NOMEM
+    c.starts[off >> 9] |= (<uint64_t>1) << ((off >> 3) & 63)
+    c.live += 1
+    a.stats.allocs += 1
+    a.stats.requested += n
+    a.stats.lost += off - c.top + (take - n)
+    a.stats.in_use += off + take - c.top
+    if a.stats.in_use > a.stats.peak:
+        a.stats.peak = a.stats.in_use
+    c.top = off + take
+    if PGO_DEBUG_FILL:
+        memset(<void*>p, PGO_FILL_ALLOC, n)
+    out[0] = <void*>p
+    chunk[0] = a.current
+    return PGO_OK
+
+
+cdef int _arena_alloc_unlocked(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil:
     cdef size_t need, i, size
     cdef int code
+    if pgo_bad_align(align):
+        a.stats.failed += 1
+        return PGO_ERR_ALIGN
+    if align < PGO_ARENA_MIN_ALIGN:
+        align = PGO_ARENA_MIN_ALIGN
+    if _arena_bump(a, n, align, out, chunk) == PGO_OK:
+        return PGO_OK
     if pgo_add_overflow(n, align, &need):
         a.stats.failed += 1
         return PGO_ERR_OVERFLOW
@@ -99,7 +150,7 @@ cdef int _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align, void** out, s
     for i in range(a.nchunks):
         if i != a.current and a.chunks[i].live == 0 and a.chunks[i].size >= need:
             a.current = i
-            return _arena_alloc_unlocked(a, n, align, out, chunk)
+            return _arena_bump(a, n, align, out, chunk)
     size = a.chunk_size if need <= a.chunk_size else need
     code = _arena_add_chunk(a, size)
     if code != PGO_OK:
@@ -108,18 +159,41 @@ cdef int _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align, void** out, s
             return PGO_ERR_TOO_BIG
         return code
     a.current = a.nchunks - 1
-    return _arena_alloc_unlocked(a, n, align, out, chunk)
+    return _arena_bump(a, n, align, out, chunk)
 
 
-cdef void _arena_release_in(pgo_arena_t* a, size_t chunk) noexcept nogil:
+cdef void* _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align) noexcept nogil:
+    cdef void* p = NULL
+    cdef size_t chunk
+    cdef int code
+    pgo_lock(&a.lock, &a.stats)
+    code = _arena_alloc_unlocked(a, n, align, &p, &chunk)
+    pgo_unlock(&a.lock)
+    if code != PGO_OK:
+        return pgo_fail_null(code, "ArenaAllocator", n, align)
+    return p
+
+
+cdef int _arena_release_at(pgo_arena_t* a, size_t chunk, size_t off, bint from_python) noexcept nogil:
+    # Releases the block starting at `off` of `chunk`: checked against the
+    # start bitmap, so nothing is counted twice.
     cdef pgo_arena_chunk_t* c = &a.chunks[chunk]
+    cdef uint64_t bit = (<uint64_t>1) << ((off >> 3) & 63)
+    if off & (PGO_ARENA_MIN_ALIGN - 1) or off >= c.top or not (c.starts[off >> 9] & bit):
+        return PGO_ERR_DOUBLE_FREE
+    if c.pybits[off >> 9] & bit and not from_python:
+        return PGO_ERR_PY_OWNED
+    c.starts[off >> 9] &= ~bit
+    c.pybits[off >> 9] &= ~bit
     c.live -= 1
     a.stats.frees += 1
     if c.live == 0:
         if PGO_DEBUG_FILL:
             memset(c.base, PGO_FILL_FREE, c.top)
+        memset(c.starts, 0, 2 * _bitmap_words(c.size) * sizeof(uint64_t))
         a.stats.in_use -= c.top
         c.top = 0
+    return PGO_OK
 
 
 cdef int _arena_find(pgo_arena_t* a, void* p, size_t* chunk) noexcept nogil:
@@ -128,7 +202,7 @@ cdef int _arena_find(pgo_arena_t* a, void* p, size_t* chunk) noexcept nogil:
     cdef pgo_arena_chunk_t* c
     for i in range(a.nchunks):
         c = &a.chunks[i]
-        if <uintptr_t>c.base <= x and x - <uintptr_t>c.base <= c.top and c.live:
+        if <uintptr_t>c.base <= x and x - <uintptr_t>c.base < c.size:
             chunk[0] = i
             return PGO_OK
     return PGO_ERR_FOREIGN
@@ -142,8 +216,11 @@ cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil:
     pgo_lock(&a.lock, &a.stats)
     code = _arena_find(a, p, &chunk)
     if code == PGO_OK:
-        _arena_release_in(a, chunk)
+        code = _arena_release_at(a, chunk, <char*>p - a.chunks[chunk].base, False)
     pgo_unlock(&a.lock)
+    if code == PGO_ERR_DOUBLE_FREE:
+        return pgo_raise(code, "ArenaAllocator (not the start of a live block: an interior "
+                         "pointer, or released already)", 0, 0)
     if code != PGO_OK:
         return pgo_raise(code, "ArenaAllocator", 0, 0)
     return 0
@@ -156,6 +233,8 @@ cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
     for i in range(a.nchunks):
         if PGO_DEBUG_FILL:
             memset(a.chunks[i].base, PGO_FILL_FREE, a.chunks[i].top)
+        memset(a.chunks[i].starts, 0, 2 * _bitmap_words(a.chunks[i].size) * sizeof(uint64_t))
+        a.stats.frees += a.chunks[i].live
         a.chunks[i].top = 0
         a.chunks[i].live = 0
     a.current = 0
@@ -196,23 +275,36 @@ cdef class ArenaAllocator(Allocator):
         self.a = arena_create(chunk_size, max_bytes, threadsafe)
         self._st = &self.a.stats
         self._lock = &self.a.lock
+        self._min_align = PGO_ARENA_MIN_ALIGN
 
     def __dealloc__(self):
         arena_destroy(self.a)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        return _arena_alloc_unlocked(self.a, nbytes, align, out, token)
+        cdef size_t off
+        cdef int code = _arena_alloc_unlocked(self.a, nbytes, align, out, token)
+        if code == PGO_OK:
+            off = <char*>out[0] - self.a.chunks[token[0]].base
+            self.a.chunks[token[0]].pybits[off >> 9] |= (<uint64_t>1) << ((off >> 3) & 63)
+        return code
 
     cdef void _c_dead(self, Block b) noexcept:
-        _arena_release_in(self.a, b.token)
+        _arena_release_at(self.a, b.token, b.ptr - self.a.chunks[b.token].base, True)
 
     cdef int _c_reset(self) noexcept:
         return _arena_reset_unlocked(self.a)
 
     cdef object _where(self, char* p):
         cdef size_t chunk
-        if _arena_find(self.a, p, &chunk) == PGO_OK:
-            return f"chunk {chunk} offset {p - self.a.chunks[chunk].base}"
+        cdef int code
+        cdef size_t off = 0
+        pgo_lock_gil_held(self._lock, self._st)
+        code = _arena_find(self.a, p, &chunk)
+        if code == PGO_OK:
+            off = p - self.a.chunks[chunk].base
+        pgo_unlock(self._lock)
+        if code == PGO_OK:
+            return f"chunk {chunk} offset {off}"
         return f"address {<uintptr_t>p:#x}"
 
     def _describe_nomem(self, size_t nbytes):
@@ -221,11 +313,14 @@ cdef class ArenaAllocator(Allocator):
                 f"reserved in {self.a.nchunks} chunk(s), {limit}")
 
     def _extra_stats(self):
-        cdef size_t i, busy = 0
-        for i in range(self.a.nchunks):
+        cdef size_t i, busy = 0, nchunks
+        pgo_lock_gil_held(self._lock, self._st)
+        nchunks = self.a.nchunks
+        for i in range(nchunks):
             if self.a.chunks[i].live:
                 busy += 1
-        return {"chunks": self.a.nchunks, "chunks_in_use": busy,
+        pgo_unlock(self._lock)
+        return {"chunks": nchunks, "chunks_in_use": busy,
                 "chunk_size": self.a.chunk_size, "max_bytes": self.a.max_bytes}
 
     def free(self, block):

@@ -11,8 +11,7 @@
 from libc.stdint cimport uintptr_t
 from pgo._core._base cimport Allocator
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t,
-    pgo_unlikely,
+    pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t, pgo_unlikely,
 )
 
 
@@ -20,6 +19,7 @@ ctypedef struct pgo_linear_t:
     char* base
     size_t size
     size_t top
+    bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock
 
@@ -48,7 +48,7 @@ cdef inline void* linear_alloc(pgo_linear_t* s, size_t n, size_t align) except N
     """Allocate n bytes aligned to align; raises MemoryError/ValueError."""
     cdef uintptr_t p
     cdef size_t off
-    if pgo_unlikely(s.lock.enabled or pgo_bad_align(align) or PGO_DEBUG_FILL or n == 0):
+    if pgo_unlikely(not s.fast or pgo_bad_align(align) or n == 0):
         return _linear_alloc_slow(s, n, align)
     p = pgo_align_up(<uintptr_t>s.base + s.top, align)
     off = p - <uintptr_t>s.base

@@ -36,6 +36,7 @@ cdef pgo_linear_t* linear_create(size_t capacity, bint threadsafe) except NULL n
     s.size = capacity
     s.stats.capacity = capacity
     pgo_lock_init(&s.lock, threadsafe)
+    s.fast = not threadsafe and not PGO_DEBUG_FILL
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, capacity)
     return s

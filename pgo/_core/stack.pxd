@@ -21,8 +21,7 @@ from libc.stdint cimport uint32_t, uintptr_t
 
 from pgo._core._base cimport Allocator
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t,
-    pgo_unlikely,
+    pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t, pgo_unlikely,
 )
 
 cdef enum:
@@ -49,6 +48,7 @@ ctypedef struct pgo_stack_t:
     size_t size               # bytes in the buffer
     size_t top                # offset of the first free byte
     size_t last               # data offset of the most recent block (0: none)
+    bint fast                 # no lock, normal build: the inline paths apply
     pgo_stats_t stats
     pgo_lock_t lock
 
@@ -81,7 +81,7 @@ cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NUL
     cdef uintptr_t p
     cdef size_t off
     cdef pgo_stack_hdr_t* h
-    if pgo_unlikely(s.lock.enabled or pgo_bad_align(align) or PGO_DEBUG_FILL):
+    if pgo_unlikely(not s.fast or pgo_bad_align(align)):
         return _stack_alloc_slow(s, n, align)
     if align < PGO_STACK_MIN_ALIGN:
         align = PGO_STACK_MIN_ALIGN
@@ -109,7 +109,7 @@ cdef inline int stack_free(pgo_stack_t* s, void* p) except -1 nogil:
     cdef size_t off
     cdef pgo_stack_hdr_t* h
     # NULL and foreign pointers below the buffer take the slow path too.
-    if pgo_unlikely(s.lock.enabled or PGO_DEBUG_FILL or <uintptr_t>p <= <uintptr_t>s.base):
+    if pgo_unlikely(not s.fast or <uintptr_t>p <= <uintptr_t>s.base):
         return _stack_free_slow(s, p)
     off = <uintptr_t>p - <uintptr_t>s.base
     if pgo_unlikely(off != s.last):

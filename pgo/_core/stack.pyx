@@ -47,6 +47,9 @@ cdef pgo_stack_t* stack_create(size_t capacity, bint threadsafe) except NULL nog
     s.size = capacity
     s.stats.capacity = capacity
     pgo_lock_init(&s.lock, threadsafe)
+    # Decided here, by pgo's own build, not by the build of whoever inlines
+    # the .pxd paths.
+    s.fast = not threadsafe and not PGO_DEBUG_FILL
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, capacity)
     return s
@@ -196,6 +199,10 @@ cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept no
         if not (h.flags & PGO_STACK_DEAD):
             released += 1
         k = h.prev_last
+    if k != m.last:
+        # A stale mark: the block it remembers was released and its space
+        # reused, so the chain never reaches it.
+        return PGO_ERR_ORDER
     s.stats.frees += released
     if PGO_DEBUG_FILL and m.top < s.top:
         memset(s.base + m.top, PGO_FILL_FREE, s.top - m.top)

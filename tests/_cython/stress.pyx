@@ -173,6 +173,25 @@ def slab_reset_c(SlabAllocator sl not None):
         slab_reset(sl.s)
 
 
+def slab_churn_nogil(SlabAllocator sl not None, long iters):
+    """alloc+free pairs through the C API without the GIL."""
+    cdef long i
+    cdef void* p
+    with nogil:
+        for i in range(iters):
+            p = slab_alloc(sl.s)
+            slab_free(sl.s, p)
+
+
+def slab_churn_with_gil(SlabAllocator sl not None, long iters):
+    """The same pairs with the GIL held: legal, the functions are nogil."""
+    cdef long i
+    cdef void* p
+    for i in range(iters):
+        p = slab_alloc(sl.s)
+        slab_free(sl.s, p)
+
+
 # -- b) the stress worker ---------------------------------------------------
 
 cdef enum:

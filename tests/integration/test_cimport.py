@@ -12,6 +12,7 @@ allocator see the same memory and the same stats.
 import ctypes
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pgo
@@ -260,3 +261,49 @@ def test_sources_cythonize_with_the_test_build_directives(tmp_path):
         except BaseException as e:              # Cython's own crashes included
             failures[source.name] = f"{type(e).__name__}: {e}"
     assert not failures, failures
+
+
+# -- C-level misuse found in review -------------------------------------------------
+
+def test_arena_release_refuses_a_block_python_owns(cext):
+    ar = pgo.ArenaAllocator(4096)
+    x = ar.zeros(16, dtype=np.uint8)
+    before = ar.stats()
+    with pytest.raises(pgo.AllocatorError, match="Python Block"):
+        cext.arena_release_c(ar, x.ctypes.data)
+    assert ar.stats() == before
+    p = cext.arena_alloc_c(ar, 16)
+    assert p != x.ctypes.data                  # the chunk was not recycled under x
+    assert not x.any()
+
+
+def test_arena_double_and_interior_release_are_refused(cext):
+    ar = pgo.ArenaAllocator(4096)
+    p1 = cext.arena_alloc_c(ar, 16)
+    p2 = cext.arena_alloc_c(ar, 16)
+    cext.arena_release_c(ar, p1)
+    for bad in (p1, p2 + 8):
+        before = ar.stats()
+        with pytest.raises(pgo.AllocatorError, match="not the start of a live block"):
+            cext.arena_release_c(ar, bad)
+        assert ar.stats() == before
+    # p2 is still alive, so its chunk is not reused: a new block lands after it.
+    assert cext.arena_alloc_c(ar, 16) > p2
+    cext.arena_release_c(ar, p2)
+
+
+def test_stack_release_to_a_stale_mark_is_refused(cext):
+    st = pgo.StackAllocator(1 << 16)
+    a = cext.stack_alloc_c(st, 64)
+    a2 = cext.stack_alloc_c(st, 64)
+    mark = cext.stack_mark_c(st)
+    cext.stack_free_c(st, a2)
+    cext.stack_free_c(st, a)                   # the mark now points at released blocks
+    b = cext.stack_alloc_c(st, 4096)
+    ctypes.memset(b, 0xFF, 4096)               # b's data covers a2's old header
+    before = st.stats()
+    with pytest.raises(pgo.AllocatorError, match="LIFO"):
+        cext.stack_release_c(st, mark)
+    assert st.stats() == before
+    cext.stack_free_c(st, b)
+    assert st.in_use == 0

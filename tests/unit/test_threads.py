@@ -193,3 +193,85 @@ def test_python_threads_pass_blocks_through_a_queue():
     assert counts[0] > 0 and counts[1] > 0
     assert st["live_blocks"] == 0 and st["in_use"] == 0
     assert st["free_slots"] * st["stride"] == st["capacity"]
+
+
+# -- races found in review ---------------------------------------------------------
+
+def test_one_block_freed_by_two_threads_is_freed_once(cext):
+    # free() checks the Block, then takes the mutex; waiting for a contended
+    # mutex releases the GIL, so both threads used to pass the checks and
+    # free the slot twice (live_blocks -1, and a later reset() under a live
+    # array).  A nogil thread keeps the mutex contended.
+    sl = pgo.SlabAllocator(64, threadsafe=True)
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            cext.slab_churn_nogil(sl, 20_000)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        for _ in range(300):
+            block = sl.alloc(64)
+            outcomes = []
+
+            def free_it():
+                try:
+                    sl.free(block)
+                    outcomes.append("freed")
+                except pgo.AllocatorError:
+                    outcomes.append("refused")
+
+            threads = [threading.Thread(target=free_it) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(outcomes) == ["freed", "refused"]
+            del block
+            assert sl.live_blocks == 0
+    finally:
+        stop.set()
+        churner.join()
+    st = sl.stats()
+    assert st["allocations"] == st["frees"] and st["in_use"] == 0
+
+
+def test_c_api_with_the_gil_held_does_not_deadlock(cext):
+    # C code may call the nogil .pxd API while holding the GIL; a Python-side
+    # thread waiting for the mutex must not hold it while it waits for the
+    # GIL.  Run in a subprocess so that a regression hangs it, not the suite.
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import threading, pgo, _pgo_test_stress as cext
+        sl = pgo.SlabAllocator(64, threadsafe=True)
+        stop = threading.Event()
+        def nogil_churn():
+            while not stop.is_set():
+                cext.slab_churn_nogil(sl, 5_000)
+        def python_churn():
+            while not stop.is_set():
+                sl.free(sl.alloc(64))
+        threads = [threading.Thread(target=f) for f in (nogil_churn, python_churn)]
+        for t in threads:
+            t.start()
+        for _ in range(200):
+            cext.slab_churn_with_gil(sl, 2_000)
+        stop.set()
+        for t in threads:
+            t.join()
+        st = sl.stats()
+        assert st["allocations"] == st["frees"], st
+        print("done", st["contention"] > 0)
+    """)
+    ext_dir = os.path.dirname(cext.__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ext_dir, *(p for p in sys.path if p)]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=os.path.dirname(ext_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("done")
