@@ -303,8 +303,10 @@ cdef class SlabAllocator(Allocator):
         align: block alignment, a power of two up to 4096; by default the
             block size rounded up to a power of two, between 8 and 64.
         slots_per_slab: blocks in the first slab (each next slab doubles);
-            by default as many as fit in 64 KiB.
-        max_bytes: most bytes of slabs to reserve, 0 for no limit.
+            by default as many as fit in 256 KiB.
+        max_bytes: most bytes of slabs, 0 for no limit but the 64 GiB of
+            address space reserved up front (address space only: memory is
+            committed slab by slab).
         threadsafe: take a mutex on every operation (see StackAllocator).
 
     ``alloc(n)`` takes any ``n <= block_size``.  ``free(block)`` gives a
