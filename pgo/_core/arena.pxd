@@ -8,14 +8,16 @@
 #   arena_reset(a)             # everything, chunks kept for reuse
 #   arena_destroy(a)
 #
-# Blocks start on 8-byte boundaries, and each chunk keeps a bitmap with a
-# bit per 8 bytes marking where live blocks start, plus one marking those a
-# Python Block owns: that is what lets arena_release refuse a foreign or
-# interior pointer, a second release, or a block Python still owns, instead
-# of recycling a chunk under a live block.  The inline path covers the
-# common case (no lock, the normal build, room in the current chunk).
+# Each chunk records where its blocks start (in allocation order, so the
+# list is sorted) and keeps two bitmaps indexed by block number: released,
+# and owned by a Python Block.  That is what lets arena_release refuse a
+# foreign or interior pointer, a second release, or a block Python still
+# owns, instead of recycling a chunk under a live block; and recycling or
+# resetting a chunk costs what its blocks were, not its size.  The inline
+# path covers the common case (no lock, the normal build, room in the
+# current chunk and in its block list).
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 
 from pgo._core._base cimport Allocator
 from pgo._core._typedefs cimport (
@@ -23,7 +25,7 @@ from pgo._core._typedefs cimport (
 )
 
 cdef enum:
-    PGO_ARENA_MIN_ALIGN = 8   # the granularity of the start bitmaps
+    PGO_ARENA_MIN_ALIGN = 8   # block starts are stored as offset / 8
 
 
 ctypedef struct pgo_arena_chunk_t:
@@ -31,8 +33,11 @@ ctypedef struct pgo_arena_chunk_t:
     size_t size
     size_t top
     size_t live               # blocks handed out and not released
-    uint64_t* starts          # bit (off >> 3): a live block starts at off
-    uint64_t* pybits          # bit (off >> 3): ... and a Python Block owns it
+    uint32_t* starts          # block i starts at starts[i] * 8
+    size_t nblocks
+    size_t cap_blocks
+    uint64_t* released        # bit i: block i was released
+    uint64_t* pybits          # bit i: block i is owned by a Python Block
 
 
 ctypedef struct pgo_arena_t:
@@ -66,9 +71,10 @@ cdef inline void* arena_alloc(pgo_arena_t* a, size_t n, size_t align) except NUL
         align = PGO_ARENA_MIN_ALIGN
     p = pgo_align_up(<uintptr_t>c.base + c.top, align)
     off = p - <uintptr_t>c.base
-    if pgo_unlikely(off > c.size or n > c.size - off):
+    if pgo_unlikely(off > c.size or n > c.size - off or c.nblocks == c.cap_blocks):
         return _arena_alloc_slow(a, n, align)
-    c.starts[off >> 9] |= (<uint64_t>1) << ((off >> 3) & 63)
+    c.starts[c.nblocks] = <uint32_t>(off >> 3)
+    c.nblocks += 1
     c.live += 1
     a.stats.allocs += 1
     a.stats.requested += n

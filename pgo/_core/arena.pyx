@@ -8,7 +8,8 @@ a dropped Python Block (or ``arena_release`` from C) decrements the count,
 and at zero the chunk's bump pointer goes back to 0.  So a loop of scoped
 temporaries runs in steady state without any explicit reset, and a chunk
 is never reused while anything in it is alive.  Per-chunk bitmaps of block
-starts (one bit per 8 bytes) make every release checkable.
+starts and released/Python-owned bitmaps by block number make every release
+checkable.
 
 Ownership: the ``pgo_arena_t``, its chunk table, every chunk and its
 bitmaps belong to the ArenaAllocator object (or to the C caller of
@@ -35,15 +36,54 @@ cdef enum:
     DEF_CHUNK = 1048576         # 1 MiB; literals only: overflowcheck mis-compiles constant expressions here
 
 
-cdef inline size_t _bitmap_words(size_t size) noexcept nogil:
-    return (size // 8 + 63) // 64
+# Block starts are uint32 multiples of 8: a chunk holds at most 32 GiB.
+cdef size_t MAX_CHUNK = (<size_t>32) << 30
+
+cdef enum:
+    FIRST_BLOCKS = 64           # entries in a chunk's first block list
+    CHUNK_FULL = -2             # _arena_bump: no room in the current chunk
+
+
+cdef inline void _clear_blocks(pgo_arena_chunk_t* c) noexcept nogil:
+    # Forget every block of the chunk: costs what its blocks were.
+    cdef size_t words = (c.nblocks + 63) // 64
+    memset(c.released, 0, words * sizeof(uint64_t))
+    memset(c.pybits, 0, words * sizeof(uint64_t))
+    c.nblocks = 0
+
+
+cdef int _arena_grow_blocks(pgo_arena_chunk_t* c) noexcept nogil:
+    # Doubles the chunk's block list and bitmaps; nothing changes on failure
+    # (a bigger array that was already swapped in is harmless).
+    cdef size_t cap = c.cap_blocks * 2 if c.cap_blocks else FIRST_BLOCKS
+    cdef size_t old_words = c.cap_blocks // 64, words = cap // 64
+    cdef uint32_t* starts
+    cdef uint64_t* bits
+    if cap > 0xffffffffu:
+        return PGO_ERR_NOMEM
+    starts = <uint32_t*>pgo_sys_realloc(c.starts, cap, sizeof(uint32_t))
+    if starts == NULL:
+        return PGO_ERR_NOMEM
+    c.starts = starts
+    bits = <uint64_t*>pgo_sys_realloc(c.released, words, sizeof(uint64_t))
+    if bits == NULL:
+        return PGO_ERR_NOMEM
+    memset(bits + old_words, 0, (words - old_words) * sizeof(uint64_t))
+    c.released = bits
+    bits = <uint64_t*>pgo_sys_realloc(c.pybits, words, sizeof(uint64_t))
+    if bits == NULL:
+        return PGO_ERR_NOMEM
+    memset(bits + old_words, 0, (words - old_words) * sizeof(uint64_t))
+    c.pybits = bits
+    c.cap_blocks = cap
+    return PGO_OK
 
 
 cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
     cdef pgo_arena_chunk_t* chunks
-    cdef size_t cap, words
+    cdef pgo_arena_chunk_t* c
+    cdef size_t cap
     cdef char* base
-    cdef uint64_t* bits
     if a.max_bytes and (size > a.max_bytes or a.stats.capacity > a.max_bytes - size):
         return PGO_ERR_NOMEM
     if a.nchunks == a.cap_chunks:
@@ -53,22 +93,24 @@ cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
             return PGO_ERR_NOMEM
         a.chunks = chunks
         a.cap_chunks = cap
-    words = _bitmap_words(size)
-    bits = <uint64_t*>pgo_sys_calloc(2 * words, sizeof(uint64_t))
-    if bits == NULL:
-        return PGO_ERR_NOMEM
     base = <char*>pgo_sys_alloc(size, 64)
     if base == NULL:
-        pgo_sys_free(bits)
+        return PGO_ERR_NOMEM
+    c = &a.chunks[a.nchunks]
+    memset(c, 0, sizeof(pgo_arena_chunk_t))
+    # The first block list comes with the chunk, so a fresh chunk never
+    # fails to take its first block.
+    if _arena_grow_blocks(c) != PGO_OK:
+        pgo_sys_free(c.starts)
+        pgo_sys_free(c.released)
+        pgo_sys_free(c.pybits)
+        pgo_sys_free(base)
+        memset(c, 0, sizeof(pgo_arena_chunk_t))
         return PGO_ERR_NOMEM
     if PGO_DEBUG_FILL:
         memset(base, PGO_FILL_FREE, size)
-    a.chunks[a.nchunks].base = base
-    a.chunks[a.nchunks].size = size
-    a.chunks[a.nchunks].top = 0
-    a.chunks[a.nchunks].live = 0
-    a.chunks[a.nchunks].starts = bits
-    a.chunks[a.nchunks].pybits = bits + words
+    c.base = base
+    c.size = size
     a.nchunks += 1
     a.stats.capacity += size
     return PGO_OK
@@ -103,6 +145,8 @@ cdef void arena_destroy(pgo_arena_t* a) noexcept nogil:
         for i in range(a.nchunks):
             pgo_sys_free(a.chunks[i].base)
             pgo_sys_free(a.chunks[i].starts)
+            pgo_sys_free(a.chunks[i].released)
+            pgo_sys_free(a.chunks[i].pybits)
         pgo_sys_free(a.chunks)
         pgo_sys_free(a)
 
@@ -115,8 +159,11 @@ cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t*
     # A zero-byte block still takes a byte, so that it has an address of its own.
     cdef size_t take = n + (n == 0)
     if off > c.size or take > c.size - off:
+        return CHUNK_FULL
+    if c.nblocks == c.cap_blocks and _arena_grow_blocks(c) != PGO_OK:
         return PGO_ERR_NOMEM
-    c.starts[off >> 9] |= (<uint64_t>1) << ((off >> 3) & 63)
+    c.starts[c.nblocks] = <uint32_t>(off >> 3)
+    c.nblocks += 1
     c.live += 1
     a.stats.allocs += 1
     a.stats.requested += n
@@ -128,7 +175,8 @@ cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t*
     if PGO_DEBUG_FILL:
         memset(<void*>p, PGO_FILL_ALLOC, n)
     out[0] = <void*>p
-    chunk[0] = a.current
+    # The token of a block: its chunk, and its number in the chunk.
+    chunk[0] = a.current | ((c.nblocks - 1) << 32)
     return PGO_OK
 
 
@@ -140,11 +188,14 @@ cdef int _arena_alloc_unlocked(pgo_arena_t* a, size_t n, size_t align, void** ou
         return PGO_ERR_ALIGN
     if align < PGO_ARENA_MIN_ALIGN:
         align = PGO_ARENA_MIN_ALIGN
-    if _arena_bump(a, n, align, out, chunk) == PGO_OK:
-        return PGO_OK
-    if pgo_add_overflow(n, align, &need):
+    code = _arena_bump(a, n, align, out, chunk)
+    if code != CHUNK_FULL:
+        if code != PGO_OK:
+            a.stats.failed += 1
+        return code
+    if pgo_add_overflow(n, align, &need) or need > MAX_CHUNK:
         a.stats.failed += 1
-        return PGO_ERR_OVERFLOW
+        return PGO_ERR_TOO_BIG
     # A chunk with nothing alive in it, big enough even in the worst case of
     # alignment padding, is reused before anything new is asked for.
     for i in range(a.nchunks):
@@ -174,25 +225,42 @@ cdef void* _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align) noexcept no
     return p
 
 
-cdef int _arena_release_at(pgo_arena_t* a, size_t chunk, size_t off, bint from_python) noexcept nogil:
-    # Releases the block starting at `off` of `chunk`: checked against the
-    # start bitmap, so nothing is counted twice.
+cdef int _arena_release_block(pgo_arena_t* a, size_t chunk, size_t i, bint from_python) noexcept nogil:
+    # Releases block i of `chunk`; the chunk is recycled when none is left.
     cdef pgo_arena_chunk_t* c = &a.chunks[chunk]
-    cdef uint64_t bit = (<uint64_t>1) << ((off >> 3) & 63)
-    if off & (PGO_ARENA_MIN_ALIGN - 1) or off >= c.top or not (c.starts[off >> 9] & bit):
+    cdef uint64_t bit = (<uint64_t>1) << (i & 63)
+    if i >= c.nblocks or c.released[i >> 6] & bit:
         return PGO_ERR_DOUBLE_FREE
-    if c.pybits[off >> 9] & bit and not from_python:
+    if c.pybits[i >> 6] & bit and not from_python:
         return PGO_ERR_PY_OWNED
-    c.starts[off >> 9] &= ~bit
-    c.pybits[off >> 9] &= ~bit
+    c.released[i >> 6] |= bit
     c.live -= 1
     a.stats.frees += 1
     if c.live == 0:
         if PGO_DEBUG_FILL:
             memset(c.base, PGO_FILL_FREE, c.top)
-        memset(c.starts, 0, 2 * _bitmap_words(c.size) * sizeof(uint64_t))
+        _clear_blocks(c)
         a.stats.in_use -= c.top
         c.top = 0
+    return PGO_OK
+
+
+cdef int _arena_block_at(pgo_arena_chunk_t* c, size_t off, size_t* index) noexcept nogil:
+    # Binary search of the chunk's block starts (they are in address order).
+    cdef size_t lo = 0, hi = c.nblocks, mid
+    cdef uint32_t key
+    if off & (PGO_ARENA_MIN_ALIGN - 1) or off >= c.top:
+        return PGO_ERR_DOUBLE_FREE
+    key = <uint32_t>(off >> 3)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if c.starts[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == c.nblocks or c.starts[lo] != key:
+        return PGO_ERR_DOUBLE_FREE
+    index[0] = lo
     return PGO_OK
 
 
@@ -209,14 +277,16 @@ cdef int _arena_find(pgo_arena_t* a, void* p, size_t* chunk) noexcept nogil:
 
 
 cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil:
-    cdef size_t chunk
+    cdef size_t chunk, index
     cdef int code
     if p == NULL:
         return 0
     pgo_lock(&a.lock, &a.stats)
     code = _arena_find(a, p, &chunk)
     if code == PGO_OK:
-        code = _arena_release_at(a, chunk, <char*>p - a.chunks[chunk].base, False)
+        code = _arena_block_at(&a.chunks[chunk], <char*>p - a.chunks[chunk].base, &index)
+    if code == PGO_OK:
+        code = _arena_release_block(a, chunk, index, False)
     pgo_unlock(&a.lock)
     if code == PGO_ERR_DOUBLE_FREE:
         return pgo_raise(code, "ArenaAllocator (not the start of a live block: an interior "
@@ -233,7 +303,7 @@ cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
     for i in range(a.nchunks):
         if PGO_DEBUG_FILL:
             memset(a.chunks[i].base, PGO_FILL_FREE, a.chunks[i].top)
-        memset(a.chunks[i].starts, 0, 2 * _bitmap_words(a.chunks[i].size) * sizeof(uint64_t))
+        _clear_blocks(&a.chunks[i])
         a.stats.frees += a.chunks[i].live
         a.chunks[i].top = 0
         a.chunks[i].live = 0
@@ -281,15 +351,15 @@ cdef class ArenaAllocator(Allocator):
         arena_destroy(self.a)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        cdef size_t off
+        cdef size_t i
         cdef int code = _arena_alloc_unlocked(self.a, nbytes, align, out, token)
         if code == PGO_OK:
-            off = <char*>out[0] - self.a.chunks[token[0]].base
-            self.a.chunks[token[0]].pybits[off >> 9] |= (<uint64_t>1) << ((off >> 3) & 63)
+            i = token[0] >> 32
+            self.a.chunks[token[0] & 0xffffffffu].pybits[i >> 6] |= (<uint64_t>1) << (i & 63)
         return code
 
     cdef void _c_dead(self, Block b) noexcept:
-        _arena_release_at(self.a, b.token, b.ptr - self.a.chunks[b.token].base, True)
+        _arena_release_block(self.a, b.token & 0xffffffffu, b.token >> 32, True)
 
     cdef int _c_reset(self) noexcept:
         return _arena_reset_unlocked(self.a)

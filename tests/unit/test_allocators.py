@@ -703,3 +703,22 @@ def test_slab_free_slot_is_reused():
     sl.free(a)
     assert sl.alloc(32).address == address    # dropped at once...
     assert sl.alloc(32).address == address    # ...and reused again
+
+
+def test_arena_chunk_with_many_blocks_recycles_only_when_all_are_gone():
+    # More blocks than a chunk's first block list holds (64), dropped in a
+    # shuffled order: the chunk is reused exactly when the last one goes.
+    import random
+
+    ar = pgo.ArenaAllocator(1 << 16)
+    blocks = [ar.alloc(24) for _ in range(1000)]
+    assert ar.stats()["chunks"] == 1
+    order = list(range(len(blocks)))
+    random.Random(7).shuffle(order)
+    for k, i in enumerate(order):
+        blocks[i] = None
+        assert (ar.in_use == 0) == (k == len(order) - 1)
+    assert ar.live_blocks == 0
+    again = ar.alloc(24)
+    assert ar.stats()["chunks"] == 1 and ar.in_use > 0
+    del again

@@ -624,10 +624,10 @@ def test_oom_when_an_arena_grows():
                 raise
 
         failures, b = fail_each_system_call(grow)
-        # A new chunk and its bitmaps (none for the first alloc).  At the 9th
-        # the chunk table grows first; a failure after it keeps the bigger
-        # table, so the retries see two system calls again.
-        assert failures == (0 if growth == 0 else 2)
+        # A new chunk: its memory, its block list and two bitmaps (none for
+        # the first alloc).  At the 9th the chunk table grows first; a failure
+        # after it keeps the bigger table, so the retries see four calls again.
+        assert failures == (0 if growth == 0 else 4)
         write(b, pattern(1000, growth))
         held.append(b)
     for i, b in enumerate(held):
