@@ -35,6 +35,7 @@ cdef class Allocator:
     cdef pgo_lock_t* _lock
     cdef size_t _min_align
     cdef size_t _max_align     # most an allocation can be aligned to
+    cdef object __weakref__
 
     # Hooks, called with the lock held (and the GIL): return a PGO_ERR_* code.
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept

@@ -46,6 +46,9 @@ from pgo._core._typedefs cimport (
     pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
 )
 
+import os
+import weakref
+
 import numpy as np
 
 from pgo._errors import AllocatorError
@@ -232,6 +235,33 @@ cdef class Block:
                 f"({self.allocator._where(self.ptr)}) of {self.allocator!r}>")
 
 
+# Threadsafe allocators, for the fork hooks below.
+_THREADSAFE = weakref.WeakSet()
+_HELD_ACROSS_FORK = []
+
+
+def _before_fork():
+    # NOTE: every threadsafe allocator's mutex is taken before fork() and let
+    # go after it, in parent and child alike, so the child never inherits a
+    # mutex some other thread held mid-operation (it would deadlock on it)
+    # or a structure half-way through a change.
+    cdef Allocator a
+    for a in sorted(_THREADSAFE, key=id):
+        pgo_lock_gil_held(a._lock, a._st)
+        _HELD_ACROSS_FORK.append(a)
+
+
+def _after_fork():
+    cdef Allocator a
+    while _HELD_ACROSS_FORK:
+        a = _HELD_ACROSS_FORK.pop()
+        pgo_unlock(a._lock)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                    after_in_child=_after_fork)
+
+
 cdef class Allocator:
     """Base of every pgo allocator; not instantiated directly.
 
@@ -252,6 +282,8 @@ cdef class Allocator:
         if type(self) is Allocator:
             raise TypeError("Allocator is abstract; use StackAllocator, LinearAllocator, "
                             "ArenaAllocator or SlabAllocator")
+        if self._lock.enabled:
+            _THREADSAFE.add(self)
 
     # -- hooks filled in by each allocator family ------------------------
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

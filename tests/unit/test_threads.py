@@ -275,3 +275,46 @@ def test_c_api_with_the_gil_held_does_not_deadlock(cext):
                           timeout=120, env=env, cwd=os.path.dirname(ext_dir))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("done")
+
+
+def test_fork_while_another_thread_is_inside_the_allocator(cext):
+    # RELIABILITY 18: a nogil thread keeps the mutex busy; fork() must give
+    # the child an allocator it can use (no inherited held mutex, no half-done
+    # change), and the parent keeps working.  In a subprocess, so a deadlock
+    # shows as a timeout rather than a hung suite.
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, threading, pgo, _pgo_test_stress as cext
+        sl = pgo.SlabAllocator(64, threadsafe=True)
+        stop = threading.Event()
+        def churn():
+            while not stop.is_set():
+                cext.slab_churn_nogil(sl, 5_000)
+        t = threading.Thread(target=churn)
+        t.start()
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                blocks = [sl.alloc(64) for _ in range(100)]
+                cext.slab_churn_with_gil(sl, 1000)
+                for b in blocks:
+                    sl.free(b)
+                os._exit(0 if sl.live_blocks == 0 else 3)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+        stop.set()
+        t.join()
+        st = sl.stats()
+        assert st["allocations"] == st["frees"], st
+        print("done")
+    """)
+    ext_dir = os.path.dirname(cext.__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ext_dir, *(p for p in sys.path if p)]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=os.path.dirname(ext_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("done")
