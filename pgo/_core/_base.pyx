@@ -46,6 +46,7 @@ from pgo._core._typedefs cimport (
     pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
 )
 
+import gc
 import os
 import weakref
 
@@ -238,24 +239,31 @@ cdef class Block:
 # Threadsafe allocators, for the fork hooks below.
 _THREADSAFE = weakref.WeakSet()
 _HELD_ACROSS_FORK = []
+_GC_WAS_ENABLED = [False]
 
 
 def _before_fork():
     # NOTE: every threadsafe allocator's mutex is taken before fork() and let
     # go after it, in parent and child alike, so the child never inherits a
     # mutex some other thread held mid-operation (it would deadlock on it)
-    # or a structure half-way through a change.
+    # or a structure half-way through a change.  The GC is off meanwhile: a
+    # collection dropping a Block would wait for a mutex this thread holds.
     cdef Allocator a
-    for a in sorted(_THREADSAFE, key=id):
+    _GC_WAS_ENABLED[0] = gc.isenabled()
+    gc.disable()
+    allocators = sorted(_THREADSAFE, key=id)
+    _HELD_ACROSS_FORK.extend(allocators)
+    for a in allocators:
         pgo_lock_gil_held(a._lock, a._st)
-        _HELD_ACROSS_FORK.append(a)
 
 
 def _after_fork():
     cdef Allocator a
-    while _HELD_ACROSS_FORK:
-        a = _HELD_ACROSS_FORK.pop()
+    for a in _HELD_ACROSS_FORK:
         pgo_unlock(a._lock)
+    _HELD_ACROSS_FORK.clear()
+    if _GC_WAS_ENABLED[0]:
+        gc.enable()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
