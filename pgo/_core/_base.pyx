@@ -179,7 +179,8 @@ cdef class Block:
     """One allocation: a writable buffer over allocator memory.
 
     ``memoryview(block)``, ``np.frombuffer(block, ...)`` and ``bytes(block)``
-    all work; each open view keeps the block alive.  A Block that is dropped
+    all work, and so do ``block[i]``, ``block[i:j]`` (a memoryview) and
+    ``block[i:j] = data``; each open view keeps the block alive.  A Block that is dropped
     without ``free()`` returns its memory to the allocator by itself.
 
     Attributes:
@@ -210,6 +211,15 @@ cdef class Block:
 
     def __len__(self):
         return self.nbytes
+
+    def __getitem__(self, key):
+        # Like a memoryview of bytes; a slice is a memoryview, which keeps an
+        # export (and so the block) alive for as long as it lives.
+        return memoryview(self)[key]
+
+    def __setitem__(self, key, value):
+        with memoryview(self) as view:
+            view[key] = value
 
     @property
     def address(self):

@@ -722,3 +722,20 @@ def test_arena_chunk_with_many_blocks_recycles_only_when_all_are_gone():
     again = ar.alloc(24)
     assert ar.stats()["chunks"] == 1 and ar.in_use > 0
     del again
+
+
+def test_block_indexing_works_like_a_memoryview(make):
+    a = make()
+    b = a.alloc(16)
+    b[:] = bytes(range(16))
+    b[3] = 200
+    assert b[3] == 200 and b[0] == 0 and bytes(b[4:8]) == bytes(range(4, 8))
+    assert b.exports == 0                      # indexing leaves no view open
+    part = b[8:]
+    assert b.exports == 1 and len(part) == 8   # a slice is a view, and holds the block
+    with pytest.raises((ValueError, TypeError)):
+        b[0:2] = b"abc"                        # the block cannot grow
+    part.release()
+    assert b.exports == 0
+    if isinstance(a, (pgo.StackAllocator, pgo.SlabAllocator)):
+        a.free(b)
