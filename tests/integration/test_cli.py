@@ -51,6 +51,7 @@ def test_demo_quick_runs_every_allocator():
     for name in ("StackAllocator", "LinearAllocator", "ArenaAllocator", "SlabAllocator"):
         assert name in out
     assert "np.empty" in out
+    assert "Temporaries that are written" in out and "arena.empty" in out
     assert out.count("AllocatorError") == 3
     # Every pattern gives back everything it allocated: the live column is 0.
     stats_rows = [line.split() for line in out.splitlines()
