@@ -49,6 +49,7 @@ cdef class Allocator:
     cdef int _check_releasable(self, Block b) except -1
     cdef bint _canary_broken(self, Block b) noexcept
 
+    cdef pgo_stats_t _synced_stats(self) noexcept
     cdef Block _block(self, size_t nbytes, size_t align)
     cdef void _block_died(self, Block b) noexcept
     cdef object _array(self, object shape, object dtype, object order, size_t align, bint zero)

@@ -330,9 +330,9 @@ cdef class Allocator:
         return PGO_DEBUG_FILL and not pgo_canary_ok(b.ptr + b.nbytes, self._canary_len(b))
 
     def _describe_nomem(self, size_t nbytes):
-        self._sync()
+        cdef pgo_stats_t st = self._synced_stats()
         return (f"{self!r}: cannot allocate {nbytes:,} bytes "
-                f"({self._st.in_use:,} of {self._st.capacity:,} bytes in use)")
+                f"({st.in_use:,} of {st.capacity:,} bytes in use)")
 
     # -- shared machinery -------------------------------------------------
     cdef Block _block(self, size_t nbytes, size_t align):
@@ -579,13 +579,7 @@ cdef class Allocator:
         ``contention`` (lock acquisitions that had to wait), plus
         allocator-specific keys.
         """
-        cdef pgo_stats_t st
-        # NOTE: no Python code may run while the mutex is held: a GC pass
-        # could drop a Block, whose release takes the same mutex.
-        pgo_lock_gil_held(self._lock, self._st)
-        self._sync()
-        st = self._st[0]
-        pgo_unlock(self._lock)
+        cdef pgo_stats_t st = self._synced_stats()
         extra = self._extra_stats()
         consumed = st.requested + st.lost
         out = {
@@ -616,20 +610,25 @@ cdef class Allocator:
         """Bytes reserved from the system."""
         return self._st.capacity
 
+    cdef pgo_stats_t _synced_stats(self) noexcept:
+        # A consistent copy, derived fields included.
+        # NOTE: no Python code may run while the mutex is held: a GC pass
+        # could drop a Block, whose release takes the same mutex.
+        cdef pgo_stats_t st
+        pgo_lock_gil_held(self._lock, self._st)
+        self._sync()
+        st = self._st[0]
+        pgo_unlock(self._lock)
+        return st
+
     @property
     def in_use(self):
         """Bytes consumed now, alignment padding and headers included."""
-        pgo_lock_gil_held(self._lock, self._st)
-        self._sync()
-        pgo_unlock(self._lock)
-        return self._st.in_use
+        return self._synced_stats().in_use
 
     @property
     def peak(self):
-        pgo_lock_gil_held(self._lock, self._st)
-        self._sync()
-        pgo_unlock(self._lock)
-        return self._st.peak
+        return self._synced_stats().peak
 
     @property
     def live_blocks(self):

@@ -72,6 +72,23 @@ cdef inline pgo_stack_hdr_t* _stack_hdr(pgo_stack_t* s, size_t off) noexcept nog
     return <pgo_stack_hdr_t*>(s.base + off - sizeof(pgo_stack_hdr_t))
 
 
+cdef inline void _stack_push(pgo_stack_t* s, size_t off, size_t n, size_t take) noexcept nogil:
+    # Records a block of n bytes (take with the test build's canary) whose
+    # data starts at `off`, above the current top: header, top, stats.
+    cdef pgo_stack_hdr_t* h = _stack_hdr(s, off)
+    h.prev_top = s.top
+    h.prev_last = s.last
+    h.magic = PGO_STACK_MAGIC
+    h.flags = 0
+    s.stats.allocs += 1
+    s.stats.requested += n
+    s.stats.lost += off - s.top + (take - n)
+    s.top = off + take
+    s.last = off
+    if s.top > s.stats.peak:
+        s.stats.peak = s.top
+
+
 cdef inline void stack_sync_stats(pgo_stack_t* s) noexcept nogil:
     s.stats.in_use = s.top
 
@@ -80,7 +97,6 @@ cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NUL
     """Allocate n bytes aligned to align (>= 8); raises MemoryError/ValueError."""
     cdef uintptr_t p
     cdef size_t off
-    cdef pgo_stack_hdr_t* h
     if pgo_unlikely(not s.fast or pgo_bad_align(align)):
         return _stack_alloc_slow(s, n, align)
     if align < PGO_STACK_MIN_ALIGN:
@@ -89,18 +105,7 @@ cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NUL
     off = p - <uintptr_t>s.base
     if pgo_unlikely(off > s.size or n > s.size - off):
         return _stack_alloc_slow(s, n, align)
-    h = <pgo_stack_hdr_t*>(p - sizeof(pgo_stack_hdr_t))
-    h.prev_top = s.top
-    h.prev_last = s.last
-    h.magic = PGO_STACK_MAGIC
-    h.flags = 0
-    s.stats.allocs += 1
-    s.stats.requested += n
-    s.stats.lost += off - s.top
-    s.top = off + n
-    s.last = off
-    if s.top > s.stats.peak:
-        s.stats.peak = s.top
+    _stack_push(s, off, n, n)
     return <void*>p
 
 

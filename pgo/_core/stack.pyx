@@ -67,7 +67,6 @@ cdef int _stack_alloc_unlocked(pgo_stack_t* s, size_t n, size_t align, void** ou
     # build's fill and canary, and the failure codes.
     cdef uintptr_t p
     cdef size_t off, take
-    cdef pgo_stack_hdr_t* h
     if pgo_bad_align(align):
         s.stats.failed += 1
         return PGO_ERR_ALIGN
@@ -78,18 +77,7 @@ cdef int _stack_alloc_unlocked(pgo_stack_t* s, size_t n, size_t align, void** ou
     if pgo_add_overflow(n, PGO_CANARY, &take) or off > s.size or take > s.size - off:
         s.stats.failed += 1
         return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
-    h = <pgo_stack_hdr_t*>(p - sizeof(pgo_stack_hdr_t))
-    h.prev_top = s.top
-    h.prev_last = s.last
-    h.magic = PGO_STACK_MAGIC
-    h.flags = 0
-    s.stats.allocs += 1
-    s.stats.requested += n
-    s.stats.lost += off - s.top + PGO_CANARY
-    s.top = off + take
-    s.last = off
-    if s.top > s.stats.peak:
-        s.stats.peak = s.top
+    _stack_push(s, off, n, take)
     if PGO_DEBUG_FILL:
         memset(<void*>p, PGO_FILL_ALLOC, take)
     out[0] = <void*>p

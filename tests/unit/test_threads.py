@@ -10,7 +10,11 @@
   drops them.
 """
 
+import os
 import queue
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -197,6 +201,18 @@ def test_python_threads_pass_blocks_through_a_queue():
 
 # -- races found in review ---------------------------------------------------------
 
+def run_with_cext(cext, code, timeout):
+    """Runs `code` (which can import the test extension) in a subprocess, so
+    that a deadlock fails the test by timeout instead of hanging the suite;
+    it must exit 0 and print "done"."""
+    ext_dir = os.path.dirname(cext.__file__)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ext_dir, *(p for p in sys.path if p)]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=os.path.dirname(ext_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("done")
+
+
 def test_one_block_freed_by_two_threads_is_freed_once(cext):
     # free() checks the Block, then takes the mutex; waiting for a contended
     # mutex releases the GIL, so both threads used to pass the checks and
@@ -242,11 +258,6 @@ def test_c_api_with_the_gil_held_does_not_deadlock(cext):
     # C code may call the nogil .pxd API while holding the GIL; a Python-side
     # thread waiting for the mutex must not hold it while it waits for the
     # GIL.  Run in a subprocess so that a regression hangs it, not the suite.
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
     code = textwrap.dedent("""
         import threading, pgo, _pgo_test_stress as cext
         sl = pgo.SlabAllocator(64, threadsafe=True)
@@ -269,12 +280,7 @@ def test_c_api_with_the_gil_held_does_not_deadlock(cext):
         assert st["allocations"] == st["frees"], st
         print("done", st["contention"] > 0)
     """)
-    ext_dir = os.path.dirname(cext.__file__)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ext_dir, *(p for p in sys.path if p)]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=os.path.dirname(ext_dir))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("done")
+    run_with_cext(cext, code, timeout=120)
 
 
 def test_fork_while_another_thread_is_inside_the_allocator(cext):
@@ -282,11 +288,6 @@ def test_fork_while_another_thread_is_inside_the_allocator(cext):
     # the child an allocator it can use (no inherited held mutex, no half-done
     # change), and the parent keeps working.  In a subprocess, so a deadlock
     # shows as a timeout rather than a hung suite.
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
     code = textwrap.dedent("""
         import os, threading, pgo, _pgo_test_stress as cext
         sl = pgo.SlabAllocator(64, threadsafe=True)
@@ -312,9 +313,4 @@ def test_fork_while_another_thread_is_inside_the_allocator(cext):
         assert st["allocations"] == st["frees"], st
         print("done")
     """)
-    ext_dir = os.path.dirname(cext.__file__)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ext_dir, *(p for p in sys.path if p)]))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=env, cwd=os.path.dirname(ext_dir))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("done")
+    run_with_cext(cext, code, timeout=60)
