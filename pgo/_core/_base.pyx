@@ -484,9 +484,15 @@ cdef class Allocator:
                 it raises.
             TypeError: `block` is not a Block.
         """
-        cdef Block b = self._check_free(block)
+        cdef Block b
         cdef int code
-        self._check_releasable(b)
+        if (type(block) is Block and (<Block>block).allocator is self
+                and not (<Block>block).freed and not (<Block>block).exports
+                and not (<Block>block).backs_array and not PGO_DEBUG_FILL):
+            b = <Block>block            # the common case: every check passes
+        else:
+            b = self._check_free(block)
+            self._check_releasable(b)
         pgo_lock_gil_held(self._lock, self._st)
         # Checked again under the mutex: taking it may have released the
         # GIL, and another thread may have freed the block or opened a view
