@@ -15,7 +15,10 @@
 # owns, instead of recycling a chunk under a live block; and recycling or
 # resetting a chunk costs what its blocks were, not its size.  The inline
 # path covers the common case (no lock, the normal build, room in the
-# current chunk and in its block list).
+# current chunk and in its block list).  stats.in_use, peak and lost are
+# derived (in_use only grows between chunk recycles, so its peak is taken
+# just before each recycle): call arena_sync_stats(a) before reading
+# a.stats.
 
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 
@@ -32,7 +35,7 @@ ctypedef struct pgo_arena_chunk_t:
     char* base
     size_t size
     size_t top
-    size_t live               # blocks handed out and not released
+    size_t nreleased          # of its nblocks; the chunk is idle when they are equal
     uint32_t* starts          # block i starts at starts[i] * 8
     size_t nblocks
     size_t cap_blocks
@@ -47,6 +50,7 @@ ctypedef struct pgo_arena_t:
     size_t current            # chunk allocations bump in
     size_t chunk_size
     size_t max_bytes          # 0: no limit
+    size_t recycled           # bytes of chunks recycled since the last reset
     bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock
@@ -58,6 +62,16 @@ cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil
 cdef int arena_reset(pgo_arena_t* a) except -1 nogil
 # Out of line: NULL with the exception set.
 cdef void* _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align) noexcept nogil
+
+
+cdef inline void arena_sync_stats(pgo_arena_t* a) noexcept nogil:
+    cdef size_t i, used = 0
+    for i in range(a.nchunks):
+        used += a.chunks[i].top
+    a.stats.in_use = used
+    if used > a.stats.peak:
+        a.stats.peak = used
+    a.stats.lost = a.recycled + used - a.stats.requested
 
 
 cdef inline void* arena_alloc(pgo_arena_t* a, size_t n, size_t align) except NULL nogil:
@@ -75,13 +89,8 @@ cdef inline void* arena_alloc(pgo_arena_t* a, size_t n, size_t align) except NUL
         return _arena_alloc_slow(a, n, align)
     c.starts[c.nblocks] = <uint32_t>(off >> 3)
     c.nblocks += 1
-    c.live += 1
     a.stats.allocs += 1
     a.stats.requested += n
-    a.stats.lost += off - c.top
-    a.stats.in_use += off + n - c.top
-    if a.stats.in_use > a.stats.peak:
-        a.stats.peak = a.stats.in_use
     c.top = off + n
     return <void*>p
 

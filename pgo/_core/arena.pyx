@@ -50,6 +50,7 @@ cdef inline void _clear_blocks(pgo_arena_chunk_t* c) noexcept nogil:
     memset(c.released, 0, words * sizeof(uint64_t))
     memset(c.pybits, 0, words * sizeof(uint64_t))
     c.nblocks = 0
+    c.nreleased = 0
 
 
 cdef int _arena_grow_blocks(pgo_arena_chunk_t* c) noexcept nogil:
@@ -164,13 +165,8 @@ cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t*
         return PGO_ERR_NOMEM
     c.starts[c.nblocks] = <uint32_t>(off >> 3)
     c.nblocks += 1
-    c.live += 1
     a.stats.allocs += 1
     a.stats.requested += n
-    a.stats.lost += off - c.top + (take - n)
-    a.stats.in_use += off + take - c.top
-    if a.stats.in_use > a.stats.peak:
-        a.stats.peak = a.stats.in_use
     c.top = off + take
     if PGO_DEBUG_FILL:
         memset(<void*>p, PGO_FILL_ALLOC, n)
@@ -199,7 +195,8 @@ cdef int _arena_alloc_unlocked(pgo_arena_t* a, size_t n, size_t align, void** ou
     # A chunk with nothing alive in it, big enough even in the worst case of
     # alignment padding, is reused before anything new is asked for.
     for i in range(a.nchunks):
-        if i != a.current and a.chunks[i].live == 0 and a.chunks[i].size >= need:
+        if (i != a.current and a.chunks[i].nblocks == a.chunks[i].nreleased
+                and a.chunks[i].size >= need):
             a.current = i
             return _arena_bump(a, n, align, out, chunk)
     size = a.chunk_size if need <= a.chunk_size else need
@@ -234,13 +231,16 @@ cdef int _arena_release_block(pgo_arena_t* a, size_t chunk, size_t i, bint from_
     if c.pybits[i >> 6] & bit and not from_python:
         return PGO_ERR_PY_OWNED
     c.released[i >> 6] |= bit
-    c.live -= 1
+    c.nreleased += 1
     a.stats.frees += 1
-    if c.live == 0:
+    if c.nreleased == c.nblocks:
+        # in_use is at a local maximum just before a recycle: the only time
+        # it goes down.  Taking the peak here keeps the hot path free of it.
+        arena_sync_stats(a)
         if PGO_DEBUG_FILL:
             memset(c.base, PGO_FILL_FREE, c.top)
         _clear_blocks(c)
-        a.stats.in_use -= c.top
+        a.recycled += c.top
         c.top = 0
     return PGO_OK
 
@@ -300,14 +300,15 @@ cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
     cdef size_t i
     if a.stats.live_blocks:
         return PGO_ERR_LIVE
+    arena_sync_stats(a)
     for i in range(a.nchunks):
         if PGO_DEBUG_FILL:
             memset(a.chunks[i].base, PGO_FILL_FREE, a.chunks[i].top)
+        a.stats.frees += a.chunks[i].nblocks - a.chunks[i].nreleased
         _clear_blocks(&a.chunks[i])
-        a.stats.frees += a.chunks[i].live
         a.chunks[i].top = 0
-        a.chunks[i].live = 0
     a.current = 0
+    a.recycled = 0
     a.stats.in_use = 0
     a.stats.resets += 1
     a.stats.requested = 0
@@ -364,6 +365,9 @@ cdef class ArenaAllocator(Allocator):
     cdef int _c_reset(self) noexcept:
         return _arena_reset_unlocked(self.a)
 
+    cdef void _sync(self) noexcept:
+        arena_sync_stats(self.a)
+
     cdef object _where(self, char* p):
         cdef size_t chunk
         cdef int code
@@ -387,7 +391,7 @@ cdef class ArenaAllocator(Allocator):
         pgo_lock_gil_held(self._lock, self._st)
         nchunks = self.a.nchunks
         for i in range(nchunks):
-            if self.a.chunks[i].live:
+            if self.a.chunks[i].nblocks != self.a.chunks[i].nreleased:
                 busy += 1
         pgo_unlock(self._lock)
         return {"chunks": nchunks, "chunks_in_use": busy,
