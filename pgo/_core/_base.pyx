@@ -116,7 +116,6 @@ cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) excep
 cdef void _set_error(int code, const char* who, size_t nbytes, size_t align) noexcept:
     # GIL held.  pgo_raise always raises; keep that exception set for the
     # caller of the noexcept function instead of reporting it as unraisable.
-    cdef object etype, evalue, etb
     try:
         pgo_raise(code, who, nbytes, align)
     except BaseException as e:

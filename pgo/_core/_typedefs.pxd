@@ -144,12 +144,3 @@ cdef inline bint pgo_canary_ok(const char* p, size_t n) noexcept nogil:
         if <unsigned char>p[i] != PGO_FILL_ALLOC:
             return False
     return True
-
-
-cdef inline void pgo_stats_alloc(pgo_stats_t* st, size_t in_use, size_t requested, size_t lost) noexcept nogil:
-    st.allocs += 1
-    st.in_use = in_use
-    if in_use > st.peak:
-        st.peak = in_use
-    st.requested += requested
-    st.lost += lost
