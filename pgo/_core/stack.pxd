@@ -48,6 +48,7 @@ ctypedef struct pgo_stack_t:
     size_t size               # bytes in the buffer
     size_t top                # offset of the first free byte
     size_t last               # data offset of the most recent block (0: none)
+    size_t ndead              # blocks given up but not yet released (DEAD)
     bint fast                 # no lock, normal build: the inline paths apply
     pgo_stats_t stats
     pgo_lock_t lock
@@ -125,7 +126,7 @@ cdef inline int stack_free(pgo_stack_t* s, void* p) except -1 nogil:
     s.top = h.prev_top
     s.last = h.prev_last
     s.stats.frees += 1
-    if pgo_unlikely(s.last != 0 and (_stack_hdr(s, s.last).flags & PGO_STACK_DEAD)):
+    if pgo_unlikely(s.ndead != 0 and s.last != 0 and (_stack_hdr(s, s.last).flags & PGO_STACK_DEAD)):
         _stack_pop_dead(s)
     return 0
 

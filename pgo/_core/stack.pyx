@@ -93,6 +93,7 @@ cdef void _stack_pop_dead(pgo_stack_t* s) noexcept nogil:
             break
         s.top = h.prev_top
         s.last = h.prev_last
+        s.ndead -= 1
     if PGO_DEBUG_FILL and s.top < old_top:
         memset(s.base + s.top, PGO_FILL_FREE, old_top - s.top)
 
@@ -129,6 +130,7 @@ cdef int _stack_free_unlocked(pgo_stack_t* s, void* p, bint from_python) noexcep
     if PGO_CANARY and not pgo_canary_ok(s.base + s.top - PGO_CANARY, PGO_CANARY):
         return PGO_ERR_OVERRUN
     h.flags |= PGO_STACK_DEAD
+    s.ndead += 1
     s.stats.frees += 1
     _stack_pop_dead(s)
     return PGO_OK
@@ -160,6 +162,7 @@ cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
     # as soon as every block above it is gone.
     cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
     _stack_hdr(s, off).flags |= PGO_STACK_DEAD
+    s.ndead += 1
     s.stats.frees += 1
     if off == s.last:
         _stack_pop_dead(s)
@@ -176,7 +179,7 @@ cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
 
 cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept nogil:
     cdef size_t k = s.last
-    cdef size_t released = 0
+    cdef size_t released = 0, dead = 0
     cdef pgo_stack_hdr_t* h
     if m.top > s.top:
         return PGO_ERR_ORDER
@@ -186,12 +189,15 @@ cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept no
             return PGO_ERR_LIVE
         if not (h.flags & PGO_STACK_DEAD):
             released += 1
+        else:
+            dead += 1
         k = h.prev_last
     if k != m.last:
         # A stale mark: the block it remembers was released and its space
         # reused, so the chain never reaches it.
         return PGO_ERR_ORDER
     s.stats.frees += released
+    s.ndead -= dead
     if PGO_DEBUG_FILL and m.top < s.top:
         memset(s.base + m.top, PGO_FILL_FREE, s.top - m.top)
     s.top = m.top
