@@ -15,6 +15,9 @@ cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) excep
 # they carry no traceback code and stay small enough to be inlined.
 cdef int pgo_fail(int code, const char* who, size_t nbytes, size_t align) noexcept nogil
 cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align) noexcept nogil
+# For misuse of a pointer (free, release): the message names the address.
+cdef int pgo_raise_at(int code, const char* who, const void* p) except -1 with gil
+cdef int pgo_fail_at(int code, const char* who, const void* p) noexcept nogil
 
 
 cdef class Block:

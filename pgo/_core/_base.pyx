@@ -122,6 +122,22 @@ cdef void _set_error(int code, const char* who, size_t nbytes, size_t align) noe
         PyErr_SetObject(type(e), e)
 
 
+cdef int pgo_raise_at(int code, const char* who, const void* p) except -1 with gil:
+    try:
+        pgo_raise(code, who, 0, 0)
+    except AllocatorError as e:
+        raise AllocatorError(f"{e} (address {<uintptr_t>p:#x})") from None
+
+
+cdef int pgo_fail_at(int code, const char* who, const void* p) noexcept nogil:
+    with gil:
+        try:
+            pgo_raise_at(code, who, p)
+        except BaseException as e:
+            PyErr_SetObject(type(e), e)
+    return -1
+
+
 cdef int pgo_fail(int code, const char* who, size_t nbytes, size_t align) noexcept nogil:
     with gil:
         _set_error(code, who, nbytes, align)

@@ -20,7 +20,7 @@ bitmaps belong to the ArenaAllocator object (or to the C caller of
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise
+from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise, pgo_raise_at
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
@@ -289,10 +289,10 @@ cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil:
         code = _arena_release_block(a, chunk, index, False)
     pgo_unlock(&a.lock)
     if code == PGO_ERR_DOUBLE_FREE:
-        return pgo_raise(code, "ArenaAllocator (not the start of a live block: an interior "
-                         "pointer, or released already)", 0, 0)
+        return pgo_raise_at(code, "ArenaAllocator (not the start of a live block: an interior "
+                            "pointer, or released already)", p)
     if code != PGO_OK:
-        return pgo_raise(code, "ArenaAllocator", 0, 0)
+        return pgo_raise_at(code, "ArenaAllocator", p)
     return 0
 
 

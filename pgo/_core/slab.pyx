@@ -19,7 +19,9 @@ slab table belong to the SlabAllocator object, or to the C caller of
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_fail, pgo_fail_null, pgo_raise
+from pgo._core._base cimport (
+    Allocator, Block, pgo_fail, pgo_fail_at, pgo_fail_null, pgo_raise, pgo_raise_at,
+)
 from pgo._core._memory cimport (
     pgo_sys_calloc, pgo_sys_commit, pgo_sys_free, pgo_sys_realloc,
     pgo_sys_reserve, pgo_sys_unreserve,
@@ -251,7 +253,7 @@ cdef int _slab_free_slow(pgo_slab_t* s, void* p) noexcept nogil:
     err = _slab_free_unlocked(s, p)
     pgo_unlock(&s.lock)
     if err != PGO_OK:
-        return pgo_fail(err, "SlabAllocator", 0, 0)
+        return pgo_fail_at(err, "SlabAllocator", p)
     return 0
 
 
@@ -399,7 +401,7 @@ cdef class SlabAllocator(Allocator):
             raise AllocatorError(f"{self!r}: double free of the block at "
                                  f"{self._where(<char*>address)}")
         if code != PGO_OK:
-            pgo_raise(code, "SlabAllocator", 0, 0)
+            pgo_raise_at(code, "SlabAllocator", <void*>address)
 
     @property
     def block_size(self):

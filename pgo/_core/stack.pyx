@@ -18,7 +18,9 @@ object (created in ``__cinit__``, freed in ``__dealloc__``); C callers of
 cimport cython
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_fail, pgo_fail_null, pgo_raise
+from pgo._core._base cimport (
+    Allocator, Block, pgo_fail, pgo_fail_at, pgo_fail_null, pgo_raise, pgo_raise_at,
+)
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from libc.stdint cimport uintptr_t
 
@@ -153,7 +155,7 @@ cdef int _stack_free_slow(pgo_stack_t* s, void* p) noexcept nogil:
     code = _stack_free_unlocked(s, p, False)
     pgo_unlock(&s.lock)
     if code != PGO_OK:
-        return pgo_fail(code, "StackAllocator", 0, 0)
+        return pgo_fail_at(code, "StackAllocator", p)
     return 0
 
 
@@ -316,7 +318,7 @@ cdef class StackAllocator(Allocator):
         code = _stack_free_unlocked(self.s, <void*>address, False)
         pgo_unlock(self._lock)
         if code != PGO_OK:
-            pgo_raise(code, "StackAllocator", 0, 0)
+            pgo_raise_at(code, "StackAllocator", <void*>address)
 
     def __repr__(self):
         return (f"<StackAllocator capacity={self.s.size} top={self.s.top} "

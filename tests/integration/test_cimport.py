@@ -307,3 +307,18 @@ def test_stack_release_to_a_stale_mark_is_refused(cext):
     assert st.stats() == before
     cext.stack_free_c(st, b)
     assert st.in_use == 0
+
+
+def test_c_level_misuse_names_the_address(cext):
+    sl = pgo.SlabAllocator(64)
+    p = cext.slab_alloc_c(sl)
+    cext.slab_free_c(sl, p)
+    with pytest.raises(pgo.AllocatorError, match=f"double free.*{p:#x}"):
+        cext.slab_free_c(sl, p)
+    st = pgo.StackAllocator(4096)
+    a = cext.stack_alloc_c(st, 16)
+    b = cext.stack_alloc_c(st, 16)
+    with pytest.raises(pgo.AllocatorError, match=f"LIFO.*{a:#x}"):
+        cext.stack_free_c(st, a)
+    cext.stack_free_c(st, b)
+    cext.stack_free_c(st, a)
