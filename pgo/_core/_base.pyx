@@ -385,11 +385,10 @@ cdef class Allocator:
     cdef void _block_died(self, Block b) noexcept:
         if PGO_DEBUG_FILL and self._canary_broken(b):
             # Nobody to raise to in a deallocator: report it as unraisable.
-            try:
-                raise AllocatorError(f"{self!r}: something wrote past the end of the "
-                                     f"{b.nbytes}-byte block at {self._where(b.ptr)}")
-            except AllocatorError as e:
-                PyErr_WriteUnraisable(e)
+            err = AllocatorError(f"{self!r}: something wrote past the end of the "
+                                 f"{b.nbytes}-byte block at {self._where(b.ptr)}")
+            PyErr_SetObject(AllocatorError, err)
+            PyErr_WriteUnraisable(self)
         pgo_lock_gil_held(self._lock, self._st)
         self._c_dead(b)
         self._st.live_blocks -= 1

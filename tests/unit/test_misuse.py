@@ -796,6 +796,9 @@ def test_canary_catches_a_one_byte_overflow(kind):
     with pytest.raises(pgo.AllocatorError) as exc:
         a.free(b)
     assert where(b) in str(exc.value)
+    assert not b.freed                          # nothing changed: the block is still ours
+    ctypes.memset(b.address + 24, 0xA5, 1)      # mend the canary, then it frees cleanly
+    a.free(b)
 
 
 # -- the interpreter survives -------------------------------------------------------------
@@ -867,3 +870,24 @@ def test_objects_made_without_init_do_not_crash():
     """)
     assert proc.returncode == 0, f"crashed with {proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.stdout.split() == ["survived"]
+
+
+@debug_only
+def test_canary_broken_on_a_dropped_block_is_reported_as_unraisable():
+    # Nobody can be raised to from a deallocator; the overrun is reported
+    # through sys.unraisablehook, naming the block.
+    import sys
+
+    seen = []
+    old, sys.unraisablehook = sys.unraisablehook, seen.append
+    try:
+        a = pgo.SlabAllocator(24, align=32)
+        b = a.alloc(24)
+        ctypes.memset(b.address + 24, 0x00, 1)
+        del b
+    finally:
+        sys.unraisablehook = old
+    assert len(seen) == 1
+    assert isinstance(seen[0].exc_value, pgo.AllocatorError)
+    assert "wrote past the end" in str(seen[0].exc_value)
+    assert a.live_blocks == 0
