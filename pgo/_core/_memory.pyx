@@ -80,20 +80,28 @@ cdef void pgo_sys_free(void* p) noexcept nogil:
     free(p)
 
 
-cdef char* pgo_sys_reserve(size_t nbytes, size_t align, void** raw, size_t* raw_len) noexcept nogil:
-    cdef size_t total
-    cdef void* p
+cdef char* pgo_sys_reserve(size_t nbytes, size_t min_bytes, size_t align, size_t* got,
+                           void** raw, size_t* raw_len) noexcept nogil:
+    cdef void* p = MAP_FAILED
     cdef uintptr_t a
     if align < 4096:
         align = 4096
+    if min_bytes > nbytes:
+        min_bytes = nbytes
+    # One injected failure fails the whole call, as one refusal of the
+    # smallest size would.
     if _injected_failure() or nbytes > (<size_t>-1) - align:
         return NULL
-    total = nbytes + align
-    p = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+    while True:
+        p = mmap(NULL, nbytes + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if p != MAP_FAILED or nbytes <= min_bytes:
+            break
+        nbytes = nbytes // 2 if nbytes // 2 > min_bytes else min_bytes
     if p == MAP_FAILED:
         return NULL
     raw[0] = p
-    raw_len[0] = total
+    raw_len[0] = nbytes + align
+    got[0] = nbytes
     a = (<uintptr_t>p + align - 1) & ~(<uintptr_t>align - 1)
     return <char*>a
 

@@ -58,7 +58,7 @@ cdef inline void _slab_update_fast(pgo_slab_t* s) noexcept nogil:
 cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots,
                              size_t max_bytes, bint threadsafe) except NULL nogil:
     cdef pgo_slab_t* s
-    cdef size_t reserve
+    cdef size_t reserve, minimum
     if pgo_bad_align(align):
         pgo_raise(PGO_ERR_ALIGN, "SlabAllocator", block_size, align)
         return NULL
@@ -82,17 +82,19 @@ cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots
     if first_slots > MAX_SLAB_SLOTS:
         first_slots = MAX_SLAB_SLOTS
     s.next_slots = first_slots
-    # Reserve address space (not memory): max_bytes if given, else 64 GiB.
+    # Reserve address space (not memory): max_bytes if given, else 64 GiB,
+    # or less where the system allows less, down to the first slab.
     reserve = max_bytes if max_bytes else DEFAULT_RESERVE
     if reserve < s.stride:
         reserve = s.stride
-    s.base = pgo_sys_reserve(reserve, HUGE_PAGE if reserve >= HUGE_PAGE else 4096,
-                             &s.raw, &s.raw_len)
+    minimum = reserve if max_bytes else first_slots * s.stride
+    s.base = pgo_sys_reserve(reserve, minimum, HUGE_PAGE if reserve >= HUGE_PAGE else 4096,
+                             &reserve, &s.raw, &s.raw_len)
     if s.base == NULL:
         pgo_sys_free(s)
         # Under a tight `ulimit -v`, max_bytes makes the reservation smaller.
         pgo_raise(PGO_ERR_NOMEM, "SlabAllocator (reserving address space; pass max_bytes "
-                  "to reserve less)", reserve, align)
+                  "to reserve less)", minimum, align)
         return NULL
     s.max_bytes = max_bytes
     s.max_slots = (max_bytes if max_bytes else reserve) // s.stride

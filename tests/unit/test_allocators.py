@@ -739,3 +739,27 @@ def test_block_indexing_works_like_a_memoryview(make):
     assert b.exports == 0
     if isinstance(a, (pgo.StackAllocator, pgo.SlabAllocator)):
         a.free(b)
+
+
+def test_slab_works_under_a_tight_address_space_limit():
+    # The slab reserves 64 GiB of address space by default; where the system
+    # allows less (ulimit -v, valgrind) it must reserve less, not fail.
+    import os
+    import resource
+    import subprocess
+    import sys
+    import tempfile
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    code = ("import pgo\n"
+            "s = pgo.SlabAllocator(64)\n"
+            "blocks = [s.alloc(64) for _ in range(100_000)]\n"
+            "assert len({b.address for b in blocks}) == 100_000\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit, cwd=tempfile.gettempdir(),
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
