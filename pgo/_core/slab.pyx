@@ -1,7 +1,8 @@
 """SlabAllocator: fixed-size blocks with O(1) alloc and free.
 
 Design: one range of address space is reserved when the allocator is made
-(``max_bytes``, or 64 GiB; nothing is committed) and slabs are committed in
+(``max_bytes``, or 64 GiB -- halved while the system refuses; nothing is
+committed) and slabs are committed in
 it one after another -- the first of ``slots_per_slab`` blocks, each next
 one twice as big, up to 2**24 slots -- so slot ``i`` is always at
 ``base + i * stride``, growth never moves a block, and finding a pointer's
