@@ -1,0 +1,69 @@
+"""The shipped .pyi stubs type-check real use under mypy --strict."""
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import pgo
+
+mypy_api = pytest.importorskip("mypy.api", reason="mypy is not installed")
+
+USE = textwrap.dedent("""
+    import numpy as np
+    import pgo
+
+    s = pgo.StackAllocator(1 << 16)
+    with s.frame() as f:
+        a = s.empty((3, 4), dtype=np.float32, order="F")
+        z = s.zeros(8)
+        b = s.alloc(16, align=64)
+        view = memoryview(b)
+        first: int = b[0]
+        part: memoryview = b[2:4]
+        n: int = len(b) + b.address + f.live + s.in_use + s.capacity
+    slab = pgo.SlabAllocator(64, align=64, slots_per_slab=8, max_bytes=1 << 20, threadsafe=True)
+    stats: dict[str, object] = slab.stats()
+    slab.free(slab.alloc(64))
+    slab.reset()
+    arena = pgo.ArenaAllocator(chunk_size=1 << 20, max_bytes=0, threadsafe=False)
+    linear = pgo.LinearAllocator(1 << 20)
+    try:
+        linear.reset()
+    except pgo.AllocatorError as e:
+        msg: str = str(e)
+""")
+
+MISUSE = textwrap.dedent("""
+    import pgo
+    pgo.SlabAllocator(64).free(3)
+""")
+
+
+@pytest.fixture(autouse=True)
+def stub_path(monkeypatch):
+    # An installed pgo is found through its py.typed (and mypy refuses
+    # site-packages on MYPYPATH); a source checkout built in place is not.
+    root = Path(pgo.__file__).resolve().parent.parent
+    if "site-packages" not in root.parts:
+        monkeypatch.setenv("MYPYPATH", str(root))
+
+
+def check(tmp_path, source):
+    path = tmp_path / "use.py"
+    path.write_text(source)
+    stdout, stderr, status = mypy_api.run([
+        "--strict", "--no-incremental", "--cache-dir", os.devnull, str(path),
+    ])
+    return status, stdout + stderr
+
+
+def test_stubs_accept_real_use(tmp_path):
+    status, out = check(tmp_path, USE)
+    assert status == 0, out
+
+
+def test_stubs_reject_a_non_block_free(tmp_path):
+    status, out = check(tmp_path, MISUSE)
+    assert status == 1 and "free" in out, out
