@@ -126,6 +126,10 @@ cdef pgo_arena_t* arena_create(size_t chunk_size, size_t max_bytes, bint threads
         chunk_size = DEF_CHUNK
     if max_bytes and chunk_size > max_bytes:
         chunk_size = max_bytes
+    if chunk_size > MAX_CHUNK:
+        pgo_sys_free(a)
+        pgo_raise(PGO_ERR_TOO_BIG, "ArenaAllocator (chunks hold at most 32 GiB)", chunk_size, 0)
+        return NULL
     a.chunk_size = chunk_size
     a.max_bytes = max_bytes
     if _arena_add_chunk(a, chunk_size) != PGO_OK:

@@ -891,3 +891,9 @@ def test_canary_broken_on_a_dropped_block_is_reported_as_unraisable():
     assert isinstance(seen[0].exc_value, pgo.AllocatorError)
     assert "wrote past the end" in str(seen[0].exc_value)
     assert a.live_blocks == 0
+
+
+def test_arena_chunk_size_above_its_limit_is_refused():
+    # Block starts are stored as 32-bit multiples of 8: chunks hold 32 GiB at most.
+    with pytest.raises(MemoryError, match="68,719,476,736 bytes"):
+        pgo.ArenaAllocator(chunk_size=64 << 30)
