@@ -19,6 +19,31 @@ cdef extern from *:
     #define PGO_MAX_ALIGN 4096
     #define pgo_likely(x) __builtin_expect(!!(x), 1)
     #define pgo_unlikely(x) __builtin_expect(!!(x), 0)
+    /* Test build, valgrind headers present: each allocator is a valgrind
+       mempool, so memcheck sees pgo's blocks as it sees malloc's (a read of
+       a freed block is an error).  Everywhere else these are no-ops. */
+    #if PGO_DEBUG_FILL && defined(__has_include)
+    #  if __has_include(<valgrind/memcheck.h>)
+    #    include <valgrind/memcheck.h>
+    #    define PGO_VALGRIND 1
+    #  endif
+    #endif
+    #ifndef PGO_VALGRIND
+    #  define PGO_VALGRIND 0
+    #  define pgo_vg_create(pool) ((void)0)
+    #  define pgo_vg_destroy(pool) ((void)0)
+    #  define pgo_vg_alloc(pool, p, n) ((void)0)
+    #  define pgo_vg_free(pool, p) ((void)0)
+    #  define pgo_vg_trim(pool, p, n) ((void)0)
+    #  define pgo_vg_noaccess(p, n) ((void)0)
+    #else
+    #  define pgo_vg_create(pool) VALGRIND_CREATE_MEMPOOL((pool), 0, 0)
+    #  define pgo_vg_destroy(pool) VALGRIND_DESTROY_MEMPOOL((pool))
+    #  define pgo_vg_alloc(pool, p, n) VALGRIND_MEMPOOL_ALLOC((pool), (p), (n))
+    #  define pgo_vg_free(pool, p) VALGRIND_MEMPOOL_FREE((pool), (p))
+    #  define pgo_vg_trim(pool, p, n) VALGRIND_MEMPOOL_TRIM((pool), (p), (n))
+    #  define pgo_vg_noaccess(p, n) VALGRIND_MAKE_MEM_NOACCESS((p), (n))
+    #endif
     static inline int pgo_mul_overflow(size_t a, size_t b, size_t *out) {
         return __builtin_mul_overflow(a, b, out);
     }
@@ -33,6 +58,13 @@ cdef extern from *:
     const int PGO_FILL_FREE
     const size_t PGO_CANARY
     const size_t PGO_MAX_ALIGN
+    const int PGO_VALGRIND
+    void pgo_vg_create(const void* pool) noexcept nogil
+    void pgo_vg_destroy(const void* pool) noexcept nogil
+    void pgo_vg_alloc(const void* pool, const void* p, size_t n) noexcept nogil
+    void pgo_vg_free(const void* pool, const void* p) noexcept nogil
+    void pgo_vg_trim(const void* pool, const void* p, size_t n) noexcept nogil
+    void pgo_vg_noaccess(const void* p, size_t n) noexcept nogil
     bint pgo_likely(bint) noexcept nogil
     bint pgo_unlikely(bint) noexcept nogil
     bint pgo_mul_overflow(size_t a, size_t b, size_t* out) noexcept nogil

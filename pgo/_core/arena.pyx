@@ -27,7 +27,8 @@ from pgo._core._typedefs cimport (
     PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_PY_OWNED,
     PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
     pgo_align_up, pgo_bad_align, pgo_lock, pgo_lock_destroy,
-    pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
+    pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
+    pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
 )
 
 from pgo._errors import AllocatorError
@@ -110,6 +111,9 @@ cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
         return PGO_ERR_NOMEM
     if PGO_DEBUG_FILL:
         memset(base, PGO_FILL_FREE, size)
+    # One valgrind pool per chunk, so a recycle can drop its blocks at once.
+    pgo_vg_create(base)
+    pgo_vg_noaccess(base, size)
     c.base = base
     c.size = size
     a.nchunks += 1
@@ -148,6 +152,7 @@ cdef void arena_destroy(pgo_arena_t* a) noexcept nogil:
     if a != NULL:
         pgo_lock_destroy(&a.lock)
         for i in range(a.nchunks):
+            pgo_vg_destroy(a.chunks[i].base)
             pgo_sys_free(a.chunks[i].base)
             pgo_sys_free(a.chunks[i].starts)
             pgo_sys_free(a.chunks[i].released)
@@ -167,6 +172,7 @@ cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t*
         return CHUNK_FULL
     if c.nblocks == c.cap_blocks and _arena_grow_blocks(c) != PGO_OK:
         return PGO_ERR_NOMEM
+    pgo_vg_alloc(c.base, c.base + c.top, off + take - c.top)    # padding included
     c.starts[c.nblocks] = <uint32_t>(off >> 3)
     c.nblocks += 1
     a.stats.allocs += 1
@@ -243,6 +249,7 @@ cdef int _arena_release_block(pgo_arena_t* a, size_t chunk, size_t i, bint from_
         arena_sync_stats(a)
         if PGO_DEBUG_FILL:
             memset(c.base, PGO_FILL_FREE, c.top)
+        pgo_vg_trim(c.base, c.base, 0)
         _clear_blocks(c)
         a.recycled += c.top
         c.top = 0
@@ -308,6 +315,7 @@ cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
     for i in range(a.nchunks):
         if PGO_DEBUG_FILL:
             memset(a.chunks[i].base, PGO_FILL_FREE, a.chunks[i].top)
+        pgo_vg_trim(a.chunks[i].base, a.chunks[i].base, 0)
         a.stats.frees += a.chunks[i].nblocks - a.chunks[i].nreleased
         _clear_blocks(&a.chunks[i])
         a.chunks[i].top = 0

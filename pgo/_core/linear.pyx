@@ -17,7 +17,8 @@ from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG,
     PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_align_up, pgo_bad_align,
-    pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock,
+    pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock, pgo_vg_alloc,
+    pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
 )
 
 from pgo._errors import AllocatorError
@@ -39,11 +40,14 @@ cdef pgo_linear_t* linear_create(size_t capacity, bint threadsafe) except NULL n
     s.fast = not threadsafe and not PGO_DEBUG_FILL
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, capacity)
+    pgo_vg_create(s)
+    pgo_vg_noaccess(s.base, capacity)
     return s
 
 
 cdef void linear_destroy(pgo_linear_t* s) noexcept nogil:
     if s != NULL:
+        pgo_vg_destroy(s)
         pgo_lock_destroy(&s.lock)
         pgo_sys_free(s.base)
         pgo_sys_free(s)
@@ -62,6 +66,7 @@ cdef int _linear_alloc_unlocked(pgo_linear_t* s, size_t n, size_t align, void** 
     if off > s.size or take > s.size - off:
         s.stats.failed += 1
         return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
+    pgo_vg_alloc(s, s.base + s.top, off + take - s.top)    # padding included
     s.top = off + take
     s.stats.allocs += 1
     s.stats.requested += n
@@ -87,6 +92,7 @@ cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
         return PGO_ERR_LIVE
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, s.top)
+    pgo_vg_trim(s, s.base, 0)          # every block goes
     linear_sync_stats(s)
     s.top = 0
     s.stats.in_use = 0

@@ -33,7 +33,8 @@ from pgo._core._typedefs cimport (
     PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
     PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_bad_align, pgo_canary_ok,
     pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init,
-    pgo_mul_overflow, pgo_unlock,
+    pgo_mul_overflow, pgo_unlock, pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy,
+    pgo_vg_free, pgo_vg_noaccess, pgo_vg_trim,
 )
 
 from pgo._errors import AllocatorError
@@ -103,11 +104,13 @@ cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots
         s.max_slots = 0xffffffffu
     pgo_lock_init(&s.lock, threadsafe)
     _slab_update_fast(s)
+    pgo_vg_create(s)
     return s
 
 
 cdef void slab_destroy(pgo_slab_t* s) noexcept nogil:
     if s != NULL:
+        pgo_vg_destroy(s)
         pgo_lock_destroy(&s.lock)
         pgo_sys_unreserve(s.raw, s.raw_len)
         pgo_sys_free(s.bitmap)
@@ -159,6 +162,7 @@ cdef int _slab_grow(pgo_slab_t* s) noexcept nogil:
         s.committed = end
     if PGO_DEBUG_FILL:
         memset(s.base + offset, PGO_FILL_FREE, nbytes)
+    pgo_vg_noaccess(s.base + offset, nbytes)
     s.slab_starts[s.nslabs] = s.nslots
     s.nslabs += 1
     # Highest slot pushed first, so the lowest new slot is handed out first.
@@ -185,6 +189,7 @@ cdef int _slab_alloc_unlocked(pgo_slab_t* s, void** out, size_t* slot_out) noexc
     slot = <size_t>s.free_slots[s.nfree]
     s.bitmap[slot >> 6] |= (<uint64_t>1) << (slot & 63)
     out[0] = s.base + slot * s.stride
+    pgo_vg_alloc(s, out[0], s.stride)
     slot_out[0] = slot
     s.stats.allocs += 1
     if s.nslots - s.nfree > s.peak_slots:
@@ -224,6 +229,7 @@ cdef int _slab_free_slot(pgo_slab_t* s, size_t slot, bint from_python) noexcept 
     s.stats.frees += 1
     if PGO_DEBUG_FILL:
         memset(s.base + slot * s.stride, PGO_FILL_FREE, s.stride)
+    pgo_vg_free(s, s.base + slot * s.stride)
     return PGO_OK
 
 
@@ -266,10 +272,15 @@ cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
         return PGO_ERR_LIVE
     slab_sync_stats(s)
     s.stats.frees += s.nslots - s.nfree
+    if PGO_DEBUG_FILL:
+        # Only slots still handed out: the others were filled when freed
+        # (and valgrind no longer lets anyone touch them).
+        for i in range(s.nslots):
+            if s.bitmap[i >> 6] & ((<uint64_t>1) << (i & 63)):
+                memset(s.base + i * s.stride, PGO_FILL_FREE, s.stride)
+    pgo_vg_trim(s, s.base, 0)
     memset(s.bitmap, 0, s.cap_words * sizeof(uint64_t))
     memset(s.pybits, 0, s.cap_words * sizeof(uint64_t))
-    if PGO_DEBUG_FILL:
-        memset(s.base, PGO_FILL_FREE, s.nslots * s.stride)
     s.nfree = 0
     for i in range(s.nslots):
         s.free_slots[s.nfree] = s.nslots - 1 - i

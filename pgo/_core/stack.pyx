@@ -30,7 +30,8 @@ from pgo._core._typedefs cimport (
     PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
     PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow, pgo_align_up,
     pgo_bad_align, pgo_canary_ok, pgo_lock, pgo_lock_destroy,
-    pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
+    pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
+    pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess,
 )
 
 import warnings
@@ -54,11 +55,14 @@ cdef pgo_stack_t* stack_create(size_t capacity, bint threadsafe) except NULL nog
     s.fast = not threadsafe and not PGO_DEBUG_FILL
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, capacity)
+    pgo_vg_create(s)
+    pgo_vg_noaccess(s.base, capacity)
     return s
 
 
 cdef void stack_destroy(pgo_stack_t* s) noexcept nogil:
     if s != NULL:
+        pgo_vg_destroy(s)
         pgo_lock_destroy(&s.lock)
         pgo_sys_free(s.base)
         pgo_sys_free(s)
@@ -79,6 +83,9 @@ cdef int _stack_alloc_unlocked(pgo_stack_t* s, size_t n, size_t align, void** ou
     if pgo_add_overflow(n, PGO_CANARY, &take) or off > s.size or take > s.size - off:
         s.stats.failed += 1
         return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
+    # For valgrind a block runs from the old top (padding and header
+    # included) to the end of its canary.
+    pgo_vg_alloc(s, s.base + s.top, off + take - s.top)
     _stack_push(s, off, n, take)
     if PGO_DEBUG_FILL:
         memset(<void*>p, PGO_FILL_ALLOC, take)
@@ -86,18 +93,22 @@ cdef int _stack_alloc_unlocked(pgo_stack_t* s, size_t n, size_t align, void** ou
     return PGO_OK
 
 
+cdef void _stack_drop_top(pgo_stack_t* s) noexcept nogil:
+    # Releases the top block: its padding, header, data and canary.
+    cdef pgo_stack_hdr_t* h = _stack_hdr(s, s.last)
+    cdef size_t new_top = h.prev_top
+    cdef size_t new_last = h.prev_last
+    if PGO_DEBUG_FILL:
+        memset(s.base + new_top, PGO_FILL_FREE, s.top - new_top)
+    pgo_vg_free(s, s.base + new_top)
+    s.top = new_top
+    s.last = new_last
+
+
 cdef void _stack_pop_dead(pgo_stack_t* s) noexcept nogil:
-    cdef pgo_stack_hdr_t* h
-    cdef size_t old_top = s.top
-    while s.last:
-        h = _stack_hdr(s, s.last)
-        if not (h.flags & PGO_STACK_DEAD):
-            break
-        s.top = h.prev_top
-        s.last = h.prev_last
+    while s.last and _stack_hdr(s, s.last).flags & PGO_STACK_DEAD:
         s.ndead -= 1
-    if PGO_DEBUG_FILL and s.top < old_top:
-        memset(s.base + s.top, PGO_FILL_FREE, old_top - s.top)
+        _stack_drop_top(s)
 
 
 cdef int _stack_classify(pgo_stack_t* s, size_t off) noexcept nogil:
@@ -200,10 +211,9 @@ cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept no
         return PGO_ERR_ORDER
     s.stats.frees += released
     s.ndead -= dead
-    if PGO_DEBUG_FILL and m.top < s.top:
-        memset(s.base + m.top, PGO_FILL_FREE, s.top - m.top)
+    while s.last != m.last:
+        _stack_drop_top(s)
     s.top = m.top
-    s.last = m.last
     return PGO_OK
 
 
