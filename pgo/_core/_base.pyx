@@ -113,11 +113,16 @@ cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) excep
     raise AllocatorError(f"{name}: error code {code}")
 
 
-cdef void _set_error(int code, const char* who, size_t nbytes, size_t align) noexcept:
-    # GIL held.  pgo_raise always raises; keep that exception set for the
-    # caller of the noexcept function instead of reporting it as unraisable.
+cdef void _set_error(int code, const char* who, size_t nbytes, size_t align,
+                     const void* p) noexcept:
+    # GIL held.  Raises what pgo_raise (or, with an address, pgo_raise_at)
+    # would, and leaves it set for the caller of the noexcept function
+    # instead of reporting it as unraisable.
     try:
-        pgo_raise(code, who, nbytes, align)
+        if p != NULL:
+            pgo_raise_at(code, who, p)
+        else:
+            pgo_raise(code, who, nbytes, align)
     except BaseException as e:
         PyErr_SetObject(type(e), e)
 
@@ -131,22 +136,19 @@ cdef int pgo_raise_at(int code, const char* who, const void* p) except -1 with g
 
 cdef int pgo_fail_at(int code, const char* who, const void* p) noexcept nogil:
     with gil:
-        try:
-            pgo_raise_at(code, who, p)
-        except BaseException as e:
-            PyErr_SetObject(type(e), e)
+        _set_error(code, who, 0, 0, p)
     return -1
 
 
 cdef int pgo_fail(int code, const char* who, size_t nbytes, size_t align) noexcept nogil:
     with gil:
-        _set_error(code, who, nbytes, align)
+        _set_error(code, who, nbytes, align, NULL)
     return -1
 
 
 cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align) noexcept nogil:
     with gil:
-        _set_error(code, who, nbytes, align)
+        _set_error(code, who, nbytes, align, NULL)
     return NULL
 
 
@@ -385,9 +387,7 @@ cdef class Allocator:
     cdef void _block_died(self, Block b) noexcept:
         if PGO_DEBUG_FILL and self._canary_broken(b):
             # Nobody to raise to in a deallocator: report it as unraisable.
-            err = AllocatorError(f"{self!r}: something wrote past the end of the "
-                                 f"{b.nbytes}-byte block at {self._where(b.ptr)}")
-            PyErr_SetObject(AllocatorError, err)
+            PyErr_SetObject(AllocatorError, self._overrun(b))
             PyErr_WriteUnraisable(self)
         pgo_lock_gil_held(self._lock, self._st)
         self._c_dead(b)
@@ -533,9 +533,12 @@ cdef class Allocator:
             raise AllocatorError(f"{self!r}: block at {self._where(b.ptr)} backs a numpy array; "
                                  f"it is freed when the array is dropped")
         if PGO_DEBUG_FILL and self._canary_broken(b):
-            raise AllocatorError(f"{self!r}: something wrote past the end of the "
-                                 f"{b.nbytes}-byte block at {self._where(b.ptr)}")
+            raise self._overrun(b)
         return 0
+
+    def _overrun(self, Block b):
+        return AllocatorError(f"{self!r}: something wrote past the end of the "
+                              f"{b.nbytes}-byte block at {self._where(b.ptr)}")
 
     cdef Block _check_free(self, object block):
         # The Block `block`, if this allocator may free it; else raises.
