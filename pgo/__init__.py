@@ -1,12 +1,17 @@
 """pgo: profile-guided memory and GC optimization for Python.
 
-The allocators (stack, linear, arena, slab) are Cython over malloc'd blocks;
-they hand out Blocks (buffer objects) and numpy arrays.
+The allocators (stack, linear, arena, slab, cache) are Cython over malloc'd
+blocks; they hand out Blocks (buffer objects) and numpy arrays, and serve
+numpy's own allocations as its data-memory handler (use, install, Router).
 """
 
 from pgo._core._base import DEBUG_BUILD, Allocator, Block
 from pgo._core.arena import ArenaAllocator
+from pgo._core.cache import CacheAllocator
 from pgo._core.linear import LinearAllocator
+from pgo._core.numpy_bridge import (
+    Router, SizeClass, handler_name, install, installed, owner, uninstall, use,
+)
 from pgo._core.slab import SlabAllocator
 from pgo._core.stack import StackAllocator, StackFrame
 from pgo._errors import AllocatorError, ConfigError, PgoError, ProfileFormatError
@@ -17,13 +22,22 @@ __all__ = [
     "ArenaAllocator",
     "AllocatorError",
     "Block",
+    "CacheAllocator",
     "ConfigError",
     "DEBUG_BUILD",
     "LinearAllocator",
     "PgoError",
     "ProfileFormatError",
+    "Router",
+    "SizeClass",
     "SlabAllocator",
     "StackAllocator",
     "StackFrame",
     "__version__",
+    "handler_name",
+    "install",
+    "installed",
+    "owner",
+    "uninstall",
+    "use",
 ]

@@ -3,7 +3,7 @@
 # C hooks each allocator family fills in), plus pgo_raise, which turns the
 # error codes of the noexcept C paths into Python exceptions.
 
-from pgo._core._typedefs cimport pgo_lock_t, pgo_stats_t
+from pgo._core._typedefs cimport pgo_backend_t, pgo_lock_t, pgo_stats_t
 
 # Raises the exception for `code` (MemoryError naming nbytes, ValueError for
 # a bad alignment, pgo.AllocatorError for misuse) and returns -1.  Callable
@@ -46,6 +46,9 @@ cdef class Allocator:
     cdef void _c_dead(self, Block b) noexcept
     cdef int _c_reset(self) noexcept
     cdef object _where(self, char* p)
+    # numpy's handler: fills *out, or returns -1 if this allocator cannot
+    # serve one (the base class).  Needs no lock.
+    cdef int _backend(self, pgo_backend_t* out) noexcept
     cdef void _sync(self) noexcept             # write derived stats into *_st
     cdef size_t _canary_len(self, Block b) noexcept  # test build: bytes checked after a block
     cdef Block _check_free(self, object block)

@@ -40,7 +40,7 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 from pgo._core._typedefs cimport (
-    pgo_lock_t, pgo_stats_t, pgo_canary_ok, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    pgo_backend_t, pgo_lock_t, pgo_stats_t, pgo_canary_ok, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
     PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
     pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
@@ -335,6 +335,9 @@ cdef class Allocator:
 
     cdef object _where(self, char* p):
         return "?"
+
+    cdef int _backend(self, pgo_backend_t* out) noexcept:
+        return -1
 
     cdef void _sync(self) noexcept:
         pass

@@ -117,6 +117,39 @@ ctypedef struct pgo_lock_t:
     pthread_mutex_t mutex
 
 
+# How numpy's handler (pgo._core.numpy_bridge) drives an allocator without
+# the GIL and without raising: each allocator family fills one of these in
+# (Allocator._backend).  Every function takes the allocator's own lock.
+#   take: n bytes (aligned to 16), owned as an array's data: reset() refuses
+#         while it is alive, as for a Python Block.  A PGO_ERR_* code.
+#   give: give back a block from take; PGO_ERR_FOREIGN, with nothing
+#         changed, when p is not in this allocator's memory.
+#   span: bytes that can be read from p inside the allocator's memory (at
+#         least the block's size; 0 when p is not its memory), for realloc.
+ctypedef int (*pgo_take_fn)(void* state, size_t n, void** out) noexcept nogil
+ctypedef int (*pgo_give_fn)(void* state, void* p) noexcept nogil
+ctypedef size_t (*pgo_span_fn)(void* state, void* p) noexcept nogil
+
+ctypedef struct pgo_backend_t:
+    void* state
+    pgo_take_fn take
+    pgo_give_fn give
+    pgo_span_fn span
+
+
+cdef extern from *:
+    """
+    #define pgo_atomic_load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define pgo_atomic_store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define pgo_atomic_inc(p) ((void)__atomic_fetch_add((p), 1, __ATOMIC_RELAXED))
+    """
+    # For the few fields read without the allocator's lock (address bounds,
+    # on/off switches) and counters bumped from any thread.
+    size_t pgo_atomic_load(size_t* p) noexcept nogil
+    void pgo_atomic_store(size_t* p, size_t v) noexcept nogil
+    void pgo_atomic_inc(uint64_t* p) noexcept nogil
+
+
 cdef inline bint pgo_bad_align(size_t align) noexcept nogil:
     return align == 0 or (align & (align - 1)) != 0 or align > PGO_MAX_ALIGN
 

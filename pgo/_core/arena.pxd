@@ -51,6 +51,7 @@ ctypedef struct pgo_arena_t:
     size_t chunk_size
     size_t max_bytes          # 0: no limit
     size_t recycled           # bytes of chunks recycled since the last reset
+    size_t lo, hi             # every chunk lies in [lo, hi): read without the lock
     bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock

@@ -23,6 +23,7 @@ from libc.string cimport memset
 from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise, pgo_raise_at
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
+    pgo_atomic_load, pgo_atomic_store, pgo_backend_t,
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_PY_OWNED,
     PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
@@ -116,6 +117,10 @@ cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
     pgo_vg_noaccess(base, size)
     c.base = base
     c.size = size
+    if a.lo == 0 or <size_t>base < a.lo:
+        pgo_atomic_store(&a.lo, <size_t>base)
+    if <size_t>base + size > a.hi:
+        pgo_atomic_store(&a.hi, <size_t>base + size)
     a.nchunks += 1
     a.stats.capacity += size
     return PGO_OK
@@ -307,6 +312,58 @@ cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil:
     return 0
 
 
+# -- numpy's handler (see pgo_backend_t) ----------------------------------
+# An array's block is marked Python-owned, as a Block's is; its chunk is
+# recycled once every block in it is given back.
+
+cdef int _arena_take(void* state, size_t n, void** out) noexcept nogil:
+    cdef pgo_arena_t* a = <pgo_arena_t*>state
+    cdef size_t token, i
+    cdef int err
+    pgo_lock(&a.lock, &a.stats)
+    err = _arena_alloc_unlocked(a, n, 16, out, &token)
+    if err == PGO_OK:
+        i = token >> 32
+        a.chunks[token & 0xffffffffu].pybits[i >> 6] |= (<uint64_t>1) << (i & 63)
+        a.stats.live_blocks += 1
+    pgo_unlock(&a.lock)
+    return err
+
+
+cdef int _arena_give(void* state, void* p) noexcept nogil:
+    cdef pgo_arena_t* a = <pgo_arena_t*>state
+    cdef size_t x = <size_t>p, chunk, index
+    cdef int err
+    if x < pgo_atomic_load(&a.lo) or x >= pgo_atomic_load(&a.hi):
+        return PGO_ERR_FOREIGN
+    pgo_lock(&a.lock, &a.stats)
+    err = _arena_find(a, p, &chunk)       # FOREIGN: between chunks, not ours
+    if err == PGO_OK:
+        err = _arena_block_at(&a.chunks[chunk], <char*>p - a.chunks[chunk].base, &index)
+    if err == PGO_OK and not (a.chunks[chunk].pybits[index >> 6] & ((<uint64_t>1) << (index & 63))):
+        err = PGO_ERR_PY_OWNED
+    if err == PGO_OK:
+        err = _arena_release_block(a, chunk, index, True)
+        if err == PGO_OK:
+            a.stats.live_blocks -= 1
+    pgo_unlock(&a.lock)
+    return err
+
+
+cdef size_t _arena_span(void* state, void* p) noexcept nogil:
+    cdef pgo_arena_t* a = <pgo_arena_t*>state
+    cdef size_t x = <size_t>p, chunk, off, n = 0
+    if x < pgo_atomic_load(&a.lo) or x >= pgo_atomic_load(&a.hi):
+        return 0
+    pgo_lock(&a.lock, &a.stats)
+    if _arena_find(a, p, &chunk) == PGO_OK:
+        off = x - <size_t>a.chunks[chunk].base
+        if off < a.chunks[chunk].top:
+            n = a.chunks[chunk].top - off
+    pgo_unlock(&a.lock)
+    return n
+
+
 cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
     cdef size_t i
     if a.stats.live_blocks:
@@ -379,6 +436,13 @@ cdef class ArenaAllocator(Allocator):
 
     cdef void _sync(self) noexcept:
         arena_sync_stats(self.a)
+
+    cdef int _backend(self, pgo_backend_t* out) noexcept:
+        out.state = self.a
+        out.take = _arena_take
+        out.give = _arena_give
+        out.span = _arena_span
+        return 0
 
     cdef object _where(self, char* p):
         cdef size_t chunk

@@ -19,6 +19,7 @@ ctypedef struct pgo_linear_t:
     char* base
     size_t size
     size_t top
+    size_t handler_live       # blocks numpy's handler took and has not given back
     bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock

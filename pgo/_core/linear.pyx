@@ -15,6 +15,7 @@ from libc.string cimport memset
 from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
+    PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, pgo_backend_t,
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG,
     PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_align_up, pgo_bad_align,
     pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock, pgo_vg_alloc,
@@ -102,6 +103,55 @@ cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
     return PGO_OK
 
 
+# -- numpy's handler (see pgo_backend_t) ----------------------------------
+# There is no individual free: the handler counts the arrays it placed here,
+# and once the last of them (and every Python Block) is gone the buffer
+# rewinds, as reset() would.  So a loop of temporaries reuses one buffer.
+
+cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
+    cdef int err
+    pgo_lock(&s.lock, &s.stats)
+    err = _linear_alloc_unlocked(s, n, 16, out)
+    if err == PGO_OK:
+        s.handler_live += 1
+        s.stats.live_blocks += 1
+    pgo_unlock(&s.lock)
+    return err
+
+
+cdef int _linear_give(void* state, void* p) noexcept nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
+    cdef uintptr_t a = <uintptr_t>p
+    cdef int err = PGO_OK
+    # base and size never change: the range test needs no lock.
+    if a < <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
+        return PGO_ERR_FOREIGN
+    pgo_lock(&s.lock, &s.stats)
+    if a - <uintptr_t>s.base >= s.top or s.handler_live == 0:
+        err = PGO_ERR_DOUBLE_FREE      # past the top: the buffer rewound since
+    else:
+        s.handler_live -= 1
+        s.stats.live_blocks -= 1
+        s.stats.frees += 1
+        if s.stats.live_blocks == 0:
+            _linear_reset_unlocked(s)
+    pgo_unlock(&s.lock)
+    return err
+
+
+cdef size_t _linear_span(void* state, void* p) noexcept nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
+    cdef uintptr_t a = <uintptr_t>p
+    cdef size_t top
+    if a < <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
+        return 0
+    pgo_lock(&s.lock, &s.stats)
+    top = s.top
+    pgo_unlock(&s.lock)
+    return top - (a - <uintptr_t>s.base) if a - <uintptr_t>s.base < top else 0
+
+
 cdef int linear_reset(pgo_linear_t* s) except -1 nogil:
     cdef int code
     pgo_lock(&s.lock, &s.stats)
@@ -140,6 +190,13 @@ cdef class LinearAllocator(Allocator):
 
     cdef void _sync(self) noexcept:
         linear_sync_stats(self.s)
+
+    cdef int _backend(self, pgo_backend_t* out) noexcept:
+        out.state = self.s
+        out.take = _linear_take
+        out.give = _linear_give
+        out.span = _linear_span
+        return 0
 
     cdef int _c_reset(self) noexcept:
         return _linear_reset_unlocked(self.s)

@@ -31,7 +31,7 @@ from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE,
     PGO_ERR_FOREIGN, PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM,
     PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
-    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_bad_align, pgo_canary_ok,
+    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_t, pgo_bad_align, pgo_canary_ok,
     pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init,
     pgo_mul_overflow, pgo_unlock, pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy,
     pgo_vg_free, pgo_vg_noaccess, pgo_vg_trim,
@@ -266,6 +266,55 @@ cdef int _slab_free_slow(pgo_slab_t* s, void* p) noexcept nogil:
     return 0
 
 
+# -- numpy's handler (see pgo_backend_t) ----------------------------------
+# A block taken for an array is marked as Python-owned, as a Block's is, so
+# C code cannot free it and reset() refuses while it is alive.
+
+cdef int _slab_take(void* state, size_t n, void** out) noexcept nogil:
+    cdef pgo_slab_t* s = <pgo_slab_t*>state
+    cdef size_t slot
+    cdef int err
+    if n > s.block_size:
+        return PGO_ERR_TOO_BIG
+    pgo_lock(&s.lock, &s.stats)
+    err = _slab_alloc_unlocked(s, out, &slot)
+    if err == PGO_OK:
+        s.pybits[slot >> 6] |= (<uint64_t>1) << (slot & 63)
+        s.py_allocs += 1
+        s.py_requested += n
+        s.stats.live_blocks += 1
+    pgo_unlock(&s.lock)
+    return err
+
+
+cdef int _slab_give(void* state, void* p) noexcept nogil:
+    cdef pgo_slab_t* s = <pgo_slab_t*>state
+    cdef size_t slot
+    cdef int err
+    # base and max_slots never change: the range test needs no lock.
+    if <uintptr_t>p < <uintptr_t>s.base or (<uintptr_t>p - <uintptr_t>s.base) // s.stride >= s.max_slots:
+        return PGO_ERR_FOREIGN
+    pgo_lock(&s.lock, &s.stats)
+    err = _slab_locate(s, p, &slot)
+    if err == PGO_ERR_FOREIGN:
+        err = PGO_ERR_DOUBLE_FREE       # in the reservation, past the slabs: gone already
+    if err == PGO_OK and not (s.pybits[slot >> 6] & ((<uint64_t>1) << (slot & 63))):
+        err = PGO_ERR_DOUBLE_FREE
+    if err == PGO_OK:
+        err = _slab_free_slot(s, slot, True)
+        if err == PGO_OK:
+            s.stats.live_blocks -= 1
+    pgo_unlock(&s.lock)
+    return err
+
+
+cdef size_t _slab_span(void* state, void* p) noexcept nogil:
+    cdef pgo_slab_t* s = <pgo_slab_t*>state
+    if <uintptr_t>p < <uintptr_t>s.base or (<uintptr_t>p - <uintptr_t>s.base) // s.stride >= s.max_slots:
+        return 0
+    return s.block_size
+
+
 cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
     cdef size_t i
     if s.stats.live_blocks:
@@ -369,6 +418,13 @@ cdef class SlabAllocator(Allocator):
 
     cdef void _sync(self) noexcept:
         slab_sync_stats(self.s)
+
+    cdef int _backend(self, pgo_backend_t* out) noexcept:
+        out.state = self.s
+        out.take = _slab_take
+        out.give = _slab_give
+        out.span = _slab_span
+        return 0
 
     cdef size_t _canary_len(self, Block b) noexcept:
         return self.s.stride - b.nbytes if PGO_CANARY else 0

@@ -25,6 +25,7 @@ from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from libc.stdint cimport uintptr_t
 
 from pgo._core._typedefs cimport (
+    pgo_backend_t,
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE,
     PGO_ERR_FOREIGN, PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM,
     PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
@@ -181,6 +182,61 @@ cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
         _stack_pop_dead(s)
 
 
+# -- numpy's handler (see pgo_backend_t) ----------------------------------
+# Arrays die in any order: a block given back below the top is marked dead
+# and released with the blocks above it, as a dropped Block's is.
+
+cdef int _stack_take(void* state, size_t n, void** out) noexcept nogil:
+    cdef pgo_stack_t* s = <pgo_stack_t*>state
+    cdef int err
+    pgo_lock(&s.lock, &s.stats)
+    err = _stack_alloc_unlocked(s, n, 16, out)
+    if err == PGO_OK:
+        _stack_hdr(s, <uintptr_t>out[0] - <uintptr_t>s.base).flags |= PGO_STACK_PY
+        s.stats.live_blocks += 1
+    pgo_unlock(&s.lock)
+    return err
+
+
+cdef int _stack_give(void* state, void* p) noexcept nogil:
+    cdef pgo_stack_t* s = <pgo_stack_t*>state
+    cdef uintptr_t a = <uintptr_t>p
+    cdef size_t off
+    cdef int err = PGO_OK
+    # base and size never change: the range test needs no lock.
+    if a <= <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
+        return PGO_ERR_FOREIGN
+    off = a - <uintptr_t>s.base
+    pgo_lock(&s.lock, &s.stats)
+    if off != s.last:
+        # Not the top: it must be a live block further down (the walk is as
+        # deep as the blocks above it; arrays mostly die near the top).
+        err = _stack_classify(s, off)
+        if err == PGO_ERR_ORDER:
+            err = PGO_OK
+        elif err == PGO_ERR_FOREIGN:
+            err = PGO_ERR_DOUBLE_FREE   # in the buffer, above the top: gone already
+    if err == PGO_OK and _stack_hdr(s, off).flags != PGO_STACK_PY:
+        err = PGO_ERR_DOUBLE_FREE if _stack_hdr(s, off).flags & PGO_STACK_DEAD else PGO_ERR_PY_OWNED
+    if err == PGO_OK:
+        _stack_kill_unlocked(s, p)
+        s.stats.live_blocks -= 1
+    pgo_unlock(&s.lock)
+    return err
+
+
+cdef size_t _stack_span(void* state, void* p) noexcept nogil:
+    cdef pgo_stack_t* s = <pgo_stack_t*>state
+    cdef uintptr_t a = <uintptr_t>p
+    cdef size_t top
+    if a <= <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
+        return 0
+    pgo_lock(&s.lock, &s.stats)
+    top = s.top
+    pgo_unlock(&s.lock)
+    return top - (a - <uintptr_t>s.base) if a - <uintptr_t>s.base < top else 0
+
+
 cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
     cdef pgo_stack_mark_t m
     pgo_lock(&s.lock, &s.stats)
@@ -291,6 +347,13 @@ cdef class StackAllocator(Allocator):
 
     cdef void _c_dead(self, Block b) noexcept:
         _stack_kill_unlocked(self.s, b.ptr)
+
+    cdef int _backend(self, pgo_backend_t* out) noexcept:
+        out.state = self.s
+        out.take = _stack_take
+        out.give = _stack_give
+        out.span = _stack_span
+        return 0
 
     cdef int _c_reset(self) noexcept:
         return _stack_reset_unlocked(self.s)

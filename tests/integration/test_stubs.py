@@ -33,6 +33,17 @@ USE = textwrap.dedent("""
         linear.reset()
     except pgo.AllocatorError as e:
         msg: str = str(e)
+    cache = pgo.CacheAllocator(1 << 30, hugepages=True, prefault=False)
+    released: int = cache.trim() + pgo.CacheAllocator.class_size(100)
+    router = pgo.Router([pgo.SizeClass(1 << 20, None, cache)], name="demo")
+    with pgo.use(router) as r:
+        x = np.ones(10)
+    owner: pgo.Allocator | None = pgo.owner(x)
+    name: str | None = pgo.handler_name(x)
+    pgo.install(router)
+    before: pgo.Router | None = pgo.uninstall()
+    route_stats: dict[str, object] = router.stats()
+    from_cfg = pgo.Router.from_config([{"min_bytes": 0, "allocator": "cache"}])
 """)
 
 MISUSE = textwrap.dedent("""

@@ -1,0 +1,75 @@
+# CacheAllocator: large blocks kept for reuse by size class.  The case it is
+# for is numpy temporaries of the same size made again and again: glibc maps
+# blocks over its mmap threshold (32 MiB) fresh every time and unmaps them on
+# free, so every temporary page-faults all its pages in again.  Here a freed
+# block waits in its size class (eight classes per power of two) for the
+# next request of that class, with its pages still mapped.
+#
+#   cdef pgo_cache_t* c = cache_create(512 << 20, True, False)
+#   cdef void* p = cache_alloc(c, 48 << 20)
+#   cache_free(c, p)            # kept: the next cache_alloc of that class reuses it
+#   cache_trim(c)               # gives every kept block back to the system
+#   cache_destroy(c)
+#
+# Free blocks are bounded by max_cached_bytes, evicting the least recently
+# freed first.  Every operation takes the cache's mutex (a cache is always
+# thread-safe: large blocks are few, and the lock costs nothing next to
+# touching their pages).  Live blocks are found from their address in a
+# hash table, so a free is checked (foreign and double frees are errors)
+# and the size passed to a free is never needed.
+
+from libc.stdint cimport uint64_t
+
+from pgo._core._base cimport Allocator
+from pgo._core._typedefs cimport pgo_lock_t, pgo_stats_t
+
+
+ctypedef struct pgo_cblock_t:
+    char* ptr
+    size_t size                 # bytes allocated: the size class
+    size_t requested
+    pgo_cblock_t* hnext         # chain in the live table (live blocks)
+    pgo_cblock_t* prev          # free blocks: neighbours in their class list...
+    pgo_cblock_t* next
+    pgo_cblock_t* older         # ...and in the cache-wide recency list
+    pgo_cblock_t* newer
+    unsigned int cls
+    bint python_owned           # a Python Block or a numpy array owns it
+
+
+ctypedef struct pgo_cache_t:
+    size_t max_cached_bytes
+    bint hugepages              # madvise(MADV_HUGEPAGE) blocks of 4 MiB and more
+    bint prefault               # populate a fresh block's pages when it is made
+    pgo_cblock_t** table        # live blocks by address
+    size_t table_mask
+    size_t nlive
+    pgo_cblock_t** heads        # free blocks by class, most recent first
+    pgo_cblock_t* oldest        # free blocks, least recently freed first
+    pgo_cblock_t* newest
+    size_t cached_bytes
+    size_t cached_blocks
+    size_t lo, hi               # every block made lies in [lo, hi): read without the lock
+    uint64_t hits
+    uint64_t misses
+    uint64_t evictions
+    uint64_t trims
+    pgo_stats_t stats           # in_use: live bytes; capacity: live + cached
+    pgo_lock_t lock
+
+
+cdef pgo_cache_t* cache_create(size_t max_cached_bytes, bint hugepages, bint prefault) except NULL nogil
+cdef void cache_destroy(pgo_cache_t* c) noexcept nogil
+# n bytes (page aligned); MemoryError when the system refuses, after the
+# cached blocks were given back to it and the request tried again.
+cdef void* cache_alloc(pgo_cache_t* c, size_t n) except NULL nogil
+# NULL is a no-op; a foreign pointer or a double free raises AllocatorError.
+cdef int cache_free(pgo_cache_t* c, void* p) except -1 nogil
+# Gives every cached block back to the system; returns the bytes released.
+cdef size_t cache_trim(pgo_cache_t* c) noexcept nogil
+# The size class (bytes) a request of n bytes is served from; 0 on overflow.
+cdef size_t cache_class_size(size_t n) noexcept nogil
+
+
+cdef class CacheAllocator(Allocator):
+    cdef pgo_cache_t* c

@@ -1,0 +1,15 @@
+from pgo._core._base import Allocator
+
+class CacheAllocator(Allocator):
+    def __init__(
+        self,
+        max_cached_bytes: int = 536870912,
+        *,
+        hugepages: bool = True,
+        prefault: bool = False,
+    ) -> None: ...
+    def trim(self) -> int: ...
+    @staticmethod
+    def class_size(nbytes: int) -> int: ...
+    @property
+    def max_cached_bytes(self) -> int: ...

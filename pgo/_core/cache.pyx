@@ -1,0 +1,521 @@
+"""CacheAllocator: large blocks kept by size class for reuse.
+
+Design: a request is rounded up to its size class (4 KiB, then eight
+classes per power of two, so at most 12.5% is rounded away) and served from
+the most recently freed block of that class, or else from a fresh block of
+the system (``pgo_sys_alloc``, huge-page aligned and advised from 4 MiB).
+A freed block goes to the front of its class list and to the new end of a
+cache-wide recency list; while the cached bytes exceed ``max_cached_bytes``
+the oldest cached block goes back to the system.  If the system refuses a
+fresh block, everything cached is given back and the request tried again,
+so the cache never makes an allocation fail that would succeed without it.
+
+Ownership: the ``pgo_cache_t``, its tables and every block (live or cached)
+belong to the CacheAllocator object (or the C caller of ``cache_create``);
+block records are malloc'd one per block.  Every operation takes the mutex;
+nothing here needs the GIL.
+"""
+
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset
+from posix.mman cimport madvise
+
+from pgo._core._base cimport Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_raise
+from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
+from pgo._core._typedefs cimport (
+    PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM,
+    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK,
+    pgo_atomic_load, pgo_atomic_store, pgo_backend_t, pgo_lock,
+    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
+    pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free,
+)
+
+from pgo._errors import AllocatorError
+
+
+cdef extern from *:
+    """
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23
+    #endif
+    """
+    const int MADV_POPULATE_WRITE
+
+cdef enum:
+    PAGE = 4096
+    NCLASSES = 300              # classes up to 2**48 bytes
+    FIRST_TABLE = 64
+    DEF_MAX_CACHED = 536870912  # 512 MiB
+
+cdef size_t MAX_REQUEST = (<size_t>1) << 48
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) nogil
+
+
+cdef size_t cache_class_size(size_t n) noexcept nogil:
+    cdef size_t m, shift, q
+    cdef int e
+    if n <= PAGE:
+        return PAGE
+    if n > MAX_REQUEST:
+        return 0
+    m = n - 1
+    e = 63 - __builtin_clzll(m)
+    shift = e - 3
+    q = m >> shift              # 8..15
+    return (q + 1) << shift
+
+
+cdef inline unsigned int _class_index(size_t n) noexcept nogil:
+    # n > 0 and <= MAX_REQUEST.
+    cdef size_t m
+    cdef int e
+    if n <= PAGE:
+        return 0
+    m = n - 1
+    e = 63 - __builtin_clzll(m)
+    return <unsigned int>(1 + (e - 12) * 8 + ((m >> (e - 3)) - 8))
+
+
+cdef inline size_t _hash(const void* p, size_t mask) noexcept nogil:
+    # Blocks are page aligned: the low 12 bits carry nothing.
+    cdef uint64_t x = (<uint64_t><uintptr_t>p) >> 12
+    return <size_t>((x * 0x9E3779B97F4A7C15ULL) >> 20) & mask
+
+
+cdef pgo_cache_t* cache_create(size_t max_cached_bytes, bint hugepages, bint prefault) except NULL nogil:
+    cdef pgo_cache_t* c = <pgo_cache_t*>pgo_sys_calloc(1, sizeof(pgo_cache_t))
+    if c == NULL:
+        pgo_raise(PGO_ERR_NOMEM, "CacheAllocator", sizeof(pgo_cache_t), 0)
+        return NULL
+    c.table = <pgo_cblock_t**>pgo_sys_calloc(FIRST_TABLE, sizeof(pgo_cblock_t*))
+    c.heads = <pgo_cblock_t**>pgo_sys_calloc(NCLASSES, sizeof(pgo_cblock_t*))
+    if c.table == NULL or c.heads == NULL:
+        pgo_sys_free(c.table)
+        pgo_sys_free(c.heads)
+        pgo_sys_free(c)
+        pgo_raise(PGO_ERR_NOMEM, "CacheAllocator", NCLASSES * sizeof(void*), 0)
+        return NULL
+    c.table_mask = FIRST_TABLE - 1
+    c.max_cached_bytes = max_cached_bytes
+    c.hugepages = hugepages
+    c.prefault = prefault
+    pgo_lock_init(&c.lock, True)
+    pgo_vg_create(c)
+    return c
+
+
+cdef void _release_block(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
+    pgo_sys_free(b.ptr)
+    pgo_sys_free(b)
+
+
+cdef void cache_destroy(pgo_cache_t* c) noexcept nogil:
+    cdef size_t i
+    cdef pgo_cblock_t* b
+    cdef pgo_cblock_t* nxt
+    if c == NULL:
+        return
+    # Live blocks too: whoever still points into them was told (the Python
+    # object outlives every Block and array made from it; a C caller owns
+    # the lifetime it chose).
+    for i in range(c.table_mask + 1):
+        b = c.table[i]
+        while b != NULL:
+            nxt = b.hnext
+            _release_block(c, b)
+            b = nxt
+    b = c.oldest
+    while b != NULL:
+        nxt = b.newer
+        _release_block(c, b)
+        b = nxt
+    pgo_vg_destroy(c)
+    pgo_lock_destroy(&c.lock)
+    pgo_sys_free(c.table)
+    pgo_sys_free(c.heads)
+    pgo_sys_free(c)
+
+
+# -- the live table ---------------------------------------------------------
+
+cdef int _table_grow(pgo_cache_t* c) noexcept nogil:
+    cdef size_t n = (c.table_mask + 1) * 2, i, h
+    cdef pgo_cblock_t** t = <pgo_cblock_t**>pgo_sys_calloc(n, sizeof(pgo_cblock_t*))
+    cdef pgo_cblock_t* b
+    cdef pgo_cblock_t* nxt
+    if t == NULL:
+        return PGO_ERR_NOMEM
+    for i in range(c.table_mask + 1):
+        b = c.table[i]
+        while b != NULL:
+            nxt = b.hnext
+            h = _hash(b.ptr, n - 1)
+            b.hnext = t[h]
+            t[h] = b
+            b = nxt
+    pgo_sys_free(c.table)
+    c.table = t
+    c.table_mask = n - 1
+    return PGO_OK
+
+
+cdef inline void _table_add(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
+    cdef size_t h = _hash(b.ptr, c.table_mask)
+    b.hnext = c.table[h]
+    c.table[h] = b
+    c.nlive += 1
+
+
+cdef pgo_cblock_t* _table_take(pgo_cache_t* c, const void* p, bint remove) noexcept nogil:
+    cdef size_t h = _hash(p, c.table_mask)
+    cdef pgo_cblock_t** link = &c.table[h]
+    cdef pgo_cblock_t* b = link[0]
+    while b != NULL:
+        if b.ptr == p:
+            if remove:
+                link[0] = b.hnext
+                b.hnext = NULL
+                c.nlive -= 1
+            return b
+        link = &b.hnext
+        b = link[0]
+    return NULL
+
+
+# -- the free lists -----------------------------------------------------------
+
+cdef void _unlink_free(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
+    if b.prev != NULL:
+        b.prev.next = b.next
+    else:
+        c.heads[b.cls] = b.next
+    if b.next != NULL:
+        b.next.prev = b.prev
+    if b.older != NULL:
+        b.older.newer = b.newer
+    else:
+        c.oldest = b.newer
+    if b.newer != NULL:
+        b.newer.older = b.older
+    else:
+        c.newest = b.older
+    b.prev = b.next = b.older = b.newer = NULL
+    c.cached_bytes -= b.size
+    c.cached_blocks -= 1
+
+
+cdef void _push_free(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
+    b.prev = NULL
+    b.next = c.heads[b.cls]
+    if b.next != NULL:
+        b.next.prev = b
+    c.heads[b.cls] = b
+    b.newer = NULL
+    b.older = c.newest
+    if c.newest != NULL:
+        c.newest.newer = b
+    else:
+        c.oldest = b
+    c.newest = b
+    c.cached_bytes += b.size
+    c.cached_blocks += 1
+
+
+cdef size_t _evict_to(pgo_cache_t* c, size_t limit) noexcept nogil:
+    # Gives the oldest cached blocks back until at most `limit` bytes are
+    # cached; each counts as an eviction (trim() takes the count back).
+    cdef size_t freed = 0
+    cdef pgo_cblock_t* b
+    while c.cached_bytes > limit and c.oldest != NULL:
+        b = c.oldest
+        _unlink_free(c, b)
+        freed += b.size
+        c.stats.capacity -= b.size
+        c.evictions += 1
+        _release_block(c, b)
+    return freed
+
+
+# -- allocation -----------------------------------------------------------------
+
+cdef void _prefault(char* p, size_t n) noexcept nogil:
+    cdef size_t i
+    # One call where the kernel has it (Linux 5.14+); else a write per page.
+    if madvise(p, n, MADV_POPULATE_WRITE) == 0:
+        return
+    i = 0
+    while i < n:
+        (<volatile char*>p)[i] = 0
+        i += PAGE
+
+
+cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
+                               void** out) noexcept nogil:
+    cdef size_t size
+    cdef unsigned int cls
+    cdef pgo_cblock_t* b
+    if n == 0:
+        n = 1
+    size = cache_class_size(n)
+    if size == 0:
+        c.stats.failed += 1
+        return PGO_ERR_TOO_BIG
+    if c.nlive >= c.table_mask + 1 and _table_grow(c) != PGO_OK:
+        c.stats.failed += 1
+        return PGO_ERR_NOMEM
+    cls = _class_index(n)
+    b = c.heads[cls]
+    if b != NULL:
+        _unlink_free(c, b)
+        c.hits += 1
+    else:
+        c.misses += 1
+        b = <pgo_cblock_t*>pgo_sys_calloc(1, sizeof(pgo_cblock_t))
+        if b != NULL:
+            b.ptr = <char*>pgo_sys_alloc(size, PAGE)
+            if b.ptr == NULL and c.cached_blocks:
+                # The system refused: what the cache holds goes back first.
+                _evict_to(c, 0)
+                b.ptr = <char*>pgo_sys_alloc(size, PAGE)
+            if b.ptr == NULL:
+                pgo_sys_free(b)
+                b = NULL
+        if b == NULL:
+            c.stats.failed += 1
+            return PGO_ERR_NOMEM
+        b.size = size
+        b.cls = cls
+        if not c.hugepages and size >= 4194304:
+            madvise(b.ptr, size, 14)        # MADV_NOHUGEPAGE: pgo_sys_alloc advised huge pages
+        if c.prefault:
+            _prefault(b.ptr, size)
+        if c.lo == 0 or <size_t>b.ptr < c.lo:
+            pgo_atomic_store(&c.lo, <size_t>b.ptr)
+        if <size_t>b.ptr + size > c.hi:
+            pgo_atomic_store(&c.hi, <size_t>b.ptr + size)
+        c.stats.capacity += size
+    b.requested = n
+    b.python_owned = python_owned
+    _table_add(c, b)
+    pgo_vg_alloc(c, b.ptr, n)
+    if PGO_DEBUG_FILL:
+        memset(b.ptr, PGO_FILL_ALLOC, n)
+    c.stats.allocs += 1
+    c.stats.requested += n
+    c.stats.lost += size - n
+    c.stats.in_use += size
+    if c.stats.in_use > c.stats.peak:
+        c.stats.peak = c.stats.in_use
+    out[0] = b.ptr
+    return PGO_OK
+
+
+cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcept nogil:
+    cdef pgo_cblock_t* b
+    if p == NULL:
+        return PGO_OK
+    b = _table_take(c, p, False)
+    if b == NULL:
+        # Not live: a block waiting in the cache is a double free.
+        if <size_t>p >= c.lo and <size_t>p < c.hi:
+            return PGO_ERR_DOUBLE_FREE
+        return PGO_ERR_FOREIGN
+    if b.python_owned != from_python:
+        return PGO_ERR_PY_OWNED if b.python_owned else PGO_ERR_FOREIGN
+    _table_take(c, p, True)
+    if PGO_DEBUG_FILL:
+        memset(b.ptr, PGO_FILL_FREE, b.requested)
+    pgo_vg_free(c, b.ptr)
+    c.stats.frees += 1
+    c.stats.in_use -= b.size
+    c.stats.requested -= b.requested
+    c.stats.lost -= b.size - b.requested
+    if b.size > c.max_cached_bytes:
+        c.stats.capacity -= b.size
+        c.evictions += 1
+        _release_block(c, b)
+        return PGO_OK
+    _push_free(c, b)
+    _evict_to(c, c.max_cached_bytes)
+    return PGO_OK
+
+
+cdef void* cache_alloc(pgo_cache_t* c, size_t n) except NULL nogil:
+    cdef void* p = NULL
+    cdef int err
+    pgo_lock(&c.lock, &c.stats)
+    err = _cache_alloc_unlocked(c, n, False, &p)
+    pgo_unlock(&c.lock)
+    if err != PGO_OK:
+        return pgo_fail_null(err, "CacheAllocator", n, PAGE)
+    return p
+
+
+cdef int cache_free(pgo_cache_t* c, void* p) except -1 nogil:
+    cdef int err
+    pgo_lock(&c.lock, &c.stats)
+    err = _cache_free_unlocked(c, p, False)
+    pgo_unlock(&c.lock)
+    if err != PGO_OK:
+        return pgo_fail_at(err, "CacheAllocator", p)
+    return 0
+
+
+cdef size_t cache_trim(pgo_cache_t* c) noexcept nogil:
+    cdef size_t freed, n
+    pgo_lock(&c.lock, &c.stats)
+    n = c.cached_blocks
+    freed = _evict_to(c, 0)
+    c.evictions -= n            # given back on request, not pushed out
+    c.trims += 1
+    pgo_unlock(&c.lock)
+    return freed
+
+
+# -- numpy's handler (see pgo_backend_t) -------------------------------------
+
+cdef int _cache_take(void* state, size_t n, void** out) noexcept nogil:
+    cdef pgo_cache_t* c = <pgo_cache_t*>state
+    cdef int err
+    pgo_lock(&c.lock, &c.stats)
+    err = _cache_alloc_unlocked(c, n, True, out)
+    if err == PGO_OK:
+        c.stats.live_blocks += 1
+    pgo_unlock(&c.lock)
+    return err
+
+
+cdef int _cache_give(void* state, void* p) noexcept nogil:
+    cdef pgo_cache_t* c = <pgo_cache_t*>state
+    cdef int err
+    if <size_t>p < pgo_atomic_load(&c.lo) or <size_t>p >= pgo_atomic_load(&c.hi):
+        return PGO_ERR_FOREIGN
+    pgo_lock(&c.lock, &c.stats)
+    err = _cache_free_unlocked(c, p, True)
+    if err == PGO_OK:
+        c.stats.live_blocks -= 1
+    pgo_unlock(&c.lock)
+    return err
+
+
+cdef size_t _cache_span(void* state, void* p) noexcept nogil:
+    cdef pgo_cache_t* c = <pgo_cache_t*>state
+    cdef pgo_cblock_t* b
+    cdef size_t n = 0
+    if <size_t>p < pgo_atomic_load(&c.lo) or <size_t>p >= pgo_atomic_load(&c.hi):
+        return 0
+    pgo_lock(&c.lock, &c.stats)
+    b = _table_take(c, p, False)
+    if b != NULL:
+        n = b.size
+    pgo_unlock(&c.lock)
+    return n
+
+
+cdef class CacheAllocator(Allocator):
+    """Large blocks kept by size class for reuse: numpy temporaries and
+    buffers of sizes that come back again and again.
+
+    Args:
+        max_cached_bytes: most bytes of freed blocks kept for reuse (the
+            least recently freed go back to the system first); blocks in use
+            are not limited.  0 keeps nothing (every free goes back).
+        hugepages: ask for transparent huge pages on blocks of 4 MiB and
+            more, as numpy's default handler does (True by default).
+        prefault: populate a fresh block's pages when it is made, so the
+            first use of it takes no page faults.
+
+    Always thread-safe.  A request is rounded up to its size class (at most
+    12.5% more; see ``class_size``).  ``trim()`` gives every cached block
+    back to the system.  ``stats()`` adds ``hits``, ``misses``,
+    ``hit_rate``, ``cached_bytes``, ``cached_blocks``, ``evictions`` and
+    ``trims``.
+    """
+
+    def __cinit__(self, size_t max_cached_bytes=DEF_MAX_CACHED, *, bint hugepages=True,
+                  bint prefault=False):
+        self.c = cache_create(max_cached_bytes, hugepages, prefault)
+        self._st = &self.c.stats
+        self._lock = &self.c.lock
+        self._min_align = 1
+        self._max_align = PAGE
+
+    def __dealloc__(self):
+        cache_destroy(self.c)
+
+    cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
+        return _cache_alloc_unlocked(self.c, nbytes, True, out)
+
+    cdef int _c_free(self, Block b) noexcept:
+        return _cache_free_unlocked(self.c, b.ptr, True)
+
+    cdef void _c_dead(self, Block b) noexcept:
+        _cache_free_unlocked(self.c, b.ptr, True)
+
+    cdef int _c_reset(self) noexcept:
+        # Nothing is live (reset() checked): a reset is a trim.
+        cdef size_t n = self.c.cached_blocks
+        _evict_to(self.c, 0)
+        self.c.evictions -= n
+        self.c.stats.resets += 1
+        return PGO_OK
+
+    cdef int _backend(self, pgo_backend_t* out) noexcept:
+        out.state = self.c
+        out.take = _cache_take
+        out.give = _cache_give
+        out.span = _cache_span
+        return 0
+
+    cdef object _where(self, char* p):
+        return f"address {<uintptr_t>p:#x}"
+
+    def trim(self):
+        """Give every cached (free) block back to the system.
+
+        Returns:
+            The number of bytes released.
+        """
+        cdef size_t freed
+        with nogil:
+            freed = cache_trim(self.c)
+        return freed
+
+    @staticmethod
+    def class_size(size_t nbytes):
+        """The bytes a request of ``nbytes`` is served with (its size class)."""
+        cdef size_t n = cache_class_size(nbytes if nbytes else 1)
+        if n == 0:
+            raise MemoryError(f"CacheAllocator serves at most 2**48 bytes; {nbytes:,} requested")
+        return n
+
+    def _raise_alloc(self, int code, size_t nbytes, size_t align):
+        if code == PGO_ERR_TOO_BIG:
+            raise MemoryError(f"{self!r}: {nbytes:,} bytes is more than it serves (2**48)")
+        Allocator._raise_alloc(self, code, nbytes, align)
+
+    def _describe_nomem(self, size_t nbytes):
+        return (f"{self!r}: the system refused {self.class_size(nbytes):,} bytes for a "
+                f"{nbytes:,}-byte request (nothing cached was left to give back)")
+
+    def _extra_stats(self):
+        cdef uint64_t hits, misses
+        pgo_lock_gil_held(self._lock, self._st)
+        hits, misses = self.c.hits, self.c.misses
+        extra = {"hits": hits, "misses": misses,
+                 "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+                 "cached_bytes": self.c.cached_bytes, "cached_blocks": self.c.cached_blocks,
+                 "evictions": self.c.evictions, "trims": self.c.trims,
+                 "max_cached_bytes": self.c.max_cached_bytes}
+        pgo_unlock(self._lock)
+        return extra
+
+    @property
+    def max_cached_bytes(self):
+        return self.c.max_cached_bytes
+
+    def __repr__(self):
+        return (f"<CacheAllocator max_cached_bytes={self.c.max_cached_bytes} "
+                f"cached={self.c.cached_bytes} hugepages={bool(self.c.hugepages)}>")
