@@ -16,6 +16,7 @@ block records are malloc'd one per block.  Every operation takes the mutex;
 nothing here needs the GIL.
 """
 
+cimport cython
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport madvise
@@ -78,8 +79,10 @@ cdef inline unsigned int _class_index(size_t n) noexcept nogil:
     return <unsigned int>(1 + (e - 12) * 8 + ((m >> (e - 3)) - 8))
 
 
+@cython.overflowcheck(False)
 cdef inline size_t _hash(const void* p, size_t mask) noexcept nogil:
-    # Blocks are page aligned: the low 12 bits carry nothing.
+    # Blocks are page aligned: the low 12 bits carry nothing.  The multiply
+    # wraps on purpose (Fibonacci hashing), hence no overflow check here.
     cdef uint64_t x = (<uint64_t><uintptr_t>p) >> 12
     return <size_t>((x * 0x9E3779B97F4A7C15ULL) >> 20) & mask
 
@@ -505,7 +508,7 @@ cdef class CacheAllocator(Allocator):
         pgo_lock_gil_held(self._lock, self._st)
         hits, misses = self.c.hits, self.c.misses
         extra = {"hits": hits, "misses": misses,
-                 "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+                 "hit_rate": <double>hits / (hits + misses) if hits + misses else 0.0,
                  "cached_bytes": self.c.cached_bytes, "cached_blocks": self.c.cached_blocks,
                  "evictions": self.c.evictions, "trims": self.c.trims,
                  "max_cached_bytes": self.c.max_cached_bytes}
