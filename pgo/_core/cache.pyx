@@ -504,16 +504,20 @@ cdef class CacheAllocator(Allocator):
                 f"{nbytes:,}-byte request (nothing cached was left to give back)")
 
     def _extra_stats(self):
-        cdef uint64_t hits, misses
+        # Copied out under the mutex and turned into Python objects after:
+        # making objects can run the GC, whose finalizers may free arrays
+        # into this very cache (and take the mutex).
+        cdef uint64_t hits, misses, evictions, trims
+        cdef size_t cached_bytes, cached_blocks
         pgo_lock_gil_held(self._lock, self._st)
-        hits, misses = self.c.hits, self.c.misses
-        extra = {"hits": hits, "misses": misses,
-                 "hit_rate": <double>hits / (hits + misses) if hits + misses else 0.0,
-                 "cached_bytes": self.c.cached_bytes, "cached_blocks": self.c.cached_blocks,
-                 "evictions": self.c.evictions, "trims": self.c.trims,
-                 "max_cached_bytes": self.c.max_cached_bytes}
+        hits, misses, evictions, trims = self.c.hits, self.c.misses, self.c.evictions, self.c.trims
+        cached_bytes, cached_blocks = self.c.cached_bytes, self.c.cached_blocks
         pgo_unlock(self._lock)
-        return extra
+        return {"hits": hits, "misses": misses,
+                "hit_rate": <double>hits / (hits + misses) if hits + misses else 0.0,
+                "cached_bytes": cached_bytes, "cached_blocks": cached_blocks,
+                "evictions": evictions, "trims": trims,
+                "max_cached_bytes": self.c.max_cached_bytes}
 
     @property
     def max_cached_bytes(self):
