@@ -126,6 +126,9 @@ ctypedef struct pgo_lock_t:
 #         changed, when p is not in this allocator's memory.
 #   span: bytes that can be read from p inside the allocator's memory (at
 #         least the block's size; 0 when p is not its memory), for realloc.
+#   lo, hi: point at the allocator's address bounds: all its memory lies in
+#         [*lo, *hi), read with pgo_atomic_load (they grow as it does), so
+#         the router passes a pointer by without calling give.
 ctypedef int (*pgo_take_fn)(void* state, size_t n, void** out) noexcept nogil
 ctypedef int (*pgo_give_fn)(void* state, void* p) noexcept nogil
 ctypedef size_t (*pgo_span_fn)(void* state, void* p) noexcept nogil
@@ -135,6 +138,8 @@ ctypedef struct pgo_backend_t:
     pgo_take_fn take
     pgo_give_fn give
     pgo_span_fn span
+    size_t* lo
+    size_t* hi
 
 
 cdef extern from *:

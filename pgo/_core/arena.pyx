@@ -441,6 +441,8 @@ cdef class ArenaAllocator(Allocator):
         out.state = self.a
         out.take = _arena_take
         out.give = _arena_give
+        out.lo = &self.a.lo
+        out.hi = &self.a.hi
         out.span = _arena_span
         return 0
 

@@ -469,6 +469,8 @@ cdef class CacheAllocator(Allocator):
         out.state = self.c
         out.take = _cache_take
         out.give = _cache_give
+        out.lo = &self.c.lo
+        out.hi = &self.c.hi
         out.span = _cache_span
         return 0
 

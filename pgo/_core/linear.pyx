@@ -36,6 +36,8 @@ cdef pgo_linear_t* linear_create(size_t capacity, bint threadsafe) except NULL n
         pgo_raise(PGO_ERR_NOMEM, "LinearAllocator", capacity, 64)
         return NULL
     s.size = capacity
+    s.lo = <size_t>s.base
+    s.hi = <size_t>s.base + capacity
     s.stats.capacity = capacity
     pgo_lock_init(&s.lock, threadsafe)
     s.fast = not threadsafe and not PGO_DEBUG_FILL
@@ -195,6 +197,8 @@ cdef class LinearAllocator(Allocator):
         out.state = self.s
         out.take = _linear_take
         out.give = _linear_give
+        out.lo = &self.s.lo
+        out.hi = &self.s.hi
         out.span = _linear_span
         return 0
 

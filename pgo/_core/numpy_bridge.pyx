@@ -75,25 +75,37 @@ cdef extern from "numpy/arrayobject.h":
 
 cdef extern from *:
     """
-    #include <malloc.h>
     #include <pthread.h>
+    #include <stdint.h>
+    #include <stdlib.h>
+    #include <string.h>
     #include <sys/mman.h>
 
-    /* The system path's small-block cache: per thread, so that it needs no
-       lock and no GIL.  Bucket b holds blocks whose usable size is at least
-       16*b bytes; a request of n bytes looks in bucket ceil(n/16) and, on a
-       miss, mallocs 16*ceil(n/16) bytes, so that with glibc (usable size =
-       request + 8) the block comes back to the bucket it was asked from. */
+    /* The system path.  Every block from it starts with a 16-byte header
+       (so data stays 16-byte aligned) saying that it is a system block and,
+       for a small one, its bucket: a free then needs neither the size numpy
+       passes (untrusted) nor malloc_usable_size.  Small blocks (requests
+       under 1 KiB; bucket b serves 16*(b-1)+1 .. 16*b bytes) are kept for
+       reuse in a per-thread cache, which needs no lock and no GIL. */
     #define PGO_SMALL_MAX 1024
     #define PGO_SC_BUCKETS 65
     #define PGO_SC_DEPTH 8
+    #define PGO_SYS_MAGIC 0x70676f53u   /* "pgoS" */
+    typedef struct {
+        uint32_t magic;
+        uint32_t bucket;      /* 0: not a small block, never cached */
+        uint64_t spare;
+    } pgo_sys_hdr_t;
+
     typedef struct {
         unsigned char n[PGO_SC_BUCKETS];
-        void *p[PGO_SC_BUCKETS][PGO_SC_DEPTH];
+        pgo_sys_hdr_t *p[PGO_SC_BUCKETS][PGO_SC_DEPTH];
     } pgo_small_cache_t;
 
     #define PGO_SMALL_GONE ((pgo_small_cache_t *)1)
-    static __thread pgo_small_cache_t *pgo_tls_small;
+    /* initial-exec: one 8-byte slot, read with a single instruction instead
+       of a __tls_get_addr call on every small allocation and free. */
+    static __thread pgo_small_cache_t *pgo_tls_small __attribute__((tls_model("initial-exec")));
     static pthread_key_t pgo_small_key;
     static pthread_once_t pgo_small_once = PTHREAD_ONCE_INIT;
 
@@ -128,22 +140,75 @@ cdef extern from *:
         return c;
     }
 
-    static inline void *pgo_small_pop(size_t n) {   /* 0 < n < PGO_SMALL_MAX */
-        size_t b = (n + 15) >> 4;
-        pgo_small_cache_t *c = pgo_small_get();
-        if (c != NULL && c->n[b])
-            return c->p[b][--c->n[b]];
-        return malloc(b << 4);
+    /* What numpy's default handler does for blocks of 4 MiB and more. */
+    static inline void pgo_advise_huge(void *p, size_t n) {
+        uintptr_t a, e;
+        if (p == NULL || n < ((size_t)1 << 22))
+            return;
+        a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+        e = (uintptr_t)p + n;
+        if (e > a)
+            madvise((void *)a, e - a, MADV_HUGEPAGE);
     }
 
-    static inline void pgo_small_push(void *p) {
-        size_t b = malloc_usable_size(p) >> 4;
-        pgo_small_cache_t *c;
-        if (b < PGO_SC_BUCKETS && (c = pgo_small_get()) != NULL && c->n[b] < PGO_SC_DEPTH) {
-            c->p[b][c->n[b]++] = p;
-            return;
+    static inline void *pgo_sys_block(pgo_sys_hdr_t *h, uint32_t bucket) {
+        if (h == NULL)
+            return NULL;
+        h->magic = PGO_SYS_MAGIC;
+        h->bucket = bucket;
+        return h + 1;
+    }
+
+    /* n > 0; zero: calloc semantics. */
+    static inline void *pgo_sys_path_alloc(size_t n, int small_cache, int huge, int zero) {
+        pgo_sys_hdr_t *h;
+        if (n < PGO_SMALL_MAX && small_cache) {
+            size_t b = (n + 15) >> 4;
+            pgo_small_cache_t *c = pgo_small_get();
+            if (c != NULL && c->n[b]) {
+                h = c->p[b][--c->n[b]];
+                if (zero)
+                    memset(h + 1, 0, n);
+                return pgo_sys_block(h, (uint32_t)b);
+            }
+            h = zero ? calloc(1, sizeof(pgo_sys_hdr_t) + (b << 4))
+                     : malloc(sizeof(pgo_sys_hdr_t) + (b << 4));
+            return pgo_sys_block(h, (uint32_t)b);
         }
-        free(p);
+        if (n > SIZE_MAX - sizeof(pgo_sys_hdr_t))
+            return NULL;
+        h = zero ? calloc(1, sizeof(pgo_sys_hdr_t) + n) : malloc(sizeof(pgo_sys_hdr_t) + n);
+        if (huge)
+            pgo_advise_huge(h, sizeof(pgo_sys_hdr_t) + n);
+        return pgo_sys_block(h, 0);
+    }
+
+    /* 0, or -1 when p is not a system-path block (left alone). */
+    static inline int pgo_sys_path_free(void *p) {
+        pgo_sys_hdr_t *h = (pgo_sys_hdr_t *)p - 1;
+        pgo_small_cache_t *c;
+        if (__builtin_expect(h->magic != PGO_SYS_MAGIC, 0))
+            return -1;
+        if (h->bucket && (c = pgo_small_get()) != NULL && c->n[h->bucket] < PGO_SC_DEPTH) {
+            h->magic = 0;   /* cached: a second free of it is refused (set again when reused) */
+            c->p[h->bucket][c->n[h->bucket]++] = h;
+            return 0;
+        }
+        h->magic = 0;
+        free(h);
+        return 0;
+    }
+
+    /* NULL with p untouched on failure (or when p is not a system block). */
+    static inline void *pgo_sys_path_realloc(void *p, size_t n, int huge) {
+        pgo_sys_hdr_t *h = (pgo_sys_hdr_t *)p - 1;
+        if (h->magic != PGO_SYS_MAGIC || n > SIZE_MAX - sizeof(pgo_sys_hdr_t))
+            return NULL;
+        h = realloc(h, sizeof(pgo_sys_hdr_t) + n);
+        if (huge)
+            pgo_advise_huge(h, sizeof(pgo_sys_hdr_t) + n);
+        /* Its size is no longer its bucket's: never cached. */
+        return pgo_sys_block(h, 0);
     }
 
     /* Test hook: the calling thread's cached block count. */
@@ -156,45 +221,29 @@ cdef extern from *:
             k += c->n[b];
         return k;
     }
-
-    /* What numpy's default handler does for blocks of 4 MiB and more. */
-    static inline void pgo_advise_huge(void *p, size_t n) {
-        uintptr_t a, e;
-        if (p == NULL || n < ((size_t)1 << 22))
-            return;
-        a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
-        e = (uintptr_t)p + n;
-        if (e > a)
-            madvise((void *)a, e - a, MADV_HUGEPAGE);
-    }
     """
-    const size_t PGO_SMALL_MAX
-    void* pgo_small_pop(size_t n) noexcept nogil
-    void pgo_small_push(void* p) noexcept nogil
+    void* pgo_sys_path_alloc(size_t n, bint small_cache, bint huge, bint zero) noexcept nogil
+    int pgo_sys_path_free(void* p) noexcept nogil
+    void* pgo_sys_path_realloc(void* p, size_t n, bint huge) noexcept nogil
     size_t pgo_small_count() noexcept nogil
-    void pgo_advise_huge(void* p, size_t n) noexcept nogil
 
 
 # -- the router, in C ---------------------------------------------------------
 
 cdef inline void* _sys_alloc(pgo_router_t* r, size_t n) noexcept nogil:
-    cdef void* p
-    if n < PGO_SMALL_MAX and r.small_cache:
-        return pgo_small_pop(n)
-    p = malloc(n)
-    if r.hugepages:
-        pgo_advise_huge(p, n)
-    return p
+    return pgo_sys_path_alloc(n, r.small_cache, r.hugepages, False)
 
 
 cdef inline void _sys_free(pgo_router_t* r, void* p) noexcept nogil:
-    if r.small_cache:
-        pgo_small_push(p)
-    else:
-        free(p)
+    if pgo_sys_path_free(p) != 0:
+        pgo_atomic_inc(&r.errors)     # not a block of ours: leaked, never freed blindly
 
 
 cdef void* pgo_route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogil:
+    return _route_alloc(r, n, routed)
+
+
+cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogil:
     cdef void* p = NULL
     cdef size_t i
     cdef pgo_route_t* rt
@@ -213,12 +262,20 @@ cdef void* pgo_route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogi
 
 
 cdef void pgo_route_free(pgo_router_t* r, void* p) noexcept nogil:
+    _route_free(r, p)
+
+
+cdef inline void _route_free(pgo_router_t* r, void* p) noexcept nogil:
     cdef size_t i
     cdef int err
+    cdef pgo_backend_t* be
     if p == NULL:
         return
     for i in range(r.nowners):
-        err = r.owners[i].give(r.owners[i].state, p)
+        be = &r.owners[i]
+        if <size_t>p < pgo_atomic_load(be.lo) or <size_t>p >= pgo_atomic_load(be.hi):
+            continue                # not in its memory: no call, no lock
+        err = be.give(be.state, p)
         if err == PGO_OK:
             return
         if err != PGO_ERR_FOREIGN:
@@ -248,7 +305,7 @@ ctypedef struct pgo_capsule_t:
 
 cdef void* _h_malloc(void* ctx, size_t size) noexcept nogil:
     cdef pgo_capsule_t* h = <pgo_capsule_t*>ctx
-    return pgo_route_alloc(h.router, size, pgo_atomic_load(&h.active) != 0)
+    return _route_alloc(h.router, size, pgo_atomic_load(&h.active) != 0)
 
 
 cdef void* _h_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
@@ -271,16 +328,7 @@ cdef void* _h_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
                     return p
                 pgo_atomic_inc(&r.fallback)
                 break
-    if n < PGO_SMALL_MAX and r.small_cache:
-        p = pgo_small_pop(n)
-        if p != NULL:
-            memset(p, 0, n)
-        return p
-    # calloc: big blocks come from fresh zero pages, without a memset.
-    p = calloc(n, 1)
-    if r.hugepages:
-        pgo_advise_huge(p, n)
-    return p
+    return pgo_sys_path_alloc(n, r.small_cache, r.hugepages, True)
 
 
 cdef void* _h_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
@@ -297,22 +345,19 @@ cdef void* _h_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
         if span:
             # Moves to wherever a block of the new size is routed; on failure
             # the old block is untouched, as realloc promises.
-            q = pgo_route_alloc(r, new_size, pgo_atomic_load(&h.active) != 0)
+            q = _route_alloc(r, new_size, pgo_atomic_load(&h.active) != 0)
             if q == NULL:
                 return NULL
             memcpy(q, ptr, span if span < new_size else new_size)
             if r.owners[i].give(r.owners[i].state, ptr) != PGO_OK:
                 pgo_atomic_inc(&r.errors)
             return q
-    q = realloc(ptr, new_size)
-    if r.hugepages:
-        pgo_advise_huge(q, new_size)
-    return q
+    return pgo_sys_path_realloc(ptr, new_size, r.hugepages)
 
 
 cdef void _h_free(void* ctx, void* ptr, size_t size) noexcept nogil:
     # `size` is ignored on purpose: numpy's can differ from the size allocated.
-    pgo_route_free((<pgo_capsule_t*>ctx).router, ptr)
+    _route_free((<pgo_capsule_t*>ctx).router, ptr)
 
 
 cdef void _capsule_destructor(object capsule) noexcept:

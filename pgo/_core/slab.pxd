@@ -45,6 +45,7 @@ ctypedef struct pgo_slab_t:
     size_t nslabs
     size_t next_slots         # slots in the next slab
     size_t committed          # bytes from base made usable (whole pages)
+    size_t lo, hi             # the reservation's address range (slots may go there)
     void* raw                 # the reservation, for munmap
     size_t raw_len
     size_t peak_slots

@@ -102,6 +102,8 @@ cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots
     s.max_slots = (max_bytes if max_bytes else reserve) // s.stride
     if s.max_slots > 0xffffffffu:
         s.max_slots = 0xffffffffu
+    s.lo = <size_t>s.base
+    s.hi = <size_t>s.base + s.max_slots * s.stride
     pgo_lock_init(&s.lock, threadsafe)
     _slab_update_fast(s)
     pgo_vg_create(s)
@@ -423,6 +425,8 @@ cdef class SlabAllocator(Allocator):
         out.state = self.s
         out.take = _slab_take
         out.give = _slab_give
+        out.lo = &self.s.lo
+        out.hi = &self.s.hi
         out.span = _slab_span
         return 0
 

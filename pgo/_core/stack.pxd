@@ -49,6 +49,7 @@ ctypedef struct pgo_stack_t:
     size_t top                # offset of the first free byte
     size_t last               # data offset of the most recent block (0: none)
     size_t ndead              # blocks given up but not yet released (DEAD)
+    size_t lo, hi             # the buffer's address range
     bint fast                 # no lock, normal build: the inline paths apply
     pgo_stats_t stats
     pgo_lock_t lock

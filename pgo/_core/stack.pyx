@@ -49,6 +49,8 @@ cdef pgo_stack_t* stack_create(size_t capacity, bint threadsafe) except NULL nog
         pgo_raise(PGO_ERR_NOMEM, "StackAllocator", capacity, 64)
         return NULL
     s.size = capacity
+    s.lo = <size_t>s.base
+    s.hi = <size_t>s.base + capacity
     s.stats.capacity = capacity
     pgo_lock_init(&s.lock, threadsafe)
     # Decided here, by pgo's own build, not by the build of whoever inlines
@@ -352,6 +354,8 @@ cdef class StackAllocator(Allocator):
         out.state = self.s
         out.take = _stack_take
         out.give = _stack_give
+        out.lo = &self.s.lo
+        out.hi = &self.s.hi
         out.span = _stack_span
         return 0
 
