@@ -10,7 +10,8 @@ from pgo._core.arena import ArenaAllocator
 from pgo._core.cache import CacheAllocator
 from pgo._core.linear import LinearAllocator
 from pgo._core.numpy_bridge import (
-    Router, SizeClass, handler_name, install, installed, owner, uninstall, use,
+    Router, SizeClass, current_handler, handler_name, install, installed, owner, uninstall,
+    use,
 )
 from pgo._core.slab import SlabAllocator
 from pgo._core.stack import StackAllocator, StackFrame
@@ -34,6 +35,7 @@ __all__ = [
     "StackAllocator",
     "StackFrame",
     "__version__",
+    "current_handler",
     "handler_name",
     "install",
     "installed",

@@ -29,12 +29,17 @@ def _fail(source: str, index: int, message: str) -> ConfigError:
     return ConfigError(f"{source}: numpy.size_class[{index}]: {message}")
 
 
+MAX_SIZE = (1 << 63) - 1
+
+
 def _int(source: str, index: int, key: str, value: Any, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(source, index, f"{key} must be an integer (bytes), got "
                                    f"{type(value).__name__} {value!r}")
     if value < minimum:
         raise _fail(source, index, f"{key} must be >= {minimum}, got {value}")
+    if value > MAX_SIZE:
+        raise _fail(source, index, f"{key} must be at most 2**63 - 1, got {value}")
     return value
 
 

@@ -36,11 +36,13 @@ from pgo._errors import AllocatorError
 
 cdef extern from *:
     """
+    #include <sys/mman.h>
     #ifndef MADV_POPULATE_WRITE
     #define MADV_POPULATE_WRITE 23
     #endif
     """
     const int MADV_POPULATE_WRITE
+    const int MADV_NOHUGEPAGE
 
 cdef enum:
     PAGE = 4096
@@ -254,6 +256,18 @@ cdef void _prefault(char* p, size_t n) noexcept nogil:
         i += PAGE
 
 
+cdef pgo_cblock_t* _fresh_block(size_t size) noexcept nogil:
+    # A block of `size` bytes from the system, with its record; NULL if refused.
+    cdef pgo_cblock_t* b = <pgo_cblock_t*>pgo_sys_calloc(1, sizeof(pgo_cblock_t))
+    if b == NULL:
+        return NULL
+    b.ptr = <char*>pgo_sys_alloc(size, PAGE)
+    if b.ptr == NULL:
+        pgo_sys_free(b)
+        return NULL
+    return b
+
+
 cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
                                void** out) noexcept nogil:
     cdef size_t size
@@ -265,9 +279,15 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
     if size == 0:
         c.stats.failed += 1
         return PGO_ERR_TOO_BIG
+    # Whenever the system refuses (the live table, a block's record, the
+    # block), what the cache holds goes back to it and the request is tried
+    # once more.
     if c.nlive >= c.table_mask + 1 and _table_grow(c) != PGO_OK:
-        c.stats.failed += 1
-        return PGO_ERR_NOMEM
+        if c.cached_blocks:
+            _evict_to(c, 0)
+        if _table_grow(c) != PGO_OK:
+            c.stats.failed += 1
+            return PGO_ERR_NOMEM
     cls = _class_index(n)
     b = c.heads[cls]
     if b != NULL:
@@ -275,23 +295,17 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
         c.hits += 1
     else:
         c.misses += 1
-        b = <pgo_cblock_t*>pgo_sys_calloc(1, sizeof(pgo_cblock_t))
-        if b != NULL:
-            b.ptr = <char*>pgo_sys_alloc(size, PAGE)
-            if b.ptr == NULL and c.cached_blocks:
-                # The system refused: what the cache holds goes back first.
-                _evict_to(c, 0)
-                b.ptr = <char*>pgo_sys_alloc(size, PAGE)
-            if b.ptr == NULL:
-                pgo_sys_free(b)
-                b = NULL
+        b = _fresh_block(size)
+        if b == NULL and c.cached_blocks:
+            _evict_to(c, 0)
+            b = _fresh_block(size)
         if b == NULL:
             c.stats.failed += 1
             return PGO_ERR_NOMEM
         b.size = size
         b.cls = cls
         if not c.hugepages and size >= 4194304:
-            madvise(b.ptr, size, 14)        # MADV_NOHUGEPAGE: pgo_sys_alloc advised huge pages
+            madvise(b.ptr, size, MADV_NOHUGEPAGE)   # pgo_sys_alloc advised huge pages
         if c.prefault:
             _prefault(b.ptr, size)
         if c.lo == 0 or <size_t>b.ptr < c.lo:
@@ -392,13 +406,22 @@ cdef int _cache_take(void* state, size_t n, void** out) noexcept nogil:
 
 cdef int _cache_give(void* state, void* p) noexcept nogil:
     cdef pgo_cache_t* c = <pgo_cache_t*>state
+    cdef pgo_cblock_t* b
     cdef int err
-    if <size_t>p < pgo_atomic_load(&c.lo) or <size_t>p >= pgo_atomic_load(&c.hi):
+    # Blocks are page aligned and the only pointers given back are their
+    # starts: anything else is not ours, decided without the lock.  (The
+    # address bounds alone do not decide it: blocks come from malloc, so
+    # other memory lies between them.)
+    if (<size_t>p & (PAGE - 1)) != 0:
         return PGO_ERR_FOREIGN
     pgo_lock(&c.lock, &c.stats)
-    err = _cache_free_unlocked(c, p, True)
-    if err == PGO_OK:
-        c.stats.live_blocks -= 1
+    b = _table_take(c, p, False)
+    if b == NULL or not b.python_owned:
+        err = PGO_ERR_FOREIGN
+    else:
+        err = _cache_free_unlocked(c, p, True)
+        if err == PGO_OK:
+            c.stats.live_blocks -= 1
     pgo_unlock(&c.lock)
     return err
 

@@ -20,6 +20,7 @@ ctypedef struct pgo_linear_t:
     size_t size
     size_t top
     size_t handler_live       # blocks numpy's handler took and has not given back
+    bint handler_used         # the handler took blocks since the last rewind
     size_t lo, hi             # the buffer's address range
     bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats

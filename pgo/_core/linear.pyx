@@ -93,6 +93,13 @@ cdef void* _linear_alloc_slow(pgo_linear_t* s, size_t n, size_t align) noexcept 
 cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
+    _linear_rewind(s)
+    return PGO_OK
+
+
+cdef void _linear_rewind(pgo_linear_t* s) noexcept nogil:
+    # The reset itself; the caller made sure nothing is alive.
+    s.handler_used = False
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, s.top)
     pgo_vg_trim(s, s.base, 0)          # every block goes
@@ -102,13 +109,13 @@ cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
     s.stats.resets += 1
     s.stats.requested = 0
     s.stats.lost = 0
-    return PGO_OK
 
 
 # -- numpy's handler (see pgo_backend_t) ----------------------------------
 # There is no individual free: the handler counts the arrays it placed here,
-# and once the last of them (and every Python Block) is gone the buffer
-# rewinds, as reset() would.  So a loop of temporaries reuses one buffer.
+# and once the last of them, and every Python Block, is gone (whichever goes
+# last) the buffer rewinds, as reset() would.  So a loop of temporaries
+# reuses one buffer.
 
 cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
     cdef pgo_linear_t* s = <pgo_linear_t*>state
@@ -117,6 +124,7 @@ cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
     err = _linear_alloc_unlocked(s, n, 16, out)
     if err == PGO_OK:
         s.handler_live += 1
+        s.handler_used = True
         s.stats.live_blocks += 1
     pgo_unlock(&s.lock)
     return err
@@ -189,6 +197,8 @@ cdef class LinearAllocator(Allocator):
 
     cdef void _c_dead(self, Block b) noexcept:
         self.s.stats.frees += 1
+        if self.s.handler_used and self.s.stats.live_blocks == 1:
+            _linear_rewind(self.s)      # the last Block after the handler's arrays
 
     cdef void _sync(self) noexcept:
         linear_sync_stats(self.s)

@@ -46,6 +46,7 @@ from pgo._core._typedefs cimport (
 )
 from pgo._core.slab cimport SlabAllocator
 
+import contextvars
 import threading
 
 import numpy as np
@@ -603,16 +604,17 @@ class use:
     """Context manager: arrays created inside take their data from
     ``target`` (a pgo allocator, a Router, or a numpy handler capsule).
 
-    On exit the previous handler is back.  Nestable.  Like numpy's handler
-    it is per thread and per asyncio task (a ContextVar): threads started
-    inside do not inherit it (see ``pgo.install``).  Arrays made inside
-    keep their allocator alive after the block ends.
+    On exit the previous handler is back.  Nestable, and one ``use`` object
+    may be entered by several threads or asyncio tasks at once: like numpy's
+    handler, what it saves and restores is per context (a ContextVar), so
+    threads started inside do not inherit it (see ``pgo.install``).  Arrays
+    made inside keep their allocator alive after the block ends.
 
         with pgo.use(pgo.ArenaAllocator(threadsafe=True)):
             y = np.sin(x) * 2        # temporaries and y come from the arena
     """
 
-    __slots__ = ("capsule", "router", "_previous")
+    __slots__ = ("capsule", "router", "_saved")
 
     def __init__(self, target):
         if PyCapsule_CheckExact(target):
@@ -621,15 +623,27 @@ class use:
         else:
             self.router = _router_for(target)
             self.capsule = (<Router>self.router)._capsule()
-        self._previous = []
+        self._saved = contextvars.ContextVar("pgo.use", default=())
 
     def __enter__(self):
-        self._previous.append(PyDataMem_SetHandler(self.capsule))
+        previous = PyDataMem_SetHandler(self.capsule)
+        self._saved.set(self._saved.get() + (previous,))
         return self.router
 
     def __exit__(self, *exc):
-        PyDataMem_SetHandler(self._previous.pop())
+        saved = self._saved.get()
+        if not saved:
+            raise RuntimeError("pgo.use: __exit__ without __enter__ in this context")
+        # (No negative indices: this module is compiled with wraparound off.)
+        self._saved.set(saved[:len(saved) - 1])
+        PyDataMem_SetHandler(saved[len(saved) - 1])
         return False
+
+
+def current_handler():
+    """The numpy memory handler capsule in effect in this thread or task
+    (numpy's own, or a pgo one); ``pgo.use()`` takes it back."""
+    return PyDataMem_GetHandler()
 
 
 # -- process-wide ------------------------------------------------------------------
