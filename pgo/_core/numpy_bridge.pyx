@@ -90,7 +90,7 @@ cdef extern from *:
        reuse in a per-thread cache, which needs no lock and no GIL. */
     #define PGO_SMALL_MAX 1024
     #define PGO_SC_BUCKETS 65
-    #define PGO_SC_DEPTH 8
+    #define PGO_SC_DEPTH 7
     #define PGO_SYS_MAGIC 0x70676f53u   /* "pgoS" */
     typedef struct {
         uint32_t magic;
@@ -98,9 +98,14 @@ cdef extern from *:
         uint64_t spare;
     } pgo_sys_hdr_t;
 
+    /* One cache line per bucket: its count and its blocks, as numpy's is. */
     typedef struct {
-        unsigned char n[PGO_SC_BUCKETS];
-        pgo_sys_hdr_t *p[PGO_SC_BUCKETS][PGO_SC_DEPTH];
+        size_t n;
+        pgo_sys_hdr_t *p[PGO_SC_DEPTH];
+    } pgo_small_bucket_t;
+
+    typedef struct {
+        pgo_small_bucket_t b[PGO_SC_BUCKETS];
     } pgo_small_cache_t;
 
     #define PGO_SMALL_GONE ((pgo_small_cache_t *)1)
@@ -115,8 +120,8 @@ cdef extern from *:
            this thread's exit (other keys' destructors) bypass the cache. */
         pgo_small_cache_t *c = (pgo_small_cache_t *)arg;
         for (int b = 0; b < PGO_SC_BUCKETS; b++)
-            for (int i = 0; i < c->n[b]; i++)
-                free(c->p[b][i]);
+            for (size_t i = 0; i < c->b[b].n; i++)
+                free(c->b[b].p[i]);
         free(c);
         pgo_tls_small = PGO_SMALL_GONE;
     }
@@ -130,9 +135,9 @@ cdef extern from *:
         if (__builtin_expect(c != NULL, 1))
             return c == PGO_SMALL_GONE ? NULL : c;
         pthread_once(&pgo_small_once, pgo_small_key_init);
-        c = (pgo_small_cache_t *)calloc(1, sizeof(*c));
-        if (c == NULL)
+        if (posix_memalign((void **)&c, 64, sizeof(*c)) != 0)
             return NULL;
+        memset(c, 0, sizeof(*c));
         if (pthread_setspecific(pgo_small_key, c) != 0) {
             free(c);
             return NULL;
@@ -166,8 +171,8 @@ cdef extern from *:
         if (n < PGO_SMALL_MAX && small_cache) {
             size_t b = (n + 15) >> 4;
             pgo_small_cache_t *c = pgo_small_get();
-            if (c != NULL && c->n[b]) {
-                h = c->p[b][--c->n[b]];
+            if (c != NULL && c->b[b].n) {
+                h = c->b[b].p[--c->b[b].n];
                 if (zero)
                     memset(h + 1, 0, n);
                 return pgo_sys_block(h, (uint32_t)b);
@@ -190,9 +195,10 @@ cdef extern from *:
         pgo_small_cache_t *c;
         if (__builtin_expect(h->magic != PGO_SYS_MAGIC, 0))
             return -1;
-        if (h->bucket && (c = pgo_small_get()) != NULL && c->n[h->bucket] < PGO_SC_DEPTH) {
+        if (h->bucket && (c = pgo_small_get()) != NULL && c->b[h->bucket].n < PGO_SC_DEPTH) {
+            pgo_small_bucket_t *bk = &c->b[h->bucket];
             h->magic = 0;   /* cached: a second free of it is refused (set again when reused) */
-            c->p[h->bucket][c->n[h->bucket]++] = h;
+            bk->p[bk->n++] = h;
             return 0;
         }
         h->magic = 0;
@@ -219,7 +225,7 @@ cdef extern from *:
         if (c == NULL || c == PGO_SMALL_GONE)
             return 0;
         for (int b = 0; b < PGO_SC_BUCKETS; b++)
-            k += c->n[b];
+            k += c->b[b].n;
         return k;
     }
     """
