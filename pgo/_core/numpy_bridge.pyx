@@ -5,7 +5,7 @@ allocator; a request outside every class, or one its allocator cannot serve
 (exhausted: counted as a fallback), goes to the *system path*.  A custom
 handler loses two things numpy's default handler does, so the system path
 does them itself: blocks of 4 MiB and more are advised ``MADV_HUGEPAGE``
-(when numpy's own switch for it is on), and blocks under 1 KiB are kept for
+(when numpy's own switch for it is on), and blocks under 4 KiB are kept for
 reuse in a small per-thread cache (numpy keeps one too; without it every
 small array costs a malloc/free pair more).
 
@@ -86,10 +86,14 @@ cdef extern from *:
        (so data stays 16-byte aligned) saying that it is a system block and,
        for a small one, its bucket: a free then needs neither the size numpy
        passes (untrusted) nor malloc_usable_size.  Small blocks (requests
-       under 1 KiB; bucket b serves 16*(b-1)+1 .. 16*b bytes) are kept for
-       reuse in a per-thread cache, which needs no lock and no GIL. */
-    #define PGO_SMALL_MAX 1024
-    #define PGO_SC_BUCKETS 65
+       under 4 KiB; bucket b serves 16*(b-1)+1 .. 16*b bytes) are kept for
+       reuse in a per-thread cache, which needs no lock and no GIL.  numpy
+       caches under 1 KiB; pgo goes further because its header would push
+       requests just under 1 KiB past glibc's own per-thread cache (1032
+       bytes).  At most 7 blocks per bucket: about 3.7 MB per thread at
+       worst, numpy's own bound. */
+    #define PGO_SMALL_MAX 4096
+    #define PGO_SC_BUCKETS 257
     #define PGO_SC_DEPTH 7
     #define PGO_SYS_MAGIC 0x70676f53u   /* "pgoS" */
     typedef struct {
@@ -438,7 +442,7 @@ cdef class Router:
             small-block cache and huge-page advice kept).
         name: the handler name numpy reports (``np.lib...get_handler_name``,
             ``pgo.handler_name``); at most 126 characters.
-        small_cache: keep freed blocks under 1 KiB per thread for reuse, as
+        small_cache: keep freed blocks under 4 KiB per thread for reuse, as
             numpy's default handler does (off in the test build, so that
             valgrind sees every free).
 
