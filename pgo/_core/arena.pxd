@@ -52,6 +52,13 @@ ctypedef struct pgo_arena_t:
     size_t max_bytes          # 0: no limit
     size_t recycled           # bytes of chunks recycled since the last reset
     size_t lo, hi             # every chunk lies in [lo, hi): read without the lock
+    # Chunk address ranges for readers without the lock (numpy's handler
+    # deciding whose a pointer is): ranges[1 + 2i], ranges[2 + 2i] are chunk
+    # i's [start, end); ranges[0] links the array it replaced, kept until
+    # arena_destroy because a reader may still be scanning it.
+    size_t* ranges
+    size_t nranges            # published with a release store, after the entry
+    size_t cap_ranges
     bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock

@@ -18,7 +18,7 @@ bitmaps belong to the ArenaAllocator object (or to the C caller of
 """
 
 from libc.stdint cimport uint64_t, uintptr_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise, pgo_raise_at
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
@@ -82,6 +82,38 @@ cdef int _arena_grow_blocks(pgo_arena_chunk_t* c) noexcept nogil:
     return PGO_OK
 
 
+cdef int _arena_publish(pgo_arena_t* a, char* base, size_t size) noexcept nogil:
+    # Appends a chunk's range for lock-free readers (see pgo_arena_t.ranges).
+    cdef size_t cap
+    cdef size_t* r
+    if a.nranges == a.cap_ranges:
+        cap = a.cap_ranges * 2 if a.cap_ranges else 8
+        r = <size_t*>pgo_sys_calloc(1 + 2 * cap, sizeof(size_t))
+        if r == NULL:
+            return PGO_ERR_NOMEM
+        if a.ranges != NULL:
+            memcpy(r + 1, a.ranges + 1, 2 * a.nranges * sizeof(size_t))
+        r[0] = <size_t>a.ranges
+        pgo_atomic_store(<size_t*>&a.ranges, <size_t>r)
+        a.cap_ranges = cap
+    a.ranges[1 + 2 * a.nranges] = <size_t>base
+    a.ranges[2 + 2 * a.nranges] = <size_t>base + size
+    pgo_atomic_store(&a.nranges, a.nranges + 1)
+    return PGO_OK
+
+
+cdef bint _arena_may_own(pgo_arena_t* a, size_t x) noexcept nogil:
+    # Without the lock: is x inside one of the chunks?  (Chunks come from
+    # malloc, so other memory lies between them: the bounds alone say
+    # little.)  Entries, once published, never change.
+    cdef size_t n = pgo_atomic_load(&a.nranges), i
+    cdef size_t* r = <size_t*>pgo_atomic_load(<size_t*>&a.ranges)
+    for i in range(n):
+        if r[1 + 2 * i] <= x and x < r[2 + 2 * i]:
+            return True
+    return False
+
+
 cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
     cdef pgo_arena_chunk_t* chunks
     cdef pgo_arena_chunk_t* c
@@ -103,7 +135,7 @@ cdef int _arena_add_chunk(pgo_arena_t* a, size_t size) noexcept nogil:
     memset(c, 0, sizeof(pgo_arena_chunk_t))
     # The first block list comes with the chunk, so a fresh chunk never
     # fails to take its first block.
-    if _arena_grow_blocks(c) != PGO_OK:
+    if _arena_grow_blocks(c) != PGO_OK or _arena_publish(a, base, size) != PGO_OK:
         pgo_sys_free(c.starts)
         pgo_sys_free(c.released)
         pgo_sys_free(c.pybits)
@@ -142,6 +174,7 @@ cdef pgo_arena_t* arena_create(size_t chunk_size, size_t max_bytes, bint threads
     a.chunk_size = chunk_size
     a.max_bytes = max_bytes
     if _arena_add_chunk(a, chunk_size) != PGO_OK:
+        _arena_free_ranges(a)
         pgo_sys_free(a.chunks)
         pgo_sys_free(a)
         pgo_raise(PGO_ERR_NOMEM, "ArenaAllocator", chunk_size, 64)
@@ -162,8 +195,18 @@ cdef void arena_destroy(pgo_arena_t* a) noexcept nogil:
             pgo_sys_free(a.chunks[i].starts)
             pgo_sys_free(a.chunks[i].released)
             pgo_sys_free(a.chunks[i].pybits)
+        _arena_free_ranges(a)
         pgo_sys_free(a.chunks)
         pgo_sys_free(a)
+
+
+cdef void _arena_free_ranges(pgo_arena_t* a) noexcept nogil:
+    cdef size_t* r = a.ranges
+    cdef size_t* older
+    while r != NULL:
+        older = <size_t*>r[0]
+        pgo_sys_free(r)
+        r = older
 
 
 cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil:
@@ -334,10 +377,10 @@ cdef int _arena_give(void* state, void* p) noexcept nogil:
     cdef pgo_arena_t* a = <pgo_arena_t*>state
     cdef size_t x = <size_t>p, chunk, index
     cdef int err
-    if x < pgo_atomic_load(&a.lo) or x >= pgo_atomic_load(&a.hi):
+    if not _arena_may_own(a, x):
         return PGO_ERR_FOREIGN
     pgo_lock(&a.lock, &a.stats)
-    err = _arena_find(a, p, &chunk)       # FOREIGN: between chunks, not ours
+    err = _arena_find(a, p, &chunk)
     if err == PGO_OK:
         err = _arena_block_at(&a.chunks[chunk], <char*>p - a.chunks[chunk].base, &index)
     if err == PGO_OK and not (a.chunks[chunk].pybits[index >> 6] & ((<uint64_t>1) << (index & 63))):
