@@ -413,9 +413,13 @@ class SizeClass:
                                       or max_bytes < min_bytes):
             raise ValueError(f"max_bytes must be None or an int >= min_bytes ({min_bytes}), "
                              f"got {max_bytes!r}")
-        self.min_bytes = min_bytes
-        self.max_bytes = max_bytes
-        self.allocator = allocator
+        object.__setattr__(self, "min_bytes", min_bytes)
+        object.__setattr__(self, "max_bytes", max_bytes)
+        object.__setattr__(self, "allocator", allocator)
+
+    def __setattr__(self, name, value):
+        # A Router copies its classes into C: a later change would not reach it.
+        raise AttributeError(f"SizeClass is immutable; make a new one (and a new Router)")
 
     def __repr__(self):
         return f"SizeClass({self.min_bytes}, {self.max_bytes}, {self.allocator!r})"
@@ -624,7 +628,7 @@ class use:
             y = np.sin(x) * 2        # temporaries and y come from the arena
     """
 
-    __slots__ = ("capsule", "router", "_saved")
+    __slots__ = ("capsule", "router")
 
     def __init__(self, target):
         if PyCapsule_CheckExact(target):
@@ -633,21 +637,29 @@ class use:
         else:
             self.router = _router_for(target)
             self.capsule = (<Router>self.router)._capsule()
-        self._saved = contextvars.ContextVar("pgo.use", default=())
-
     def __enter__(self):
         previous = PyDataMem_SetHandler(self.capsule)
-        self._saved.set(self._saved.get() + (previous,))
+        _USE_STACK.set(_USE_STACK.get() + ((self, previous),))
         return self.router
 
     def __exit__(self, *exc):
-        saved = self._saved.get()
-        if not saved:
+        # The innermost entry of this object in this context.  (No negative
+        # indices: this module is compiled with wraparound off.)
+        stack = _USE_STACK.get()
+        i = len(stack)
+        while i > 0 and stack[i - 1][0] is not self:
+            i -= 1
+        if i == 0:
             raise RuntimeError("pgo.use: __exit__ without __enter__ in this context")
-        # (No negative indices: this module is compiled with wraparound off.)
-        self._saved.set(saved[:len(saved) - 1])
-        PyDataMem_SetHandler(saved[len(saved) - 1])
+        _USE_STACK.set(stack[:i - 1] + stack[i:])
+        PyDataMem_SetHandler(stack[i - 1][1])
         return False
+
+
+# What each use() entered in this context saved: (use, previous handler),
+# innermost last.  One variable for all of them, so a context holds one
+# entry however many use() objects it has seen.
+_USE_STACK = contextvars.ContextVar("pgo.use", default=())
 
 
 def current_handler():
@@ -679,9 +691,11 @@ def _patch_threads():
 
     def _bootstrap_inner(self):
         state = _installed
-        if state is not None:
-            PyDataMem_SetHandler(state[1])
-        original(self)
+        try:
+            if state is not None:
+                PyDataMem_SetHandler(state[1])
+        finally:
+            original(self)          # whatever happened: Thread.start() waits for it
 
     threading.Thread._bootstrap_inner = _bootstrap_inner
     _thread_hook_done = True
