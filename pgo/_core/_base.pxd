@@ -38,6 +38,7 @@ cdef class Allocator:
     cdef pgo_lock_t* _lock
     cdef size_t _min_align
     cdef size_t _max_align     # most an allocation can be aligned to
+    cdef bint _fork_registered # its mutex is in the fork registry (see _base.pyx)
     cdef object __weakref__
 
     # Hooks, called with the lock held (and the GIL): return a PGO_ERR_* code.
@@ -49,6 +50,7 @@ cdef class Allocator:
     # numpy's handler: fills *out, or returns -1 if this allocator cannot
     # serve one (the base class).  Needs no lock.
     cdef int _backend(self, pgo_backend_t* out) noexcept
+    cdef void _fork_forget(self) noexcept
     cdef void _sync(self) noexcept             # write derived stats into *_st
     cdef size_t _canary_len(self, Block b) noexcept  # test build: bytes checked after a block
     cdef Block _check_free(self, object block)

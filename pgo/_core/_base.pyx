@@ -40,15 +40,12 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 from pgo._core._typedefs cimport (
-    pgo_backend_t, pgo_lock_t, pgo_stats_t, pgo_canary_ok, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    pgo_backend_t, pgo_lock_t, pgo_stats_t, pgo_canary_ok, pthread_mutex_t, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
     PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
     pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
 )
 
-import gc
-import os
-import weakref
 
 import numpy as np
 
@@ -263,38 +260,77 @@ cdef class Block:
                 f"({self.allocator._where(self.ptr)}) of {self.allocator!r}>")
 
 
-# Threadsafe allocators, for the fork hooks below.
-_THREADSAFE = weakref.WeakSet()
-_HELD_ACROSS_FORK = []
-_GC_WAS_ENABLED = [False]
+# NOTE: fork().  Every threadsafe allocator's mutex is taken just before
+# fork() and let go just after it, in parent and child alike, so the child
+# never inherits a mutex some other thread held mid-operation (it would
+# deadlock on it) or a structure half-way through a change.  This is done by
+# pthread_atfork handlers, inside fork() itself, after CPython's own
+# before-fork work: there the forking thread holds the GIL and runs no
+# Python code, and every other holder of an allocator mutex is C code that
+# lets it go without needing the GIL (the rule pgo_lock_gil_held keeps), so
+# waiting for each mutex cannot deadlock.  (Taking them from an
+# os.register_at_fork hook could: that waits with the GIL released while
+# holding the mutexes taken so far, and numpy's callbacks block on those
+# mutexes with the GIL held.)  The registry holds the mutexes of Python-made
+# allocators (C callers of *_create own their own fork story).
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <stdlib.h>
+    static pthread_mutex_t pgo_fork_registry = PTHREAD_MUTEX_INITIALIZER;
+    static pthread_mutex_t **pgo_fork_mutexes;
+    static size_t pgo_fork_n, pgo_fork_cap;
+
+    static void pgo_fork_prepare(void) {
+        pthread_mutex_lock(&pgo_fork_registry);
+        for (size_t i = 0; i < pgo_fork_n; i++)
+            pthread_mutex_lock(pgo_fork_mutexes[i]);
+    }
+    static void pgo_fork_release(void) {
+        for (size_t i = pgo_fork_n; i > 0; i--)
+            pthread_mutex_unlock(pgo_fork_mutexes[i - 1]);
+        pthread_mutex_unlock(&pgo_fork_registry);
+    }
+    static int pgo_fork_hooks(void) {
+        return pthread_atfork(pgo_fork_prepare, pgo_fork_release, pgo_fork_release);
+    }
+    /* 0, or -1 when out of memory. */
+    static int pgo_fork_register(pthread_mutex_t *m) {
+        int rc = 0;
+        pthread_mutex_lock(&pgo_fork_registry);
+        if (pgo_fork_n == pgo_fork_cap) {
+            size_t cap = pgo_fork_cap ? 2 * pgo_fork_cap : 16;
+            pthread_mutex_t **a = realloc(pgo_fork_mutexes, cap * sizeof(*a));
+            if (a == NULL) {
+                rc = -1;
+                goto out;
+            }
+            pgo_fork_mutexes = a;
+            pgo_fork_cap = cap;
+        }
+        pgo_fork_mutexes[pgo_fork_n++] = m;
+    out:
+        pthread_mutex_unlock(&pgo_fork_registry);
+        return rc;
+    }
+    static void pgo_fork_unregister(pthread_mutex_t *m) {
+        pthread_mutex_lock(&pgo_fork_registry);
+        for (size_t i = 0; i < pgo_fork_n; i++) {
+            if (pgo_fork_mutexes[i] == m) {
+                pgo_fork_mutexes[i] = pgo_fork_mutexes[--pgo_fork_n];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&pgo_fork_registry);
+    }
+    """
+    int pgo_fork_hooks() noexcept nogil
+    int pgo_fork_register(pthread_mutex_t* m) noexcept nogil
+    void pgo_fork_unregister(pthread_mutex_t* m) noexcept nogil
 
 
-def _before_fork():
-    # NOTE: every threadsafe allocator's mutex is taken before fork() and let
-    # go after it, in parent and child alike, so the child never inherits a
-    # mutex some other thread held mid-operation (it would deadlock on it)
-    # or a structure half-way through a change.  The GC is off meanwhile: a
-    # collection dropping a Block would wait for a mutex this thread holds.
-    cdef Allocator a
-    _GC_WAS_ENABLED[0] = gc.isenabled()
-    gc.disable()
-    allocators = sorted(_THREADSAFE, key=id)
-    _HELD_ACROSS_FORK.extend(allocators)
-    for a in allocators:
-        pgo_lock_gil_held(a._lock, a._st)
-
-
-def _after_fork():
-    cdef Allocator a
-    for a in _HELD_ACROSS_FORK:
-        pgo_unlock(a._lock)
-    _HELD_ACROSS_FORK.clear()
-    if _GC_WAS_ENABLED[0]:
-        gc.enable()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
-                    after_in_child=_after_fork)
+if pgo_fork_hooks() != 0:
+    raise ImportError("pgo: pthread_atfork failed; allocators could not be made fork-safe")
 
 
 cdef class Allocator:
@@ -317,8 +353,17 @@ cdef class Allocator:
         if type(self) is Allocator:
             raise TypeError("Allocator is abstract; use StackAllocator, LinearAllocator, "
                             "ArenaAllocator or SlabAllocator")
-        if self._lock.enabled:
-            _THREADSAFE.add(self)
+        if self._lock.enabled and not self._fork_registered:
+            if pgo_fork_register(&self._lock.mutex) != 0:
+                raise MemoryError("pgo: cannot register the allocator's mutex for fork()")
+            self._fork_registered = True
+
+    cdef void _fork_forget(self) noexcept:
+        # Called by each subclass's __dealloc__ before its struct (and the
+        # mutex in it) is freed.
+        if self._fork_registered:
+            pgo_fork_unregister(&self._lock.mutex)
+            self._fork_registered = False
 
     # -- hooks filled in by each allocator family ------------------------
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

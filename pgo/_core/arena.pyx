@@ -461,6 +461,7 @@ cdef class ArenaAllocator(Allocator):
         self._min_align = PGO_ARENA_MIN_ALIGN
 
     def __dealloc__(self):
+        self._fork_forget()
         arena_destroy(self.a)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

@@ -469,6 +469,7 @@ cdef class CacheAllocator(Allocator):
         self._max_align = PAGE
 
     def __dealloc__(self):
+        self._fork_forget()
         cache_destroy(self.c)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

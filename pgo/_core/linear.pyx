@@ -190,6 +190,7 @@ cdef class LinearAllocator(Allocator):
         self._lock = &self.s.lock
 
     def __dealloc__(self):
+        self._fork_forget()
         linear_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

@@ -393,6 +393,7 @@ cdef class SlabAllocator(Allocator):
         self._max_align = self.s.align
 
     def __dealloc__(self):
+        self._fork_forget()
         slab_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

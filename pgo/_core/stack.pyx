@@ -336,6 +336,7 @@ cdef class StackAllocator(Allocator):
         self._min_align = PGO_STACK_MIN_ALIGN
 
     def __dealloc__(self):
+        self._fork_forget()
         stack_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

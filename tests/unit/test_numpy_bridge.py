@@ -23,7 +23,12 @@ import ctypes
 import datetime
 import gc
 import multiprocessing.pool
+import os
 import random
+import subprocess
+import sys
+import tempfile
+import textwrap
 import threading
 import time
 import weakref
@@ -1219,3 +1224,46 @@ def test_thread_stress_under_one_installed_router():
     cs = cache.stats()
     assert cs["hits"] + cs["misses"] == cs["allocations"] == cs["frees"]
     assert cs["in_use"] == 0 and cs["hits"] > 0
+
+
+FORK_UNDER_LOAD = textwrap.dedent("""
+    import os, threading, time
+    import numpy as np
+    import pgo
+    first, second = pgo.CacheAllocator(1 << 30), pgo.CacheAllocator(1 << 30)
+    pgo.install(pgo.Router([pgo.SizeClass(0, 1 << 20, first),
+                            pgo.SizeClass((1 << 20) + 1, None, second)]))
+    stop = False
+    def trimmer():                # holds a mutex without the GIL, over and over
+        while not stop:
+            blocks = [second.alloc(1 << 16) for _ in range(100)]
+            del blocks
+            second.trim()
+    def allocator():              # numpy's callbacks wait on mutexes with the GIL held
+        while not stop:
+            x = np.empty(1000)
+            del x
+    for target in (trimmer, allocator):
+        threading.Thread(target=target, daemon=True).start()
+    forks, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < 2:
+        pid = os.fork()
+        if pid == 0:
+            x = np.zeros(1000) + 1      # the child can allocate through pgo
+            os._exit(0 if x.sum() == 1000 else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        forks += 1
+    stop = True
+    print("forks", forks)
+""")
+
+
+def test_fork_while_threads_use_the_handler_does_not_deadlock():
+    # RELIABILITY 18: fork() takes every allocator mutex inside fork itself
+    # (pthread_atfork), not from a Python hook that would wait for them with
+    # the GIL released while numpy's callbacks wait for them holding it.
+    proc = subprocess.run([sys.executable, "-c", FORK_UNDER_LOAD], capture_output=True,
+                          text=True, timeout=60, cwd=tempfile.gettempdir(),
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 10
