@@ -14,9 +14,9 @@
 # Free blocks are bounded by max_cached_bytes, evicting the least recently
 # freed first.  Every operation takes the cache's mutex (a cache is always
 # thread-safe: large blocks are few, and the lock costs nothing next to
-# touching their pages).  Live blocks are found from their address in a
-# hash table, so a free is checked (foreign and double frees are errors)
-# and the size passed to a free is never needed.
+# touching their pages).  Every block, live or cached, is found from its
+# address in a hash table, so a free is checked (a foreign pointer, a double
+# free) and the size passed to a free is never needed.
 
 from libc.stdint cimport uint64_t
 
@@ -28,12 +28,13 @@ ctypedef struct pgo_cblock_t:
     char* ptr
     size_t size                 # bytes allocated: the size class
     size_t requested
-    pgo_cblock_t* hnext         # chain in the live table (live blocks)
+    pgo_cblock_t* hnext         # chain in the address table (every block)
     pgo_cblock_t* prev          # free blocks: neighbours in their class list...
     pgo_cblock_t* next
     pgo_cblock_t* older         # ...and in the cache-wide recency list
     pgo_cblock_t* newer
     unsigned int cls
+    bint live                   # handed out (else waiting in the cache)
     bint python_owned           # a Python Block or a numpy array owns it
 
 
@@ -41,9 +42,9 @@ ctypedef struct pgo_cache_t:
     size_t max_cached_bytes
     bint hugepages              # madvise(MADV_HUGEPAGE) blocks of 4 MiB and more
     bint prefault               # populate a fresh block's pages when it is made
-    pgo_cblock_t** table        # live blocks by address
-    size_t table_mask
-    size_t nlive
+    pgo_cblock_t** table        # every block, live or cached, by address: a
+    size_t table_mask           # pointer is ours exactly when it is here
+    size_t nblocks
     pgo_cblock_t** heads        # free blocks by class, most recent first
     pgo_cblock_t* oldest        # free blocks, least recently freed first
     pgo_cblock_t* newest

@@ -122,20 +122,15 @@ cdef void cache_destroy(pgo_cache_t* c) noexcept nogil:
     cdef pgo_cblock_t* nxt
     if c == NULL:
         return
-    # Live blocks too: whoever still points into them was told (the Python
-    # object outlives every Block and array made from it; a C caller owns
-    # the lifetime it chose).
+    # Every block, cached or live: whoever still points into a live one was
+    # told (the Python object outlives every Block and array made from it;
+    # a C caller owns the lifetime it chose).
     for i in range(c.table_mask + 1):
         b = c.table[i]
         while b != NULL:
             nxt = b.hnext
             _release_block(c, b)
             b = nxt
-    b = c.oldest
-    while b != NULL:
-        nxt = b.newer
-        _release_block(c, b)
-        b = nxt
     pgo_vg_destroy(c)
     pgo_lock_destroy(&c.lock)
     pgo_sys_free(c.table)
@@ -170,7 +165,7 @@ cdef inline void _table_add(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
     cdef size_t h = _hash(b.ptr, c.table_mask)
     b.hnext = c.table[h]
     c.table[h] = b
-    c.nlive += 1
+    c.nblocks += 1
 
 
 cdef pgo_cblock_t* _table_take(pgo_cache_t* c, const void* p, bint remove) noexcept nogil:
@@ -182,7 +177,7 @@ cdef pgo_cblock_t* _table_take(pgo_cache_t* c, const void* p, bint remove) noexc
             if remove:
                 link[0] = b.hnext
                 b.hnext = NULL
-                c.nlive -= 1
+                c.nblocks -= 1
             return b
         link = &b.hnext
         b = link[0]
@@ -236,6 +231,7 @@ cdef size_t _evict_to(pgo_cache_t* c, size_t limit) noexcept nogil:
     while c.cached_bytes > limit and c.oldest != NULL:
         b = c.oldest
         _unlink_free(c, b)
+        _table_take(c, b.ptr, True)
         freed += b.size
         c.stats.capacity -= b.size
         c.evictions += 1
@@ -282,7 +278,7 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
     # Whenever the system refuses (the live table, a block's record, the
     # block), what the cache holds goes back to it and the request is tried
     # once more.
-    if c.nlive >= c.table_mask + 1 and _table_grow(c) != PGO_OK:
+    if c.nblocks >= c.table_mask + 1 and _table_grow(c) != PGO_OK:
         if c.cached_blocks:
             _evict_to(c, 0)
         if _table_grow(c) != PGO_OK:
@@ -313,9 +309,10 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
         if <size_t>b.ptr + size > c.hi:
             pgo_atomic_store(&c.hi, <size_t>b.ptr + size)
         c.stats.capacity += size
+        _table_add(c, b)
     b.requested = n
     b.python_owned = python_owned
-    _table_add(c, b)
+    b.live = True
     pgo_vg_alloc(c, b.ptr, n)
     if PGO_DEBUG_FILL:
         memset(b.ptr, PGO_FILL_ALLOC, n)
@@ -335,13 +332,14 @@ cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcep
         return PGO_OK
     b = _table_take(c, p, False)
     if b == NULL:
-        # Not live: a block waiting in the cache is a double free.
-        if <size_t>p >= c.lo and <size_t>p < c.hi:
-            return PGO_ERR_DOUBLE_FREE
         return PGO_ERR_FOREIGN
+    if not b.live:
+        return PGO_ERR_DOUBLE_FREE          # waiting in the cache already
     if b.python_owned != from_python:
-        return PGO_ERR_PY_OWNED if b.python_owned else PGO_ERR_FOREIGN
-    _table_take(c, p, True)
+        # A C-level free of an array's block, or the reverse: the wrong
+        # owner.  Either way the block is ours, and stays as it is.
+        return PGO_ERR_PY_OWNED
+    b.live = False
     if PGO_DEBUG_FILL:
         memset(b.ptr, PGO_FILL_FREE, b.requested)
     pgo_vg_free(c, b.ptr)
@@ -350,6 +348,7 @@ cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcep
     c.stats.requested -= b.requested
     c.stats.lost -= b.size - b.requested
     if b.size > c.max_cached_bytes:
+        _table_take(c, p, True)
         c.stats.capacity -= b.size
         c.evictions += 1
         _release_block(c, b)
@@ -406,22 +405,18 @@ cdef int _cache_take(void* state, size_t n, void** out) noexcept nogil:
 
 cdef int _cache_give(void* state, void* p) noexcept nogil:
     cdef pgo_cache_t* c = <pgo_cache_t*>state
-    cdef pgo_cblock_t* b
     cdef int err
-    # Blocks are page aligned and the only pointers given back are their
-    # starts: anything else is not ours, decided without the lock.  (The
-    # address bounds alone do not decide it: blocks come from malloc, so
-    # other memory lies between them.)
+    # Blocks are page aligned, so an unaligned pointer is not one of them
+    # (nor inside one: every pointer handed out is a block's start), decided
+    # without the lock.  The address bounds alone decide little: blocks come
+    # from malloc, so other memory lies between them.  An aligned pointer
+    # is ours exactly when the address table has it.
     if (<size_t>p & (PAGE - 1)) != 0:
         return PGO_ERR_FOREIGN
     pgo_lock(&c.lock, &c.stats)
-    b = _table_take(c, p, False)
-    if b == NULL or not b.python_owned:
-        err = PGO_ERR_FOREIGN
-    else:
-        err = _cache_free_unlocked(c, p, True)
-        if err == PGO_OK:
-            c.stats.live_blocks -= 1
+    err = _cache_free_unlocked(c, p, True)
+    if err == PGO_OK:
+        c.stats.live_blocks -= 1
     pgo_unlock(&c.lock)
     return err
 
@@ -434,7 +429,7 @@ cdef size_t _cache_span(void* state, void* p) noexcept nogil:
         return 0
     pgo_lock(&c.lock, &c.stats)
     b = _table_take(c, p, False)
-    if b != NULL:
+    if b != NULL and b.live:
         n = b.size
     pgo_unlock(&c.lock)
     return n
