@@ -21,6 +21,12 @@ ctypedef struct pgo_linear_t:
     size_t top
     size_t handler_live       # blocks numpy's handler took and has not given back
     bint handler_used         # the handler took blocks since the last rewind
+    # Rewinding by itself is safe only while every block since the last
+    # rewind is counted (arrays and Python Blocks): a C-level linear_alloc
+    # since then, which nothing counts, rules it out until reset().
+    size_t owned_allocs       # arrays and Blocks allocated since the last rewind
+    size_t allocs_at_rewind   # stats.allocs at the last rewind or reset
+    size_t rewinds            # rewinds the handler made (reset() counts in stats.resets)
     size_t lo, hi             # the buffer's address range
     bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats

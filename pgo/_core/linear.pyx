@@ -15,11 +15,11 @@ from libc.string cimport memset
 from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
-    PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, pgo_backend_t,
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG,
-    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_align_up, pgo_bad_align,
-    pgo_lock, pgo_lock_destroy, pgo_lock_init, pgo_unlock, pgo_vg_alloc,
-    pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE,
+    PGO_OK, pgo_align_up, pgo_backend_t, pgo_bad_align, pgo_lock,
+    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
+    pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
 )
 
 from pgo._errors import AllocatorError
@@ -94,28 +94,39 @@ cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
     _linear_rewind(s)
+    s.stats.resets += 1
     return PGO_OK
 
 
 cdef void _linear_rewind(pgo_linear_t* s) noexcept nogil:
     # The reset itself; the caller made sure nothing is alive.
     s.handler_used = False
+    s.owned_allocs = 0
     if PGO_DEBUG_FILL:
         memset(s.base, PGO_FILL_FREE, s.top)
     pgo_vg_trim(s, s.base, 0)          # every block goes
     linear_sync_stats(s)
     s.top = 0
     s.stats.in_use = 0
-    s.stats.resets += 1
     s.stats.requested = 0
     s.stats.lost = 0
+    s.allocs_at_rewind = s.stats.allocs
+
+
+cdef void _linear_maybe_rewind(pgo_linear_t* s) noexcept nogil:
+    # After the handler's last array (or the last Block after it) is gone:
+    # rewind, unless C code allocated here since the last rewind.
+    if s.handler_used and s.stats.allocs - s.allocs_at_rewind == s.owned_allocs:
+        _linear_rewind(s)
+        s.rewinds += 1
 
 
 # -- numpy's handler (see pgo_backend_t) ----------------------------------
 # There is no individual free: the handler counts the arrays it placed here,
 # and once the last of them, and every Python Block, is gone (whichever goes
-# last) the buffer rewinds, as reset() would.  So a loop of temporaries
-# reuses one buffer.
+# last) the buffer rewinds, as reset() would, unless C code allocated from it
+# since the last rewind (its blocks are not counted, so they might still be
+# in use).  So a loop of temporaries reuses one buffer.
 
 cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
     cdef pgo_linear_t* s = <pgo_linear_t*>state
@@ -125,6 +136,7 @@ cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
     if err == PGO_OK:
         s.handler_live += 1
         s.handler_used = True
+        s.owned_allocs += 1
         s.stats.live_blocks += 1
     pgo_unlock(&s.lock)
     return err
@@ -145,7 +157,7 @@ cdef int _linear_give(void* state, void* p) noexcept nogil:
         s.stats.live_blocks -= 1
         s.stats.frees += 1
         if s.stats.live_blocks == 0:
-            _linear_reset_unlocked(s)
+            _linear_maybe_rewind(s)
     pgo_unlock(&s.lock)
     return err
 
@@ -194,12 +206,15 @@ cdef class LinearAllocator(Allocator):
         linear_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        return _linear_alloc_unlocked(self.s, nbytes, align, out)
+        cdef int err = _linear_alloc_unlocked(self.s, nbytes, align, out)
+        if err == PGO_OK:
+            self.s.owned_allocs += 1
+        return err
 
     cdef void _c_dead(self, Block b) noexcept:
         self.s.stats.frees += 1
-        if self.s.handler_used and self.s.stats.live_blocks == 1:
-            _linear_rewind(self.s)      # the last Block after the handler's arrays
+        if self.s.stats.live_blocks == 1:
+            _linear_maybe_rewind(self.s)    # the last Block after the handler's arrays
 
     cdef void _sync(self) noexcept:
         linear_sync_stats(self.s)
@@ -224,7 +239,11 @@ cdef class LinearAllocator(Allocator):
                 f"of {self.s.size:,} bytes left before reset()")
 
     def _extra_stats(self):
-        return {"top": self.s.top}
+        cdef size_t top, rewinds
+        pgo_lock_gil_held(self._lock, self._st)
+        top, rewinds = self.s.top, self.s.rewinds
+        pgo_unlock(self._lock)
+        return {"top": top, "rewinds": rewinds}
 
     def free(self, block):
         """Not supported: a linear allocator frees everything at ``reset()``.

@@ -950,6 +950,30 @@ def test_linear_rewinds_when_a_block_dies_after_the_arrays():
     del block
     assert linear.live_blocks == 0
     assert linear.in_use == 0
+    stats = linear.stats()
+    assert stats["rewinds"] == 1 and stats["resets"] == 0   # a rewind is not a reset()
+
+
+def test_linear_does_not_rewind_under_c_level_blocks(cext):
+    # C code's linear_alloc blocks are not counted anywhere, so once C code
+    # has allocated, only reset() may rewind: the handler's last array
+    # going must leave the C block's bytes alone.
+    linear = pgo.LinearAllocator(1 * MiB, threadsafe=True)
+    address = cext.linear_alloc_c(linear, 64)
+    ctypes.memset(address, 0x3C, 64)
+    with pgo.use(linear):
+        a = np.ones(1000)
+    del a
+    assert linear.live_blocks == 0 and linear.stats()["rewinds"] == 0
+    with pgo.use(linear):
+        b = np.zeros(1000)          # bumps past the C block, never over it
+    assert ctypes.string_at(address, 64) == b"\x3c" * 64
+    del b
+    linear.reset()                  # the C caller's way to give it up
+    with pgo.use(linear):
+        c = np.ones(10)
+    del c
+    assert linear.stats()["rewinds"] == 1
 
 
 # -- Router.from_config (RELIABILITY 22) -------------------------------------------------------
