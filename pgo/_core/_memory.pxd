@@ -16,3 +16,9 @@ cdef char* pgo_sys_reserve(size_t nbytes, size_t min_bytes, size_t align, size_t
                            void** raw, size_t* raw_len) noexcept nogil
 cdef int pgo_sys_commit(char* p, size_t nbytes) noexcept nogil
 cdef void pgo_sys_unreserve(void* raw, size_t raw_len) noexcept nogil
+
+# Zero-filled memory mapped for `nbytes` (rounded up to whole pages), page
+# aligned; with `huge`, 4 MiB and more are 2 MiB aligned and advised huge
+# pages.  Given back with pgo_sys_unmap(p, nbytes).  NULL when refused.
+cdef void* pgo_sys_map(size_t nbytes, bint huge) noexcept nogil
+cdef void pgo_sys_unmap(void* p, size_t nbytes) noexcept nogil

@@ -117,6 +117,37 @@ cdef int pgo_sys_commit(char* p, size_t nbytes) noexcept nogil:
     return 0
 
 
+cdef void* pgo_sys_map(size_t nbytes, bint huge) noexcept nogil:
+    # Fresh zero pages straight from the kernel: page aligned, and for
+    # `huge` buffers of 4 MiB and more 2 MiB aligned and advised huge pages
+    # (the head and tail of an over-sized mapping are unmapped).
+    cdef void* p
+    cdef uintptr_t a, end, raw_end
+    cdef size_t slack = HUGE_PAGE if huge and nbytes >= HUGE_THRESHOLD else 0
+    if _injected_failure() or nbytes == 0 or nbytes > (<size_t>-1) - HUGE_PAGE - 4096:
+        return NULL
+    nbytes = (nbytes + 4095) & ~(<size_t>4095)
+    p = mmap(NULL, nbytes + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if p == MAP_FAILED:
+        return NULL
+    if slack:
+        a = (<uintptr_t>p + HUGE_PAGE - 1) & ~(<uintptr_t>HUGE_PAGE - 1)
+        end = a + nbytes
+        raw_end = <uintptr_t>p + nbytes + slack
+        if a > <uintptr_t>p:
+            munmap(p, a - <uintptr_t>p)
+        if raw_end > end:
+            munmap(<void*>end, raw_end - end)
+        p = <void*>a
+        madvise(p, nbytes, MADV_HUGEPAGE)
+    return p
+
+
+cdef void pgo_sys_unmap(void* p, size_t nbytes) noexcept nogil:
+    if p != NULL:
+        munmap(p, (nbytes + 4095) & ~(<size_t>4095))
+
+
 cdef void pgo_sys_unreserve(void* raw, size_t raw_len) noexcept nogil:
     if raw != NULL:
         munmap(raw, raw_len)

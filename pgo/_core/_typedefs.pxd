@@ -121,7 +121,8 @@ ctypedef struct pgo_lock_t:
 # the GIL and without raising: each allocator family fills one of these in
 # (Allocator._backend).  Every function takes the allocator's own lock.
 #   take: n bytes (aligned to 16), owned as an array's data: reset() refuses
-#         while it is alive, as for a Python Block.  A PGO_ERR_* code.
+#         while it is alive, as for a Python Block; zeroed when `zero` (the
+#         allocator knows when its memory already is).  A PGO_ERR_* code.
 #   give: give back a block from take; PGO_ERR_FOREIGN, with nothing
 #         changed, when p is not in this allocator's memory.
 #   span: bytes that can be read from p inside the allocator's memory (at
@@ -129,7 +130,7 @@ ctypedef struct pgo_lock_t:
 #   lo, hi: point at the allocator's address bounds: all its memory lies in
 #         [*lo, *hi), read with pgo_atomic_load (they grow as it does), so
 #         the router passes a pointer by without calling give.
-ctypedef int (*pgo_take_fn)(void* state, size_t n, void** out) noexcept nogil
+ctypedef int (*pgo_take_fn)(void* state, size_t n, bint zero, void** out) noexcept nogil
 ctypedef int (*pgo_give_fn)(void* state, void* p) noexcept nogil
 ctypedef size_t (*pgo_span_fn)(void* state, void* p) noexcept nogil
 

@@ -359,7 +359,7 @@ cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil:
 # An array's block is marked Python-owned, as a Block's is; its chunk is
 # recycled once every block in it is given back.
 
-cdef int _arena_take(void* state, size_t n, void** out) noexcept nogil:
+cdef int _arena_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
     cdef pgo_arena_t* a = <pgo_arena_t*>state
     cdef size_t token, i
     cdef int err
@@ -370,6 +370,8 @@ cdef int _arena_take(void* state, size_t n, void** out) noexcept nogil:
         a.chunks[token & 0xffffffffu].pybits[i >> 6] |= (<uint64_t>1) << (i & 63)
         a.stats.live_blocks += 1
     pgo_unlock(&a.lock)
+    if zero and err == PGO_OK:
+        memset(out[0], 0, n)
     return err
 
 

@@ -2,8 +2,9 @@
 
 Design: a request is rounded up to its size class (4 KiB, then eight
 classes per power of two, so at most 12.5% is rounded away) and served from
-the most recently freed block of that class, or else from a fresh block of
-the system (``pgo_sys_alloc``, huge-page aligned and advised from 4 MiB).
+the most recently freed block of that class, or else from a fresh block
+mapped from the system (``pgo_sys_map``: zero pages, so ``np.zeros`` needs
+no memset; huge-page aligned and advised from 4 MiB).
 A freed block goes to the front of its class list and to the new end of a
 cache-wide recency list; while the cached bytes exceed ``max_cached_bytes``
 the oldest cached block goes back to the system.  If the system refuses a
@@ -22,7 +23,7 @@ from libc.string cimport memset
 from posix.mman cimport madvise
 
 from pgo._core._base cimport Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_raise
-from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
+from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free, pgo_sys_map, pgo_sys_unmap
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM,
     PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK,
@@ -112,7 +113,7 @@ cdef pgo_cache_t* cache_create(size_t max_cached_bytes, bint hugepages, bint pre
 
 
 cdef void _release_block(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
-    pgo_sys_free(b.ptr)
+    pgo_sys_unmap(b.ptr, b.size)
     pgo_sys_free(b)
 
 
@@ -252,23 +253,25 @@ cdef void _prefault(char* p, size_t n) noexcept nogil:
         i += PAGE
 
 
-cdef pgo_cblock_t* _fresh_block(size_t size) noexcept nogil:
-    # A block of `size` bytes from the system, with its record; NULL if refused.
+cdef pgo_cblock_t* _fresh_block(size_t size, bint huge) noexcept nogil:
+    # A block of `size` bytes mapped fresh (zero pages, so a calloc of it
+    # needs no memset), with its record; NULL if refused.
     cdef pgo_cblock_t* b = <pgo_cblock_t*>pgo_sys_calloc(1, sizeof(pgo_cblock_t))
     if b == NULL:
         return NULL
-    b.ptr = <char*>pgo_sys_alloc(size, PAGE)
+    b.ptr = <char*>pgo_sys_map(size, huge)
     if b.ptr == NULL:
         pgo_sys_free(b)
         return NULL
     return b
 
 
-cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
+cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint zero,
                                void** out) noexcept nogil:
     cdef size_t size
     cdef unsigned int cls
     cdef pgo_cblock_t* b
+    cdef bint fresh = False
     if n == 0:
         n = 1
     size = cache_class_size(n)
@@ -291,17 +294,18 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
         c.hits += 1
     else:
         c.misses += 1
-        b = _fresh_block(size)
+        b = _fresh_block(size, c.hugepages)
         if b == NULL and c.cached_blocks:
             _evict_to(c, 0)
-            b = _fresh_block(size)
+            b = _fresh_block(size, c.hugepages)
         if b == NULL:
             c.stats.failed += 1
             return PGO_ERR_NOMEM
+        fresh = True
         b.size = size
         b.cls = cls
         if not c.hugepages and size >= 4194304:
-            madvise(b.ptr, size, MADV_NOHUGEPAGE)   # pgo_sys_alloc advised huge pages
+            madvise(b.ptr, size, MADV_NOHUGEPAGE)   # even where THP is "always"
         if c.prefault:
             _prefault(b.ptr, size)
         if c.lo == 0 or <size_t>b.ptr < c.lo:
@@ -316,6 +320,8 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned,
     pgo_vg_alloc(c, b.ptr, n)
     if PGO_DEBUG_FILL:
         memset(b.ptr, PGO_FILL_ALLOC, n)
+    if zero and (not fresh or PGO_DEBUG_FILL or c.prefault):
+        memset(b.ptr, 0, n)         # fresh pages are zero already, and untouched
     c.stats.allocs += 1
     c.stats.requested += n
     c.stats.lost += size - n
@@ -362,7 +368,7 @@ cdef void* cache_alloc(pgo_cache_t* c, size_t n) except NULL nogil:
     cdef void* p = NULL
     cdef int err
     pgo_lock(&c.lock, &c.stats)
-    err = _cache_alloc_unlocked(c, n, False, &p)
+    err = _cache_alloc_unlocked(c, n, False, False, &p)
     pgo_unlock(&c.lock)
     if err != PGO_OK:
         return pgo_fail_null(err, "CacheAllocator", n, PAGE)
@@ -392,11 +398,11 @@ cdef size_t cache_trim(pgo_cache_t* c) noexcept nogil:
 
 # -- numpy's handler (see pgo_backend_t) -------------------------------------
 
-cdef int _cache_take(void* state, size_t n, void** out) noexcept nogil:
+cdef int _cache_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
     cdef pgo_cache_t* c = <pgo_cache_t*>state
     cdef int err
     pgo_lock(&c.lock, &c.stats)
-    err = _cache_alloc_unlocked(c, n, True, out)
+    err = _cache_alloc_unlocked(c, n, True, zero, out)
     if err == PGO_OK:
         c.stats.live_blocks += 1
     pgo_unlock(&c.lock)
@@ -468,7 +474,7 @@ cdef class CacheAllocator(Allocator):
         cache_destroy(self.c)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        return _cache_alloc_unlocked(self.c, nbytes, True, out)
+        return _cache_alloc_unlocked(self.c, nbytes, True, False, out)
 
     cdef int _c_free(self, Block b) noexcept:
         return _cache_free_unlocked(self.c, b.ptr, True)

@@ -128,7 +128,7 @@ cdef void _linear_maybe_rewind(pgo_linear_t* s) noexcept nogil:
 # since the last rewind (its blocks are not counted, so they might still be
 # in use).  So a loop of temporaries reuses one buffer.
 
-cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
+cdef int _linear_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
     cdef pgo_linear_t* s = <pgo_linear_t*>state
     cdef int err
     pgo_lock(&s.lock, &s.stats)
@@ -139,6 +139,8 @@ cdef int _linear_take(void* state, size_t n, void** out) noexcept nogil:
         s.owned_allocs += 1
         s.stats.live_blocks += 1
     pgo_unlock(&s.lock)
+    if zero and err == PGO_OK:
+        memset(out[0], 0, n)
     return err
 
 

@@ -264,7 +264,7 @@ cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept 
         for i in range(r.nroutes):
             rt = &r.routes[i]
             if rt.lo <= n and n <= rt.hi:
-                if rt.be.take(rt.be.state, n, &p) == PGO_OK:
+                if rt.be.take(rt.be.state, n, False, &p) == PGO_OK:
                     pgo_atomic_inc(&rt.allocs)
                     return p
                 pgo_atomic_inc(&r.fallback)
@@ -333,9 +333,8 @@ cdef void* _h_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
         for i in range(r.nroutes):
             rt = &r.routes[i]
             if rt.lo <= n and n <= rt.hi:
-                if rt.be.take(rt.be.state, n, &p) == PGO_OK:
+                if rt.be.take(rt.be.state, n, True, &p) == PGO_OK:
                     pgo_atomic_inc(&rt.allocs)
-                    memset(p, 0, n)
                     return p
                 pgo_atomic_inc(&r.fallback)
                 break

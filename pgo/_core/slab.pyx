@@ -272,7 +272,7 @@ cdef int _slab_free_slow(pgo_slab_t* s, void* p) noexcept nogil:
 # A block taken for an array is marked as Python-owned, as a Block's is, so
 # C code cannot free it and reset() refuses while it is alive.
 
-cdef int _slab_take(void* state, size_t n, void** out) noexcept nogil:
+cdef int _slab_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
     cdef pgo_slab_t* s = <pgo_slab_t*>state
     cdef size_t slot
     cdef int err
@@ -286,6 +286,8 @@ cdef int _slab_take(void* state, size_t n, void** out) noexcept nogil:
         s.py_requested += n
         s.stats.live_blocks += 1
     pgo_unlock(&s.lock)
+    if zero and err == PGO_OK:
+        memset(out[0], 0, n)
     return err
 
 

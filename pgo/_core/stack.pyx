@@ -188,7 +188,7 @@ cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
 # Arrays die in any order: a block given back below the top is marked dead
 # and released with the blocks above it, as a dropped Block's is.
 
-cdef int _stack_take(void* state, size_t n, void** out) noexcept nogil:
+cdef int _stack_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
     cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef int err
     pgo_lock(&s.lock, &s.stats)
@@ -197,6 +197,8 @@ cdef int _stack_take(void* state, size_t n, void** out) noexcept nogil:
         _stack_hdr(s, <uintptr_t>out[0] - <uintptr_t>s.base).flags |= PGO_STACK_PY
         s.stats.live_blocks += 1
     pgo_unlock(&s.lock)
+    if zero and err == PGO_OK:
+        memset(out[0], 0, n)
     return err
 
 
