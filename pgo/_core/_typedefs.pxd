@@ -125,8 +125,10 @@ ctypedef struct pgo_lock_t:
 #         allocator knows when its memory already is).  A PGO_ERR_* code.
 #   give: give back a block from take; PGO_ERR_FOREIGN, with nothing
 #         changed, when p is not in this allocator's memory.
-#   span: bytes that can be read from p inside the allocator's memory (at
-#         least the block's size; 0 when p is not its memory), for realloc.
+#   span: the size of the live block that starts at p (0 when there is
+#         none): what realloc copies, and how pgo.owner() finds the owner.
+#         (A linear allocator keeps no sizes: there it is the bytes up to
+#         its top.)
 #   lo, hi: point at the allocator's address bounds: all its memory lies in
 #         [*lo, *hi), read with pgo_atomic_load (they grow as it does), so
 #         the router passes a pointer by without calling give.

@@ -396,15 +396,20 @@ cdef int _arena_give(void* state, void* p) noexcept nogil:
 
 
 cdef size_t _arena_span(void* state, void* p) noexcept nogil:
+    # A block ends where the next one in its chunk starts (or at the top).
     cdef pgo_arena_t* a = <pgo_arena_t*>state
-    cdef size_t x = <size_t>p, chunk, off, n = 0
-    if x < pgo_atomic_load(&a.lo) or x >= pgo_atomic_load(&a.hi):
+    cdef size_t x = <size_t>p, chunk, index, off, end, n = 0
+    cdef pgo_arena_chunk_t* c
+    if not _arena_may_own(a, x):
         return 0
     pgo_lock(&a.lock, &a.stats)
     if _arena_find(a, p, &chunk) == PGO_OK:
-        off = x - <size_t>a.chunks[chunk].base
-        if off < a.chunks[chunk].top:
-            n = a.chunks[chunk].top - off
+        c = &a.chunks[chunk]
+        off = x - <size_t>c.base
+        if (_arena_block_at(c, off, &index) == PGO_OK
+                and not (c.released[index >> 6] & ((<uint64_t>1) << (index & 63)))):
+            end = (<size_t>c.starts[index + 1]) << 3 if index + 1 < c.nblocks else c.top
+            n = end - off
     pgo_unlock(&a.lock)
     return n
 

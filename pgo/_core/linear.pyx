@@ -165,6 +165,8 @@ cdef int _linear_give(void* state, void* p) noexcept nogil:
 
 
 cdef size_t _linear_span(void* state, void* p) noexcept nogil:
+    # No block sizes are kept: the bytes from p up to the top, which hold
+    # the block (realloc copies at most what the new block holds).
     cdef pgo_linear_t* s = <pgo_linear_t*>state
     cdef uintptr_t a = <uintptr_t>p
     cdef size_t top

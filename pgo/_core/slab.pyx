@@ -314,9 +314,15 @@ cdef int _slab_give(void* state, void* p) noexcept nogil:
 
 cdef size_t _slab_span(void* state, void* p) noexcept nogil:
     cdef pgo_slab_t* s = <pgo_slab_t*>state
+    cdef size_t slot, n = 0
     if <uintptr_t>p < <uintptr_t>s.base or (<uintptr_t>p - <uintptr_t>s.base) // s.stride >= s.max_slots:
         return 0
-    return s.block_size
+    pgo_lock(&s.lock, &s.stats)
+    if (_slab_locate(s, p, &slot) == PGO_OK
+            and s.bitmap[slot >> 6] & ((<uint64_t>1) << (slot & 63))):
+        n = s.block_size
+    pgo_unlock(&s.lock)
+    return n
 
 
 cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:

@@ -230,15 +230,24 @@ cdef int _stack_give(void* state, void* p) noexcept nogil:
 
 
 cdef size_t _stack_span(void* state, void* p) noexcept nogil:
+    # Walks down from the top: a block ends where the one above it began
+    # (its header's prev_top), the top block at the top.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef uintptr_t a = <uintptr_t>p
-    cdef size_t top
+    cdef size_t off, k, end, n = 0
     if a <= <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
         return 0
+    off = a - <uintptr_t>s.base
     pgo_lock(&s.lock, &s.stats)
-    top = s.top
+    k = s.last
+    end = s.top
+    while k > off:
+        end = _stack_hdr(s, k).prev_top
+        k = _stack_hdr(s, k).prev_last
+    if k == off and off != 0 and not (_stack_hdr(s, k).flags & PGO_STACK_DEAD):
+        n = end - off - PGO_CANARY
     pgo_unlock(&s.lock)
-    return top - (a - <uintptr_t>s.base) if a - <uintptr_t>s.base < top else 0
+    return n
 
 
 cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
