@@ -202,6 +202,19 @@ cdef int _stack_take(void* state, size_t n, bint zero, void** out) noexcept nogi
     return err
 
 
+cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept nogil:
+    # O(1): a block's header, in place, consistent with a block below the
+    # top.  Arrays freed oldest first (a list of them dropped) would make a
+    # walk from the top quadratic.  Only pointers the handler handed out get
+    # here (numpy gives back nothing else), so a header is not forged.
+    cdef pgo_stack_hdr_t* h
+    if off < sizeof(pgo_stack_hdr_t) or off >= s.top or off & 7:
+        return False
+    h = _stack_hdr(s, off)
+    return (h.magic == PGO_STACK_MAGIC and h.prev_top <= off - sizeof(pgo_stack_hdr_t)
+            and h.prev_last < off)
+
+
 cdef int _stack_give(void* state, void* p) noexcept nogil:
     cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef uintptr_t a = <uintptr_t>p
@@ -212,14 +225,12 @@ cdef int _stack_give(void* state, void* p) noexcept nogil:
         return PGO_ERR_FOREIGN
     off = a - <uintptr_t>s.base
     pgo_lock(&s.lock, &s.stats)
-    if off != s.last:
-        # Not the top: it must be a live block further down (the walk is as
-        # deep as the blocks above it; arrays mostly die near the top).
+    if off != s.last and not _stack_looks_like_block(s, off):
+        # Not the top, and no header of a block under it: say what it is
+        # (the walk is as deep as the stack, but only misuse gets here).
         err = _stack_classify(s, off)
-        if err == PGO_ERR_ORDER:
-            err = PGO_OK
-        elif err == PGO_ERR_FOREIGN:
-            err = PGO_ERR_DOUBLE_FREE   # in the buffer, above the top: gone already
+        if err == PGO_ERR_FOREIGN or err == PGO_ERR_ORDER:
+            err = PGO_ERR_DOUBLE_FREE   # above the top: gone already
     if err == PGO_OK and _stack_hdr(s, off).flags != PGO_STACK_PY:
         err = PGO_ERR_DOUBLE_FREE if _stack_hdr(s, off).flags & PGO_STACK_DEAD else PGO_ERR_PY_OWNED
     if err == PGO_OK:
