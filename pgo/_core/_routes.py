@@ -78,7 +78,7 @@ def router_from_config(router_cls: type, entries: Any, *, source: str = "<config
                        name: str = "pgo") -> Any:
     from pgo._core.numpy_bridge import SizeClass
 
-    if not isinstance(entries, list):
+    if not isinstance(entries, (list, tuple)):
         raise ConfigError(f"{source}: numpy.size_class must be an array of tables "
                           f"([[numpy.size_class]]), got {type(entries).__name__}")
     classes = []

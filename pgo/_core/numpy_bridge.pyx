@@ -596,7 +596,7 @@ cdef object _router_for(object target):
         if isinstance(target, SlabAllocator):
             hi = (<SlabAllocator>target).s.block_size
         return Router([SizeClass(0, hi, target)], name=f"pgo:{type(target).__name__}")
-    raise TypeError(f"expected a pgo allocator, a Router or a numpy handler capsule, "
+    raise TypeError(f"expected a pgo allocator or a Router, "
                     f"got {type(target).__name__}")
 
 
@@ -706,7 +706,9 @@ def install(target):
     ``threading.Thread`` started from now on (``concurrent.futures``
     workers included).  Threads already running keep their handler.
 
-    Returns the Router.  Installing again replaces the previous one.
+    Returns the Router.  Installing again replaces the previous one.  In a
+    thread inside a ``with pgo.use(...)`` block, the block's exit puts back
+    that thread's handler from before the block, as for any nested change.
     """
     global _installed
     router = _router_for(target)
