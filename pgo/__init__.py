@@ -8,6 +8,7 @@ numpy's own allocations as its data-memory handler (use, install, Router).
 from pgo._core._base import DEBUG_BUILD, Allocator, Block
 from pgo._core.arena import ArenaAllocator
 from pgo._core.cache import CacheAllocator
+from pgo._core.containers import IntMap, StringBuilder, Vector
 from pgo._core.linear import LinearAllocator
 from pgo._core.numpy_bridge import (
     Router, SizeClass, current_handler, handler_name, install, installed, owner, uninstall,
@@ -15,25 +16,32 @@ from pgo._core.numpy_bridge import (
 )
 from pgo._core.slab import SlabAllocator
 from pgo._core.stack import StackAllocator, StackFrame
-from pgo._errors import AllocatorError, ConfigError, PgoError, ProfileFormatError
+from pgo._errors import AllocatorError, ConfigError, PgoError, PoolError, ProfileFormatError
 from pgo._version import __version__
+from pgo.pools import BufferPool, ObjectPool
 
 __all__ = [
     "Allocator",
     "ArenaAllocator",
     "AllocatorError",
     "Block",
+    "BufferPool",
     "CacheAllocator",
     "ConfigError",
+    "IntMap",
     "DEBUG_BUILD",
     "LinearAllocator",
+    "ObjectPool",
     "PgoError",
+    "PoolError",
     "ProfileFormatError",
     "Router",
     "SizeClass",
     "SlabAllocator",
     "StackAllocator",
     "StackFrame",
+    "StringBuilder",
+    "Vector",
     "__version__",
     "current_handler",
     "handler_name",

@@ -1,6 +1,6 @@
 """Exceptions raised by pgo.  Every one derives from PgoError."""
 
-__all__ = ["PgoError", "AllocatorError", "ConfigError", "ProfileFormatError"]
+__all__ = ["PgoError", "AllocatorError", "ConfigError", "PoolError", "ProfileFormatError"]
 
 
 class PgoError(Exception):
@@ -19,3 +19,8 @@ class ConfigError(PgoError):
 
 class ProfileFormatError(PgoError):
     """A profile file is corrupt, truncated or of an unknown format."""
+
+
+class PoolError(PgoError):
+    """A pool was misused: a buffer or object given back twice, or one the
+    pool did not hand out.  The pool is unchanged."""
