@@ -26,6 +26,7 @@ from pgo._errors import PoolError
 
 __all__ = ["BufferPool", "ObjectPool", "PoolError"]
 
+_MISSING = object()
 MIN_CLASS = 256
 MAX_CLASS = 16 << 20
 T = TypeVar("T")
@@ -70,15 +71,12 @@ class BufferPool:
     # -- backing buffers ----------------------------------------------------
     def _new(self, size: int) -> Any:
         if self._allocator is None:
-            return bytearray(size)
+            # One spare byte, so that the export check's append (below)
+            # never makes the bytearray reallocate (and copy) itself.
+            backing = bytearray(size + 1)
+            del backing[-1]
+            return backing
         return self._allocator.alloc(size)
-
-    @staticmethod
-    def _drop(backing: Any) -> None:
-        # Nothing to do: a dropped bytearray or pgo Block gives its memory
-        # back when the last reference goes (for any allocator, even one
-        # with no individual free).
-        del backing
 
     @staticmethod
     def _exported(backing: Any) -> bool:
@@ -97,24 +95,22 @@ class BufferPool:
         """A writable memoryview of ``nbytes`` bytes (contents undefined)."""
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
             raise ValueError(f"nbytes must be an int > 0, got {nbytes!r}")
-        size = _class_size(nbytes) if nbytes <= MAX_CLASS else nbytes
-        backing = None
+        pooled = nbytes <= MAX_CLASS
+        size = _class_size(nbytes) if pooled else nbytes
         with self._lock:
-            if nbytes <= MAX_CLASS:
-                free = self._free.get(size)
-                if free:
-                    backing = free.pop()
-                    self._pooled_bytes -= size
-                    self._stats["hits"] += 1
-                else:
-                    self._stats["misses"] += 1
-            else:
-                self._stats["unpooled"] += 1
-        if backing is None:
-            backing = self._new(size)
+            free = self._free.get(size) if pooled else None
+            if free:
+                backing = free.pop()
+                self._pooled_bytes -= size
+                self._stats["hits"] += 1
+                view = memoryview(backing)[:nbytes]
+                self._out[id(view)] = (view, backing, size)
+                return view
+            self._stats["misses" if pooled else "unpooled"] += 1
+        backing = self._new(size)           # outside the lock: it may take a while
         view = memoryview(backing)[:nbytes]
         with self._lock:
-            self._out[id(view)] = (view, backing, size if nbytes <= MAX_CLASS else 0)
+            self._out[id(view)] = (view, backing, size if pooled else 0)
         return view
 
     def put_buffer(self, view: memoryview) -> None:
@@ -125,35 +121,28 @@ class BufferPool:
                 pool (the pool is unchanged).
         """
         with self._lock:
-            entry = self._out.get(id(view))
+            entry = self._out.pop(id(view), None)
             if entry is None or entry[0] is not view:
+                if entry is not None:       # another view that happens to share the id
+                    self._out[id(view)] = entry
                 raise PoolError(f"{self!r}: this buffer was not handed out by this pool, "
                                 f"or was given back already")
-            del self._out[id(view)]
-        _, backing, size = entry
-        try:
-            view.release()
-            exported = False
-        except BufferError:             # something holds a view made from ours
-            exported = True
-        if size == 0:                   # over 16 MiB: never pooled
-            self._drop(backing)
-            return
-        if exported or self._exported(backing):
-            # Someone still looks at it: never hand it out again.
-            with self._lock:
+            _, backing, size = entry
+            try:
+                view.release()
+                exported = False
+            except BufferError:             # something holds a view made from ours
+                exported = True
+            if size == 0:                   # over 16 MiB: never pooled
+                return
+            if exported or self._exported(backing):
+                # Someone still looks at it: never hand it out again.
                 self._stats["still_exported"] += 1
-            return
-        with self._lock:
-            if self._pooled_bytes + size > self.max_bytes:
+            elif self._pooled_bytes + size > self.max_bytes:
                 self._stats["evictions"] += 1
-                evict = True
             else:
                 self._free.setdefault(size, []).append(backing)
                 self._pooled_bytes += size
-                evict = False
-        if evict:
-            self._drop(backing)
 
     @contextmanager
     def buffer(self, nbytes: int) -> Iterator[memoryview]:
@@ -169,9 +158,9 @@ class BufferPool:
         with self._lock:
             free, self._free = self._free, {}
             released, self._pooled_bytes = self._pooled_bytes, 0
-        for buffers in free.values():
-            for backing in buffers:
-                self._drop(backing)
+        # Dropped buffers (bytearrays, pgo Blocks) give their memory back
+        # when the last reference goes, for any allocator.
+        free.clear()
         return released
 
     def stats(self) -> dict[str, Any]:
@@ -242,7 +231,7 @@ class ObjectPool(Generic[T]):
             PoolError: given back already, or not from this pool.
         """
         with self._lock:
-            if self._out.get(id(obj)) is not obj:
+            if self._out.get(id(obj), _MISSING) is not obj:
                 raise PoolError(f"{self!r}: this object was not handed out by this pool, "
                                 f"or was given back already")
             del self._out[id(obj)]
