@@ -12,7 +12,8 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "numpy_bridge"]
+MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "numpy_bridge",
+           "containers"]
 
 TEST_BUILD = os.environ.get("PGO_TEST_BUILD", "") not in ("", "0")
 
