@@ -20,7 +20,7 @@ Ownership: blocks in flight belong to the worker holding them or to the
 ring; ``drain()`` checks and frees what the ring still holds.
 """
 
-from libc.stdint cimport uint8_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -29,6 +29,10 @@ from pgo._core._typedefs cimport (
     pthread_mutex_t, pthread_mutex_unlock,
 )
 from pgo._core.arena cimport ArenaAllocator, arena_alloc, arena_release, arena_reset, pgo_arena_t
+from pgo._core.containers cimport (
+    IntMap, StringBuilder, Vector, intmap_delete, intmap_get, intmap_len, intmap_set,
+    sb_append, vector_push_f64, vector_push_i64, vector_reserve,
+)
 from pgo._core.linear cimport (
     LinearAllocator, linear_alloc, linear_create, linear_destroy, linear_reset,
     pgo_linear_t,
@@ -47,6 +51,61 @@ def stack_alloc_c(StackAllocator st not None, size_t n, size_t align=16):
     with nogil:
         p = stack_alloc(st.s, n, align)
     return <uintptr_t>p
+
+
+def vector_fill_c(Vector v not None, long n, bint floats=False):
+    """Push 0..n-1 from nogil code (int64 or float64 elements)."""
+    cdef long i
+    with nogil:
+        for i in range(n):
+            if floats:
+                vector_push_f64(v.v, <double>i)
+            else:
+                vector_push_i64(v.v, i)
+
+
+def vector_reserve_c(Vector v not None, size_t capacity):
+    with nogil:
+        vector_reserve(v.v, capacity)
+
+
+def intmap_count_c(IntMap m not None, keys):
+    """Count each key into m from nogil code (the counting loop of a word
+    count); returns the length afterwards."""
+    cdef Py_ssize_t i, n = len(keys)
+    cdef int64_t* ks = <int64_t*>malloc(max(n, 1) * sizeof(int64_t))
+    cdef int64_t value
+    cdef size_t length
+    if ks == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            ks[i] = keys[i]
+        with nogil:
+            for i in range(n):
+                if not intmap_get(m.m, ks[i], &value):
+                    value = 0
+                intmap_set(m.m, ks[i], value + 1)
+            length = intmap_len(m.m)
+    finally:
+        free(ks)
+    return length
+
+
+def intmap_delete_c(IntMap m not None, int64_t key):
+    cdef int removed
+    with nogil:
+        removed = intmap_delete(m.m, key)
+    return removed
+
+
+def sb_repeat_c(StringBuilder b not None, bytes chunk, long times):
+    cdef const char* p = chunk
+    cdef size_t n = len(chunk)
+    cdef long i
+    with nogil:
+        for i in range(times):
+            sb_append(b.b, p, n)
 
 
 def stack_free_c(StackAllocator st not None, uintptr_t address):

@@ -753,3 +753,46 @@ def test_vector_pop_front_keeps_the_order():
     v = Vector("int64")
     v.extend(list(range(100)))
     assert v.pop(0) == 0 and v.tolist() == list(range(1, 100))
+
+
+# -- the nogil C API (containers.pxd) from third-party Cython ---------------------------
+
+
+def test_containers_c_api_without_the_gil(cext):
+    v = Vector("int64")
+    cext.vector_fill_c(v, 10_000)
+    assert v.tolist() == list(range(10_000))
+    f = Vector("float64")
+    cext.vector_fill_c(f, 100, True)
+    assert f.as_array().sum() == sum(range(100))
+    m = IntMap()
+    keys = [3, 7, 3, -(2 ** 63), 3, 2 ** 63 - 1, -(2 ** 63) + 1] * 1000
+    assert cext.intmap_count_c(m, keys) == 5
+    assert dict(m.items()) == {3: 3000, 7: 1000, -(2 ** 63): 1000, 2 ** 63 - 1: 1000,
+                               -(2 ** 63) + 1: 1000}
+    assert cext.intmap_delete_c(m, 7) == 1 and cext.intmap_delete_c(m, 7) == 0
+    b = StringBuilder()
+    cext.sb_repeat_c(b, b"ab", 50_000)
+    assert b.getvalue() == b"ab" * 50_000
+
+
+def test_containers_c_api_raises_from_nogil_code(cext):
+    fixed = Vector("int64", 4, fixed=True)
+    with pytest.raises(OverflowError, match="full"):
+        cext.vector_fill_c(fixed, 5)
+    assert fixed.tolist() == [0, 1, 2, 3]
+    v = Vector("int64", 8)
+    cext.vector_fill_c(v, 8)
+    view = v.as_array()
+    with pytest.raises(BufferError):
+        cext.vector_fill_c(v, 1)            # would move the data under the view
+    assert len(v) == 8
+    del view
+    with pytest.raises(MemoryError):
+        cext.vector_reserve_c(v, 2 ** 62)
+    b = StringBuilder()
+    cext.sb_repeat_c(b, b"x", 10)
+    with memoryview(b):
+        with pytest.raises(BufferError):
+            cext.sb_repeat_c(b, b"y" * 4096, 1)
+    assert b.getvalue() == b"x" * 10
