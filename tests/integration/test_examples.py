@@ -47,3 +47,20 @@ def test_db_pool_10k_queries_no_leak(tmp_path):
 def test_db_pool_rejects_bad_arguments():
     proc = run_example("db_pool.py", "--size", "0")
     assert proc.returncode == 2 and "--size" in proc.stderr
+
+
+def test_json_stream_pgo_output_is_identical_and_arena_reused():
+    proc = run_example("json_stream.py", "--records", "2000", "--values", "32", "--repeat", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["identical_output"] is True
+    arena = summary["arena"]
+    # Every record's temporaries came from the arena, and its one chunk was
+    # reused record after record: nothing left alive, no second chunk.
+    assert arena["allocations"] >= 2000 * 5
+    assert arena["live_blocks"] == 0 and arena["chunks"] == 1
+
+
+def test_json_stream_rejects_bad_arguments():
+    proc = run_example("json_stream.py", "--records", "0")
+    assert proc.returncode == 2 and "--records" in proc.stderr
