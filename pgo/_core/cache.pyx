@@ -224,9 +224,9 @@ cdef void _push_free(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
     c.cached_blocks += 1
 
 
-cdef size_t _evict_to(pgo_cache_t* c, size_t limit) noexcept nogil:
+cdef size_t _evict_to(pgo_cache_t* c, size_t limit, bint evicted) noexcept nogil:
     # Gives the oldest cached blocks back until at most `limit` bytes are
-    # cached; each counts as an eviction (trim() takes the count back).
+    # cached; `evicted`: count them as evictions (pushed out, not trimmed).
     cdef size_t freed = 0
     cdef pgo_cblock_t* b
     while c.cached_bytes > limit and c.oldest != NULL:
@@ -235,7 +235,7 @@ cdef size_t _evict_to(pgo_cache_t* c, size_t limit) noexcept nogil:
         _table_take(c, b.ptr, True)
         freed += b.size
         c.stats.capacity -= b.size
-        c.evictions += 1
+        c.evictions += evicted
         _release_block(c, b)
     return freed
 
@@ -283,7 +283,7 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
     # once more.
     if c.nblocks >= c.table_mask + 1 and _table_grow(c) != PGO_OK:
         if c.cached_blocks:
-            _evict_to(c, 0)
+            _evict_to(c, 0, True)
         if _table_grow(c) != PGO_OK:
             c.stats.failed += 1
             return PGO_ERR_NOMEM
@@ -296,7 +296,7 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
         c.misses += 1
         b = _fresh_block(size, c.hugepages)
         if b == NULL and c.cached_blocks:
-            _evict_to(c, 0)
+            _evict_to(c, 0, True)
             b = _fresh_block(size, c.hugepages)
         if b == NULL:
             c.stats.failed += 1
@@ -360,7 +360,7 @@ cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcep
         _release_block(c, b)
         return PGO_OK
     _push_free(c, b)
-    _evict_to(c, c.max_cached_bytes)
+    _evict_to(c, c.max_cached_bytes, True)
     return PGO_OK
 
 
@@ -386,11 +386,9 @@ cdef int cache_free(pgo_cache_t* c, void* p) except -1 nogil:
 
 
 cdef size_t cache_trim(pgo_cache_t* c) noexcept nogil:
-    cdef size_t freed, n
+    cdef size_t freed
     pgo_lock(&c.lock, &c.stats)
-    n = c.cached_blocks
-    freed = _evict_to(c, 0)
-    c.evictions -= n            # given back on request, not pushed out
+    freed = _evict_to(c, 0, False)
     c.trims += 1
     pgo_unlock(&c.lock)
     return freed
@@ -484,9 +482,7 @@ cdef class CacheAllocator(Allocator):
 
     cdef int _c_reset(self) noexcept:
         # Nothing is live (reset() checked): a reset is a trim.
-        cdef size_t n = self.c.cached_blocks
-        _evict_to(self.c, 0)
-        self.c.evictions -= n
+        _evict_to(self.c, 0, False)
         self.c.stats.resets += 1
         return PGO_OK
 

@@ -241,20 +241,18 @@ cdef extern from *:
 
 # -- the router, in C ---------------------------------------------------------
 
-cdef inline void* _sys_alloc(pgo_router_t* r, size_t n) noexcept nogil:
-    return pgo_sys_path_alloc(n, r.small_cache, r.hugepages, False)
-
-
 cdef inline void _sys_free(pgo_router_t* r, void* p) noexcept nogil:
     if pgo_sys_path_free(p) != 0:
         pgo_atomic_inc(&r.errors)     # not a block of ours: leaked, never freed blindly
 
 
 cdef void* pgo_route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogil:
-    return _route_alloc(r, n, routed)
+    return _route_alloc(r, n, routed, False)
 
 
-cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogil:
+cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed, bint zero) noexcept nogil:
+    # zero: calloc; each allocator (and the system path) zeroes only what
+    # is not zero already.
     cdef void* p = NULL
     cdef size_t i
     cdef pgo_route_t* rt
@@ -264,12 +262,12 @@ cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept 
         for i in range(r.nroutes):
             rt = &r.routes[i]
             if rt.lo <= n and n <= rt.hi:
-                if rt.be.take(rt.be.state, n, False, &p) == PGO_OK:
+                if rt.be.take(rt.be.state, n, zero, &p) == PGO_OK:
                     pgo_atomic_inc(&rt.allocs)
                     return p
                 pgo_atomic_inc(&r.fallback)
                 break
-    return _sys_alloc(r, n)
+    return pgo_sys_path_alloc(n, r.small_cache, r.hugepages, zero)
 
 
 cdef void pgo_route_free(pgo_router_t* r, void* p) noexcept nogil:
@@ -316,29 +314,15 @@ ctypedef struct pgo_capsule_t:
 
 cdef void* _h_malloc(void* ctx, size_t size) noexcept nogil:
     cdef pgo_capsule_t* h = <pgo_capsule_t*>ctx
-    return _route_alloc(h.router, size, pgo_atomic_load(&h.active) != 0)
+    return _route_alloc(h.router, size, pgo_atomic_load(&h.active) != 0, False)
 
 
 cdef void* _h_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
     cdef pgo_capsule_t* h = <pgo_capsule_t*>ctx
-    cdef pgo_router_t* r = h.router
-    cdef size_t n, i
-    cdef void* p = NULL
-    cdef pgo_route_t* rt
+    cdef size_t n
     if pgo_mul_overflow(nelem, elsize, &n):
         return NULL
-    if n == 0:
-        n = 1
-    if pgo_atomic_load(&h.active):
-        for i in range(r.nroutes):
-            rt = &r.routes[i]
-            if rt.lo <= n and n <= rt.hi:
-                if rt.be.take(rt.be.state, n, True, &p) == PGO_OK:
-                    pgo_atomic_inc(&rt.allocs)
-                    return p
-                pgo_atomic_inc(&r.fallback)
-                break
-    return pgo_sys_path_alloc(n, r.small_cache, r.hugepages, True)
+    return _route_alloc(h.router, n, pgo_atomic_load(&h.active) != 0, True)
 
 
 cdef void* _h_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
@@ -355,7 +339,7 @@ cdef void* _h_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
         if span:
             # Moves to wherever a block of the new size is routed; on failure
             # the old block is untouched, as realloc promises.
-            q = _route_alloc(r, new_size, pgo_atomic_load(&h.active) != 0)
+            q = _route_alloc(r, new_size, pgo_atomic_load(&h.active) != 0, False)
             if q == NULL:
                 return NULL
             memcpy(q, ptr, span if span < new_size else new_size)
