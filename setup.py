@@ -13,7 +13,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "numpy_bridge",
-           "containers"]
+           "containers", "recorder"]
 
 TEST_BUILD = os.environ.get("PGO_TEST_BUILD", "") not in ("", "0")
 

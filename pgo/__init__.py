@@ -16,7 +16,9 @@ from pgo._core.numpy_bridge import (
 )
 from pgo._core.slab import SlabAllocator
 from pgo._core.stack import StackAllocator, StackFrame
-from pgo._errors import AllocatorError, ConfigError, PgoError, PoolError, ProfileFormatError
+from pgo._errors import (
+    AllocatorError, ConfigError, PgoError, PoolError, ProfileFormatError, ProfilerError,
+)
 from pgo._version import __version__
 from pgo.pools import BufferPool, ObjectPool
 
@@ -35,6 +37,7 @@ __all__ = [
     "PgoError",
     "PoolError",
     "ProfileFormatError",
+    "ProfilerError",
     "Router",
     "SizeClass",
     "SlabAllocator",

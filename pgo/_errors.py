@@ -1,6 +1,7 @@
 """Exceptions raised by pgo.  Every one derives from PgoError."""
 
-__all__ = ["PgoError", "AllocatorError", "ConfigError", "PoolError", "ProfileFormatError"]
+__all__ = ["PgoError", "AllocatorError", "ConfigError", "PoolError", "ProfileFormatError",
+           "ProfilerError"]
 
 
 class PgoError(Exception):
@@ -24,3 +25,8 @@ class ProfileFormatError(PgoError):
 class PoolError(PgoError):
     """A pool was misused: a buffer or object given back twice, or one the
     pool did not hand out.  The pool is unchanged."""
+
+
+class ProfilerError(PgoError):
+    """The profiler cannot start: another one is running in this process,
+    or the target to profile cannot be found."""

@@ -16,6 +16,8 @@ from typing import Protocol
 from pgo._errors import PgoError
 from pgo._version import __version__
 from pgo.commands.demo import DemoCommand
+from pgo.commands.profile import ProfileCommand
+from pgo.commands.show import ShowCommand
 
 
 class CommandError(PgoError):
@@ -32,7 +34,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
-_COMMANDS: list[type[Command]] = [DemoCommand]
+_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, DemoCommand]
 
 
 def _name(cls: type) -> str:

@@ -1,0 +1,180 @@
+"""Running a user's program the way ``python`` would, from inside a process
+pgo controls (the profiler's and the runner's child).
+
+A target is ``script.py args``, ``-m module args`` or ``-c code args``,
+optionally after a Python interpreter and its options (``python -X dev
+job.py``).  Inside the process it runs with ``__name__ == "__main__"``,
+``sys.argv`` as Python would set it, ``sys.path[0]`` the script's folder
+(the current directory for ``-m``), its exit status and its traceback
+(without pgo's frames) as without pgo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+
+from pgo._errors import PgoError
+
+# Interpreter options that take a value (python --help).
+_OPTS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
+_PYTHON = re.compile(r"^(python|pypy)[0-9.]*(d|m|dm)?(\.exe)?$")
+
+
+class TargetError(PgoError):
+    """The program to run cannot be found or the command is malformed."""
+
+
+@dataclass
+class Target:
+    kind: str                 # "script", "module" or "code"
+    name: str                 # path, module name or code
+    args: list[str]
+    python: list[str]         # interpreter and its options
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "args": list(self.args),
+                "python": list(self.python)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Target:
+        return cls(d["kind"], d["name"], list(d["args"]), list(d["python"]))
+
+    def label(self) -> str:
+        if self.kind == "script":
+            return os.path.splitext(os.path.basename(self.name))[0] or "script"
+        if self.kind == "module":
+            return self.name.rsplit(".", 1)[-1] or "module"
+        return "code"
+
+    def command(self) -> list[str]:
+        head = {"script": [self.name], "module": ["-m", self.name], "code": ["-c", self.name]}
+        return [*self.python, *head[self.kind], *self.args]
+
+
+def parse(argv: list[str], *, module: str | None = None) -> Target:
+    """A Target from a command line: ``[python [opts]] script args``,
+    ``[python [opts]] -m mod args``, ``-c code args``.  ``module``: a module
+    given separately (``pgo profile -m mod``)."""
+    argv = list(argv)
+    python = [sys.executable]
+    if module is not None:
+        return Target("module", module, argv, python)
+    if not argv:
+        raise TargetError("no program given: pass `script.py args`, `-m module args` or "
+                          "`-- python script.py args`")
+    if _PYTHON.match(os.path.basename(argv[0])):
+        exe = shutil.which(argv[0]) if os.sep not in argv[0] else argv[0]
+        if exe is None or not os.access(exe, os.X_OK):
+            raise TargetError(f"{argv[0]}: no such Python interpreter")
+        python = [exe]
+        argv = argv[1:]
+        while argv and argv[0].startswith("-") and argv[0] not in ("-m", "-c", "-"):
+            opt = argv.pop(0)
+            python.append(opt)
+            if opt in _OPTS_WITH_VALUE and argv:
+                python.append(argv.pop(0))
+        if not argv:
+            raise TargetError("no program after the interpreter: give a script, -m module "
+                              "or -c code")
+    if argv[0] == "-m":
+        if len(argv) < 2:
+            raise TargetError("-m needs a module name")
+        return Target("module", argv[1], argv[2:], python)
+    if argv[0] == "-c":
+        if len(argv) < 2:
+            raise TargetError("-c needs code")
+        return Target("code", argv[1], argv[2:], python)
+    if argv[0].startswith("-"):
+        raise TargetError(f"unknown option {argv[0]!r} before the program")
+    script = argv[0]
+    if not os.path.exists(script):
+        raise TargetError(f"{script}: no such file")
+    if os.path.isdir(script) and not os.path.exists(os.path.join(script, "__main__.py")):
+        raise TargetError(f"{script}: a directory without __main__.py")
+    return Target("script", script, argv[1:], python)
+
+
+def check_module(name: str) -> None:
+    """Raise TargetError when ``-m name`` cannot run (as ``python -m`` would
+    say), importing only its parent packages."""
+    try:
+        runpy._get_module_details(name)           # type: ignore[attr-defined]
+    except ImportError as e:
+        raise TargetError(f"-m {name}: {e}") from None
+    except Exception as e:
+        raise TargetError(f"-m {name}: {type(e).__name__}: {e}") from None
+
+
+def run(target: Target) -> int:
+    """Run the target in this process, as ``python`` would, and return its
+    exit status (uncaught exceptions are printed through sys.excepthook)."""
+    if target.kind == "script":
+        path = os.path.abspath(target.name)
+        sys.argv = [target.name, *target.args]
+        sys.path[0] = os.path.dirname(os.path.realpath(path)) if os.path.isfile(path) else path
+        main = lambda: _keep(runpy.run_path(path, run_name="__main__"))  # noqa: E731
+        frame_file = os.path.realpath(path)
+    elif target.kind == "module":
+        sys.argv = [target.name, *target.args]     # runpy puts the file in argv[0]
+        sys.path[0] = os.getcwd()
+        main = lambda: _keep(runpy.run_module(target.name, run_name="__main__",  # noqa: E731
+                                              alter_sys=True))
+        frame_file = None
+    else:
+        sys.argv = ["-c", *target.args]
+        sys.path[0] = ""
+
+        def main() -> None:
+            import __main__
+            code = compile(target.name, "<string>", "exec")
+            exec(code, __main__.__dict__)
+        frame_file = "<string>"
+    try:
+        main()
+    except SystemExit as e:
+        return _exit_status(e)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        return 130
+    except BaseException as e:
+        tb = e.__traceback__
+        # Drop pgo's and runpy's frames, as python's own traceback has none.
+        while tb is not None and tb.tb_next is not None and not _is_target_frame(tb, frame_file):
+            tb = tb.tb_next
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        return 1
+    return 0
+
+
+_globals: list[dict] = []
+
+
+def _keep(namespace: dict) -> None:
+    # runpy drops the module it ran when it returns; python keeps __main__'s
+    # globals until shutdown, so objects they hold live until then here too.
+    _globals.append(namespace)
+
+
+def _is_target_frame(tb, frame_file: str | None) -> bool:
+    filename = tb.tb_frame.f_code.co_filename
+    if frame_file is not None:
+        return os.path.realpath(filename) == frame_file if frame_file != "<string>" \
+            else filename == "<string>"
+    here = os.path.dirname(os.path.abspath(__file__))
+    return not (filename.startswith(here) or os.path.basename(filename) == "runpy.py")
+
+
+def _exit_status(e: SystemExit) -> int:
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1

@@ -1,0 +1,622 @@
+"""The profile bundle format: one place that writes and reads it.
+
+A bundle is a directory that ``pgo profile`` writes and ``pgo show`` /
+``pgo analyze`` read:
+
+    manifest.json          what ran, where, how long, which collectors, overhead
+    allocations.json       tracemalloc sites (Python objects and numpy data)
+                           and their live bytes over time (snapshots), when
+                           tracemalloc was on
+    events.trace           numpy data events from the recording handler (binary,
+                           format in pgo._core.recorder)
+    objects.trace          sampled Python object allocations and their frees
+                           (same format)
+    event_sites.json       the table resolving both traces' site ids
+    gc.json                collections and every pause
+    cpu.txt                py-spy samples (raw, "frame;frame;frame count")
+    cpu.speedscope.json    the same, for speedscope
+    children/PID/          a bundle per followed child process
+
+Every reader checks the format name and version and raises
+``ProfileFormatError`` naming the file, the byte offset and the record for
+anything it cannot trust: truncation, bad magic, flipped bits (the trace's
+blocks carry a checksum), absurd counts, wrong JSON types.  Nothing is ever
+unpickled.  A trace cut short by a killed process (the manifest says the run
+did not complete) loads up to its last whole block, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pgo._errors import ProfileFormatError
+
+__all__ = [
+    "FORMAT", "VERSION", "Bundle", "load", "read_json", "write_json", "read_events",
+    "read_cpu_raw", "speedscope_from_samples", "EVENT_DTYPE", "EVENT_KINDS",
+]
+
+FORMAT = "pgo-profile"
+VERSION = 1
+
+MANIFEST = "manifest.json"
+ALLOCATIONS = "allocations.json"
+EVENTS = "events.trace"
+OBJECTS = "objects.trace"
+EVENT_SITES = "event_sites.json"
+GC = "gc.json"
+CPU_RAW = "cpu.txt"
+CPU_SPEEDSCOPE = "cpu.speedscope.json"
+CHILDREN = "children"
+
+# Formats of the JSON parts: (format name, version).
+JSON_FORMATS = {
+    MANIFEST: ("pgo-profile", 1),
+    ALLOCATIONS: ("pgo-allocations", 1),
+    EVENT_SITES: ("pgo-event-sites", 1),
+    GC: ("pgo-gc", 1),
+}
+
+TRACE_MAGIC = b"PGOTRACE"
+TRACE_VERSION = 1
+TRACE_HEADER = struct.Struct("<8sIIIIQ")     # magic, version, header, record, block max, t0
+BLOCK_HEADER = struct.Struct("<4sIII")       # b"PGOB", count, seq, checksum
+FOOTER = struct.Struct("<4sIQ")              # b"PGOE", blocks, records
+EVENT_DTYPE = np.dtype([
+    ("t_ns", "<u8"), ("addr", "<u8"), ("size", "<u8"), ("old", "<u8"),
+    ("site", "<u4"), ("tid", "<u4"), ("kind", "u1"), ("level", "u1"), ("pad", "V6"),
+])
+EVENT_KINDS = {1: "alloc", 2: "calloc", 3: "realloc", 4: "free"}
+# The recorder writes at most 4096 records per block; a reader accepts up to
+# this many so that a bit flip in a count cannot ask for gigabytes.
+MAX_BLOCK_RECORDS = 1 << 16
+# JSON parts larger than this are refused before being read.
+MAX_JSON_BYTES = 1 << 30
+
+
+def _err(path: os.PathLike | str, offset: int | None, record: str, what: str) -> ProfileFormatError:
+    where = f"{os.fspath(path)}"
+    if offset is not None:
+        where += f": byte {offset}"
+    if record:
+        where += f": {record}"
+    return ProfileFormatError(f"{where}: {what}")
+
+
+# -- JSON parts ---------------------------------------------------------------------
+
+def write_json(path: os.PathLike | str, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file, then rename), so a
+    reader never sees half a file, even from a process killed mid-write.
+    (No fsync: that guards against power loss, at milliseconds a write.)"""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: os.PathLike | str, expect: tuple[str, int] | None = None) -> dict:
+    """Read a JSON part; check its ``format`` and ``version`` when given."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise _err(path, 0, "", f"{size} bytes is more than a profile part may hold "
+                                    f"({MAX_JSON_BYTES})")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise _err(path, None, "", "missing") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _err(path, e.start, "", "not UTF-8 text") from None
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise _err(path, len(text[:e.pos].encode()), f"line {e.lineno} column {e.colno}",
+                   f"not valid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise _err(path, None, "", str(e)) from None
+    except RecursionError:
+        raise _err(path, None, "", "JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise _err(path, 0, "top level", f"expected an object, got {type(obj).__name__}")
+    if expect is not None:
+        name, version = expect
+        got = obj.get("format")
+        if got != name:
+            raise _err(path, None, "format", f"expected {name!r}, got {got!r}")
+        v = obj.get("version")
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise _err(path, None, "version", f"expected an int, got {v!r}")
+        if v != version:
+            raise _err(path, None, "version",
+                       f"version {v} is not supported (this pgo reads version {version})")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a profile")
+
+
+class _Checker:
+    """Type checks on parsed JSON that name the file and the record path."""
+
+    def __init__(self, path: os.PathLike | str) -> None:
+        self.path = path
+
+    def get(self, obj: Any, key: str, kind: Any, where: str, *, optional: bool = False,
+            default: Any = None) -> Any:
+        if not isinstance(obj, dict):
+            raise _err(self.path, None, where, f"expected an object, got {type(obj).__name__}")
+        if key not in obj:
+            if optional:
+                return default
+            raise _err(self.path, None, f"{where}.{key}" if where else key, "missing")
+        return self.check(obj[key], kind, f"{where}.{key}" if where else key)
+
+    def check(self, value: Any, kind: Any, where: str) -> Any:
+        ok: bool
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "count":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif kind is float:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        elif kind == "nonneg":
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and value >= 0)
+        elif kind is None:
+            ok = True
+        elif isinstance(kind, tuple):
+            ok = any(self._is(value, k) for k in kind)
+        else:
+            ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            name = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
+            raise _err(self.path, None, where, f"expected {name}, got {_show(value)}")
+        return value
+
+    def _is(self, value: Any, kind: Any) -> bool:
+        if kind is type(None):
+            return value is None
+        if kind is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, kind)
+
+    def items(self, obj: Any, key: str, where: str) -> list:
+        return self.get(obj, key, list, where)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)[:40] if not isinstance(value, (bytes, bytearray)) else repr(value)[:40]
+    return f"{type(value).__name__} {text}"
+
+
+# -- the event trace -------------------------------------------------------------
+
+@dataclass
+class EventTrace:
+    """The events of a trace file as a structured array (``EVENT_DTYPE``)."""
+
+    events: np.ndarray
+    t0_ns: int
+    complete: bool            # the footer was there and agreed
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_events(path: os.PathLike | str, *, allow_truncated: bool = False) -> EventTrace:
+    """Read and validate an event trace.
+
+    Each block's count is checked against the bytes left before anything is
+    allocated, and its checksum against its records.  A file that ends without
+    the footer is an error, or with ``allow_truncated`` (a run that did not
+    complete) loads up to its last whole block with a warning.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _err(path, None, "", "missing") from None
+    if len(data) < TRACE_HEADER.size:
+        raise _err(path, 0, "header", f"file is {len(data)} bytes, shorter than the "
+                                      f"{TRACE_HEADER.size}-byte header")
+    magic, version, header_size, record_size, block_max, t0 = TRACE_HEADER.unpack_from(data, 0)
+    if magic != TRACE_MAGIC:
+        raise _err(path, 0, "header", f"bad magic {magic!r}: not a pgo event trace")
+    if version != TRACE_VERSION:
+        raise _err(path, 8, "header", f"version {version} is not supported "
+                                      f"(this pgo reads version {TRACE_VERSION})")
+    if header_size != TRACE_HEADER.size or record_size != EVENT_DTYPE.itemsize:
+        raise _err(path, 12, "header", f"header/record sizes {header_size}/{record_size}, "
+                                       f"expected {TRACE_HEADER.size}/{EVENT_DTYPE.itemsize}")
+    if not 0 < block_max <= MAX_BLOCK_RECORDS:
+        raise _err(path, 20, "header", f"absurd block size {block_max}")
+    pos = TRACE_HEADER.size
+    chunks: list[np.ndarray] = []
+    total = 0
+    seq = 0
+    warnings: list[str] = []
+    complete = False
+    end = len(data)
+
+    def truncated(what: str) -> None:
+        msg = f"{path}: truncated at byte {pos} after record {total} ({what})"
+        if not allow_truncated:
+            raise _err(path, pos, f"block {seq} (after record {total})", what)
+        warnings.append(msg)
+
+    while True:
+        if pos == end:
+            truncated("no footer: the process stopped before the trace was closed")
+            break
+        if end - pos < 4:
+            truncated(f"{end - pos} trailing bytes")
+            break
+        tag = data[pos:pos + 4]
+        if tag == b"PGOE":
+            if end - pos < FOOTER.size:
+                truncated("partial footer")
+                break
+            _, nblocks, nrecords = FOOTER.unpack_from(data, pos)
+            if nblocks != seq or nrecords != total:
+                raise _err(path, pos, "footer", f"says {nblocks} blocks / {nrecords} records, "
+                                                f"the file holds {seq} / {total}")
+            if pos + FOOTER.size != end:
+                raise _err(path, pos + FOOTER.size, "after footer",
+                           f"{end - pos - FOOTER.size} unexpected trailing bytes")
+            complete = True
+            break
+        if tag != b"PGOB":
+            raise _err(path, pos, f"block {seq} (after record {total})",
+                       f"bad block magic {tag!r}")
+        if end - pos < BLOCK_HEADER.size:
+            truncated("partial block header")
+            break
+        _, count, bseq, crc = BLOCK_HEADER.unpack_from(data, pos)
+        if count == 0 or count > block_max:
+            raise _err(path, pos + 4, f"block {seq} (after record {total})",
+                       f"absurd record count {count} (at most {block_max})")
+        if bseq != seq:
+            raise _err(path, pos + 8, f"block {seq} (after record {total})",
+                       f"sequence number {bseq}, expected {seq}")
+        nbytes = count * EVENT_DTYPE.itemsize
+        body = pos + BLOCK_HEADER.size
+        if end - body < nbytes:
+            truncated(f"block {seq} holds {count} records, only {(end - body) // EVENT_DTYPE.itemsize}"
+                      " are in the file")
+            break
+        payload = data[body:body + nbytes]
+        if block_checksum(payload) != crc:
+            raise _err(path, body, f"block {seq}, records {total}..{total + count - 1}",
+                       "checksum mismatch: the records are corrupt")
+        block = np.frombuffer(payload, dtype=EVENT_DTYPE)
+        bad = (block["kind"] < 1) | (block["kind"] > 4)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _err(path, body + i * EVENT_DTYPE.itemsize, f"record {total + i}",
+                       f"unknown event kind {int(block['kind'][i])}")
+        chunks.append(block)
+        total += count
+        seq += 1
+        pos = body + nbytes
+    events = np.concatenate(chunks) if chunks else np.empty(0, EVENT_DTYPE)
+    return EventTrace(events=events, t0_ns=t0, complete=complete, warnings=warnings)
+
+
+def block_checksum(payload: bytes) -> int:
+    """The recorder's block checksum (see pgo._core.recorder): sums of the
+    64-bit words, plain and weighted by position, folded to 32 bits."""
+    w = np.frombuffer(payload, dtype="<u8")
+    with np.errstate(over="ignore"):
+        s1 = int(w.sum(dtype=np.uint64))
+        s2 = int((w * np.arange(1, len(w) + 1, dtype=np.uint64)).sum(dtype=np.uint64))
+    mask = (1 << 64) - 1
+    s1 = (s1 ^ ((s2 * 0x9E3779B97F4A7C15) & mask)) & mask
+    return (s1 ^ (s1 >> 32)) & 0xFFFFFFFF
+
+
+# -- py-spy samples ------------------------------------------------------------------
+
+NO_PYTHON_FRAME = "<no Python frame>"
+
+
+def read_cpu_raw(path: os.PathLike | str, *, allow_truncated: bool = False) -> dict[tuple[str, ...], int]:
+    """py-spy's raw output: one stack per line, outermost frame first,
+    ``frame;frame;... COUNT``.  Returns {stack: samples}."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _err(path, None, "", "missing") from None
+    stacks: dict[tuple[str, ...], int] = {}
+    pos = 0
+    lines = data.split(b"\n")
+    for i, line in enumerate(lines):
+        start = pos
+        pos += len(line) + 1
+        if not line.strip():
+            continue
+        last = i == len(lines) - 1       # no newline after it: maybe cut short
+        try:
+            # Frame names are read from the live process without stopping it
+            # (--nonblocking): one caught mid-update can hold any bytes.
+            text = line.decode("utf-8", errors="replace")
+            stack, _, count = text.rpartition(" ")
+            n = int(count)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            if last and allow_truncated:
+                break
+            raise _err(path, start, f"line {i + 1}", "not a 'frame;frame;... COUNT' line") from None
+        # A sample taken while no Python code ran (start-up, shutdown).
+        key = tuple(stack.split(";")) if stack.strip() else (NO_PYTHON_FRAME,)
+        stacks[key] = stacks.get(key, 0) + n
+    return stacks
+
+
+def speedscope_from_samples(stacks: dict[tuple[str, ...], int], name: str) -> dict:
+    """A speedscope document (https://www.speedscope.app/file-format-schema.json)
+    of sampled stacks."""
+    frames: list[dict] = []
+    index: dict[str, int] = {}
+    samples: list[list[int]] = []
+    weights: list[int] = []
+    for stack, n in sorted(stacks.items()):
+        ids = []
+        for fr in stack:
+            if fr not in index:
+                index[fr] = len(frames)
+                func, file, line = _split_frame(fr)
+                entry: dict[str, Any] = {"name": func}
+                if file:
+                    entry["file"] = file
+                if line is not None:
+                    entry["line"] = line
+                frames.append(entry)
+            ids.append(index[fr])
+        samples.append(ids)
+        weights.append(n)
+    total = sum(weights)
+    return {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "shared": {"frames": frames},
+        "profiles": [{"type": "sampled", "name": name, "unit": "none", "startValue": 0,
+                      "endValue": total, "samples": samples, "weights": weights}],
+        "name": name, "activeProfileIndex": 0, "exporter": "pgo",
+    }
+
+
+def check_speedscope(path: os.PathLike | str) -> dict:
+    """Read a speedscope file and check it against the parts of the schema
+    pgo uses (sampled profiles, frames by index)."""
+    doc = read_json(path)
+    c = _Checker(path)
+    if doc.get("$schema") != "https://www.speedscope.app/file-format-schema.json":
+        raise _err(path, None, "$schema", "not a speedscope document")
+    frames = c.items(c.get(doc, "shared", dict, ""), "frames", "shared")
+    for i, fr in enumerate(frames):
+        c.get(fr, "name", str, f"shared.frames[{i}]")
+    for p, prof in enumerate(c.items(doc, "profiles", "")):
+        where = f"profiles[{p}]"
+        if c.get(prof, "type", str, where) != "sampled":
+            raise _err(path, None, f"{where}.type", "only sampled profiles are read")
+        samples = c.items(prof, "samples", where)
+        weights = c.items(prof, "weights", where)
+        if len(samples) != len(weights):
+            raise _err(path, None, where, f"{len(samples)} samples but {len(weights)} weights")
+        for s, stack in enumerate(samples):
+            c.check(stack, list, f"{where}.samples[{s}]")
+            for k in stack:
+                if not (isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(frames)):
+                    raise _err(path, None, f"{where}.samples[{s}]", f"bad frame index {_show(k)}")
+        for w, weight in enumerate(weights):
+            c.check(weight, "nonneg", f"{where}.weights[{w}]")
+    return doc
+
+
+def _split_frame(frame: str) -> tuple[str, str | None, int | None]:
+    # py-spy writes "function (file.py:123)".
+    if frame.endswith(")") and " (" in frame:
+        func, _, loc = frame[:-1].rpartition(" (")
+        file, _, line = loc.rpartition(":")
+        if file and line.isdigit():
+            return func, file, int(line)
+        return func, loc, None
+    return frame, None, None
+
+
+# -- the bundle ----------------------------------------------------------------------
+
+@dataclass
+class Bundle:
+    """A loaded profile bundle.  Parts a run did not collect are None; the
+    event trace is read on first use of ``events``."""
+
+    path: Path
+    manifest: dict
+    allocations: dict | None
+    event_sites: dict | None
+    gc: dict | None
+    cpu: dict[tuple[str, ...], int] | None
+    warnings: list[str]
+    children: list[Bundle]
+    _events: EventTrace | None = None
+    _objects: EventTrace | None = None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    @property
+    def has_events(self) -> bool:
+        return (self.path / EVENTS).exists()
+
+    @property
+    def events(self) -> EventTrace | None:
+        """numpy data events (every one, up to the budget)."""
+        if self._events is None and self.has_events:
+            self._events = read_events(self.path / EVENTS, allow_truncated=not self.complete)
+            self.warnings.extend(self._events.warnings)
+        return self._events
+
+    @property
+    def objects(self) -> EventTrace | None:
+        """Sampled Python object allocations and their frees."""
+        if self._objects is None and (self.path / OBJECTS).exists():
+            self._objects = read_events(self.path / OBJECTS, allow_truncated=not self.complete)
+            self.warnings.extend(self._objects.warnings)
+        return self._objects
+
+
+def load(path: os.PathLike | str, *, events: bool = True, children: bool = True) -> Bundle:
+    """Load and validate a bundle directory (``events=False`` leaves the
+    trace on disk until ``bundle.events`` is read)."""
+    path = Path(path)
+    if not path.is_dir():
+        if path.exists():
+            raise ProfileFormatError(f"{path}: not a profile bundle (a bundle is a directory "
+                                     f"holding {MANIFEST})")
+        raise ProfileFormatError(f"{path}: no such bundle")
+    manifest = read_json(path / MANIFEST, JSON_FORMATS[MANIFEST])
+    _check_manifest(path / MANIFEST, manifest)
+    warnings: list[str] = []
+    if not manifest["complete"]:
+        warnings.append(f"{path}: the profiled process did not finish cleanly "
+                        f"({_exit_text(manifest)}); parts may be cut short")
+    allocations = _optional(path / ALLOCATIONS, _check_allocations)
+    event_sites = _optional(path / EVENT_SITES, _check_event_sites)
+    gc_part = _optional(path / GC, _check_gc)
+    cpu = None
+    if (path / CPU_RAW).exists():
+        cpu = read_cpu_raw(path / CPU_RAW, allow_truncated=not manifest["complete"])
+    kids: list[Bundle] = []
+    if children and (path / CHILDREN).is_dir():
+        for child in sorted((path / CHILDREN).iterdir()):
+            if (child / MANIFEST).exists():
+                kid = load(child, events=events)
+                kids.append(kid)
+                warnings.extend(kid.warnings)
+    bundle = Bundle(path=path, manifest=manifest, allocations=allocations,
+                    event_sites=event_sites, gc=gc_part, cpu=cpu, warnings=warnings,
+                    children=kids)
+    if events:
+        bundle.events
+        bundle.objects
+    return bundle
+
+
+def _exit_text(manifest: dict) -> str:
+    ex = manifest.get("exit") or {}
+    if ex.get("signal"):
+        return f"killed by {ex['signal']}"
+    if ex.get("code") is not None:
+        return f"exit code {ex['code']}"
+    return "no exit status recorded"
+
+
+def _optional(path: Path, check) -> dict | None:
+    if not path.exists():
+        return None
+    obj = read_json(path, JSON_FORMATS[path.name])
+    check(path, obj)
+    return obj
+
+
+def _check_manifest(path: Path, m: dict) -> None:
+    c = _Checker(path)
+    c.get(m, "complete", bool, "")
+    c.get(m, "command", list, "")
+    for i, a in enumerate(m["command"]):
+        c.check(a, str, f"command[{i}]")
+    c.get(m, "cwd", str, "")
+    c.get(m, "python", str, "")
+    c.get(m, "pid", int, "")
+    c.get(m, "started_at", str, "")
+    c.get(m, "duration_s", (float, int, type(None)), "")
+    c.get(m, "collectors", dict, "")
+    for name, info in m["collectors"].items():
+        c.get(info, "status", str, f"collectors.{name}")
+    c.get(m, "warnings", list, "")
+    c.get(m, "overhead", dict, "", optional=True, default={})
+    c.get(m, "exit", dict, "", optional=True, default={})
+
+
+def _check_allocations(path: Path, a: dict) -> None:
+    c = _Checker(path)
+    c.get(a, "nframes", "count", "")
+    sites = c.items(a, "sites", "")
+    ids = set()
+    for i, s in enumerate(sites):
+        w = f"sites[{i}]"
+        sid = c.get(s, "id", "count", w)
+        ids.add(sid)
+        if c.get(s, "domain", str, w) not in ("objects", "numpy"):
+            raise _err(path, None, f"{w}.domain", f"expected 'objects' or 'numpy', got {s['domain']!r}")
+        for k, fr in enumerate(c.items(s, "frames", w)):
+            c.check(fr, list, f"{w}.frames[{k}]")
+            if len(fr) != 2:
+                raise _err(path, None, f"{w}.frames[{k}]", "expected [file, line]")
+            c.check(fr[0], str, f"{w}.frames[{k}][0]")
+            c.check(fr[1], int, f"{w}.frames[{k}][1]")
+        for key in ("peak_bytes", "peak_count", "final_bytes", "final_count", "snapshots_seen"):
+            c.get(s, key, "count", w)
+    for i, snap in enumerate(c.items(a, "snapshots", "")):
+        w = f"snapshots[{i}]"
+        c.get(snap, "t_s", "nonneg", w)
+        c.get(snap, "traced_bytes", "count", w)
+        for k, row in enumerate(c.items(snap, "live", w)):
+            c.check(row, list, f"{w}.live[{k}]")
+            if len(row) != 3:
+                raise _err(path, None, f"{w}.live[{k}]", "expected [site, bytes, count]")
+            for j in range(3):
+                c.check(row[j], "count", f"{w}.live[{k}][{j}]")
+            if row[0] not in ids:
+                raise _err(path, None, f"{w}.live[{k}][0]", f"unknown site id {row[0]}")
+
+
+def _check_event_sites(path: Path, e: dict) -> None:
+    c = _Checker(path)
+    for i, s in enumerate(c.items(e, "sites", "")):
+        w = f"sites[{i}]"
+        c.get(s, "id", "count", w)
+        c.get(s, "module", (str, type(None)), w)
+        c.get(s, "qualname", str, w)
+        c.get(s, "file", str, w)
+        c.get(s, "line", int, w)
+
+
+def _check_gc(path: Path, g: dict) -> None:
+    c = _Checker(path)
+    thresholds = c.get(g, "thresholds", list, "")
+    for i, t in enumerate(thresholds):
+        c.check(t, "count", f"thresholds[{i}]")
+    for i, gen in enumerate(c.items(g, "generations", "")):
+        for key in ("collections", "collected", "uncollectable"):
+            c.get(gen, key, "count", f"generations[{i}]")
+    pauses = c.get(g, "pauses", dict, "")
+    lengths = set()
+    for key in ("t_s", "generation", "duration_ns", "collected", "uncollectable"):
+        col = c.items(pauses, key, "pauses")
+        lengths.add(len(col))
+        kind = "nonneg" if key == "t_s" else "count"
+        for i, v in enumerate(col):
+            c.check(v, kind, f"pauses.{key}[{i}]")
+    if len(lengths) > 1:
+        raise _err(path, None, "pauses", "columns of different lengths")
+    c.get(g, "pauses_dropped", "count", "")
+    c.get(g, "total_pause_ns", "count", "")
+    c.get(g, "wall_s", "nonneg", "")

@@ -1,0 +1,69 @@
+"""Entry point of the profiled process: ``python -m pgo.profiling.child
+CONTROL`` (CONTROL: JSON from the launcher).  Starts the profiler, runs the
+target as ``python`` would, and writes the bundle at exit, after the
+target's own atexit handlers and non-daemon threads."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+
+from pgo import _target
+from pgo.profiling.session import Options, Profiler, _register_exit
+
+FOLLOW_ENV = "PGO_PROFILE_FOLLOW"
+SKIP_ENV = "PGO_PROFILE_FOLLOW_SKIP"
+
+
+def _status(fd: int | None, **msg) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+    except OSError:
+        pass
+
+
+def main() -> int:
+    control = json.loads(sys.argv[1])
+    fd = control.get("status_fd")
+    target = _target.Target.from_json(control["target"])
+    if target.kind == "module":
+        try:
+            _target.check_module(target.name)
+        except _target.TargetError as e:
+            _status(fd, error=str(e))
+            return 2
+    profiler = Profiler(control["bundle"], Options.from_json(control["options"]),
+                        command=target.command(), target=target.to_json())
+    exit_code: list[int | None] = [None]
+    try:
+        profiler.start()
+    except Exception as e:
+        _status(fd, error=f"cannot start the profiler: {type(e).__name__}: {e}")
+        return 2
+    atexit.register(lambda: profiler.stop(exit_code=exit_code[0]))
+    _status(fd, started=True, pid=os.getpid())
+    if fd is not None:
+        os.close(fd)
+    code = _target.run(target)
+    exit_code[0] = code
+    return code
+
+
+def start_child(spec: str) -> None:
+    """--follow-children, in a Python child process started by the target
+    (called from the sitecustomize hook): profile it into ROOT/PID/."""
+    control = json.loads(spec)
+    directory = os.path.join(control["root"], str(os.getpid()))
+    profiler = Profiler(directory, Options.from_json(control["options"]),
+                        command=list(getattr(sys, "orig_argv", sys.argv)),
+                        target={"kind": "child", "parent_pid": os.getppid()})
+    profiler.start()
+    _register_exit(profiler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
