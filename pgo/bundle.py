@@ -67,7 +67,8 @@ JSON_FORMATS = {
 
 TRACE_MAGIC = b"PGOTRACE"
 TRACE_VERSION = 1
-TRACE_HEADER = struct.Struct("<8sIIIIQ")     # magic, version, header, record, block max, t0
+TRACE_HEADER = struct.Struct("<8sIIIIQII")   # magic, version, header, record, block max, t0,
+                                             # checksum of the 32 bytes before it, zero
 BLOCK_HEADER = struct.Struct("<4sIII")       # b"PGOB", count, seq, checksum
 FOOTER = struct.Struct("<4sIQ")              # b"PGOE", blocks, records
 EVENT_DTYPE = np.dtype([
@@ -117,6 +118,8 @@ def read_json(path: os.PathLike | str, expect: tuple[str, int] | None = None) ->
         raw = path.read_bytes()
     except FileNotFoundError:
         raise _err(path, None, "", "missing") from None
+    except OSError as e:
+        raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -230,15 +233,20 @@ def read_events(path: os.PathLike | str, *, allow_truncated: bool = False) -> Ev
         data = path.read_bytes()
     except FileNotFoundError:
         raise _err(path, None, "", "missing") from None
+    except OSError as e:
+        raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
     if len(data) < TRACE_HEADER.size:
         raise _err(path, 0, "header", f"file is {len(data)} bytes, shorter than the "
                                       f"{TRACE_HEADER.size}-byte header")
-    magic, version, header_size, record_size, block_max, t0 = TRACE_HEADER.unpack_from(data, 0)
+    (magic, version, header_size, record_size, block_max, t0, head_sum,
+     zero) = TRACE_HEADER.unpack_from(data, 0)
     if magic != TRACE_MAGIC:
         raise _err(path, 0, "header", f"bad magic {magic!r}: not a pgo event trace")
     if version != TRACE_VERSION:
         raise _err(path, 8, "header", f"version {version} is not supported "
                                       f"(this pgo reads version {TRACE_VERSION})")
+    if block_checksum(data[:32]) != head_sum or zero != 0:
+        raise _err(path, 32, "header", "checksum mismatch: the header is corrupt")
     if header_size != TRACE_HEADER.size or record_size != EVENT_DTYPE.itemsize:
         raise _err(path, 12, "header", f"header/record sizes {header_size}/{record_size}, "
                                        f"expected {TRACE_HEADER.size}/{EVENT_DTYPE.itemsize}")
@@ -317,15 +325,10 @@ def read_events(path: os.PathLike | str, *, allow_truncated: bool = False) -> Ev
 
 
 def block_checksum(payload: bytes) -> int:
-    """The recorder's block checksum (see pgo._core.recorder): sums of the
-    64-bit words, plain and weighted by position, folded to 32 bits."""
-    w = np.frombuffer(payload, dtype="<u8")
-    with np.errstate(over="ignore"):
-        s1 = int(w.sum(dtype=np.uint64))
-        s2 = int((w * np.arange(1, len(w) + 1, dtype=np.uint64)).sum(dtype=np.uint64))
-    mask = (1 << 64) - 1
-    s1 = (s1 ^ ((s2 * 0x9E3779B97F4A7C15) & mask)) & mask
-    return (s1 ^ (s1 >> 32)) & 0xFFFFFFFF
+    """The recorder's checksum (see pgo._core.recorder) of a header or a
+    block's records."""
+    from pgo._core.recorder import checksum
+    return checksum(payload)
 
 
 # -- py-spy samples ------------------------------------------------------------------
@@ -341,6 +344,8 @@ def read_cpu_raw(path: os.PathLike | str, *, allow_truncated: bool = False) -> d
         data = path.read_bytes()
     except FileNotFoundError:
         raise _err(path, None, "", "missing") from None
+    except OSError as e:
+        raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
     stacks: dict[tuple[str, ...], int] = {}
     pos = 0
     lines = data.split(b"\n")
@@ -349,7 +354,11 @@ def read_cpu_raw(path: os.PathLike | str, *, allow_truncated: bool = False) -> d
         pos += len(line) + 1
         if not line.strip():
             continue
-        last = i == len(lines) - 1       # no newline after it: maybe cut short
+        last = i == len(lines) - 1       # no newline after it: cut short
+        if last and allow_truncated:
+            # py-spy ends every line with a newline: a last line without
+            # one was cut, maybe inside its count ("12" read as "1").
+            break
         try:
             # Frame names are read from the live process without stopping it
             # (--nonblocking): one caught mid-update can hold any bytes.
@@ -507,7 +516,8 @@ def load(path: os.PathLike | str, *, events: bool = True, children: bool = True)
     if children and (path / CHILDREN).is_dir():
         for child in sorted((path / CHILDREN).iterdir()):
             if (child / MANIFEST).exists():
-                kid = load(child, events=events)
+                # Every descendant writes into the root's children/: one level.
+                kid = load(child, events=events, children=False)
                 kids.append(kid)
                 warnings.extend(kid.warnings)
     bundle = Bundle(path=path, manifest=manifest, allocations=allocations,
@@ -546,7 +556,8 @@ def _check_manifest(path: Path, m: dict) -> None:
     c.get(m, "python", str, "")
     c.get(m, "pid", int, "")
     c.get(m, "started_at", str, "")
-    c.get(m, "duration_s", (float, int, type(None)), "")
+    if c.get(m, "duration_s", None, "") is not None:
+        c.get(m, "duration_s", "nonneg", "")
     c.get(m, "collectors", dict, "")
     for name, info in m["collectors"].items():
         c.get(info, "status", str, f"collectors.{name}")

@@ -122,8 +122,7 @@ class ProfileCommand:
         directory = Path(args.output) if args.output else launcher.default_bundle_dir(target)
         log(f"profiling `{' '.join(target.command()[1:])}` into {directory}")
         try:
-            result = launcher.profile(target, directory, options, cpu_options=cpu_options,
-                                      log=log)
+            result = launcher.profile(target, directory, options, cpu_options=cpu_options)
         except PgoError as e:
             raise CommandError(str(e), exit_code=2) from None
         for w in result.warnings:

@@ -4,8 +4,7 @@ py-spy from outside, waits, and completes the manifest (exit status, CPU
 collector, children).
 
 The child inherits stdin, stdout and stderr, so the program's output is its
-own; pgo's messages go to stderr only through the ``log`` callback the
-command passes.  The child's exit status is returned (128 + N when it died
+own; this module prints nothing (the command reports what it returns).  The child's exit status is returned (128 + N when it died
 of signal N).
 """
 
@@ -20,7 +19,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from pgo import bundle as fmt
 from pgo._target import Target
@@ -50,8 +48,8 @@ def default_bundle_dir(target: Target, root: str | os.PathLike = "profiles") -> 
     return path
 
 
-def profile(target: Target, directory: Path, options: Options, *, cpu_options: cpu.Options,
-            log: Callable[[str], None]) -> Result:
+def profile(target: Target, directory: Path, options: Options, *,
+            cpu_options: cpu.Options) -> Result:
     """Run ``target`` under the profiler, writing the bundle ``directory``
     (created; it must not exist or be empty)."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):

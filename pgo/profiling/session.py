@@ -145,6 +145,7 @@ class Profiler:
         self._tracemalloc_peak = 0
         self._pgo_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
         self._event_sites_n = -1
+        self._forks = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -196,8 +197,16 @@ class Profiler:
                 self._own_tracemalloc = True
         if o.follow_children:
             os.register_at_fork(after_in_child=_after_fork_in_child)
+        else:
+            os.register_at_fork(after_in_parent=self._forked)
         self._thread = threading.Thread(target=self._background, name="pgo-profiler", daemon=True)
         self._thread.start()
+
+    def _forked(self) -> None:
+        # Without follow_children a forked child records nothing (its
+        # recorder is switched off in pthread_atfork): the manifest says so.
+        if self._started and not self._stopped:
+            self._forks += 1
 
     def stop(self, exit_code: int | None = None) -> None:
         """Stop every collector and write the bundle.  Idempotent; a no-op in
@@ -509,7 +518,9 @@ class Profiler:
             "exit": {"code": exit_code, "signal": None},
             "collectors": self._collectors(),
             "overhead": overhead,
-            "warnings": list(self._warnings),
+            "warnings": list(self._warnings) + ([
+                f"the program forked {self._forks} time(s); the children were not profiled "
+                f"(--follow-children profiles them)"] if self._forks else []),
         })
 
 

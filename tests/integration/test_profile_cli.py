@@ -289,3 +289,31 @@ def test_example_targets_profile_cleanly(tmp_path, name):
     assert proc.returncode == 0, proc.stderr
     b = bundle.load(out)
     assert b.complete and not b.warnings
+
+
+CHECKED_IN = Path(__file__).resolve().parents[2] / "profiles" / "examples"
+
+
+@pytest.mark.parametrize("name", ["pipeline", "small_arrays", "scoped_temps", "records"])
+def test_checked_in_example_bundles_load_and_show_their_pattern(name):
+    if not (CHECKED_IN / name).is_dir():
+        pytest.skip("the example bundles are not next to the tests")
+    from pgo.analysis.summary import summarize
+    b = bundle.load(CHECKED_IN / name)
+    assert b.complete and not b.warnings
+    s = summarize(b)
+    numpy_top = [r for r in s["top_by_bytes"] if r["domain"] == "numpy"]
+    if name == "pipeline":
+        # 48 MB temporaries (and their 6 MB masks), all dead within a frame.
+        for r in numpy_top[:4]:
+            assert r["max_size"] >= 40e6 and r["alive_at_end"] == 0
+            assert r["lifetime"] in ("short", "medium")
+    elif name == "small_arrays":
+        top = [r for r in s["top_by_count"] if r["domain"] == "numpy"][0]
+        assert top["max_size"] <= 128 and top["lifetime"] == "short"
+    elif name == "scoped_temps":
+        assert any(r["site"].startswith("__main__:filter_tile") and 32 << 10 <= r["mean_size"]
+                   <= 512 << 10 and r["lifetime"] == "short" for r in numpy_top)
+    else:
+        assert s["gc"]["collections"] > 100 and s["gc"]["share_of_wall"] > 0.2
+        assert s["top_by_bytes"][0]["domain"] == "objects"

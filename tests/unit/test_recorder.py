@@ -299,3 +299,18 @@ def test_site_lookup_keeps_a_pending_exception(rec):
         np.ones(10)
         assert sys.exc_info()[0] is ValueError
     stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_profiler_manifest_says_forked_children_were_not_profiled(tmp_path):
+    from pgo.profiling import Options, Profiler
+    p = Profiler(tmp_path / "b", Options(objects=False)).start()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        p.stop()
+    m = bundle.load(tmp_path / "b").manifest
+    assert any("forked 1 time" in w and "--follow-children" in w for w in m["warnings"])
