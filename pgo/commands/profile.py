@@ -35,7 +35,7 @@ class ProfileCommand:
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--output", metavar="DIR",
                             help="bundle directory to create (default: profiles/NAME-TIMESTAMP)")
-        parser.add_argument("-m", dest="module", metavar="MODULE",
+        parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
                             help="profile `python -m MODULE`; the remaining arguments are its own")
         g = parser.add_argument_group("collectors")
         g.add_argument("--sample-bytes", type=int, default=32768, metavar="N",
@@ -107,8 +107,13 @@ class ProfileCommand:
                 raise CommandError(str(e), exit_code=2) from None
             log(f"wrote {out}")
             return 0
+        module = None
+        if args.module is not None:
+            if not args.module:
+                parser.error("-m needs a module name")
+            module, program = args.module[0], args.module[1:] + program
         try:
-            target = _target.parse(program, module=args.module)
+            target = _target.parse(program, module=module)
         except _target.TargetError as e:
             raise CommandError(str(e), exit_code=2) from None
         from pgo.profiling import launcher

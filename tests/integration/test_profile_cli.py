@@ -93,9 +93,10 @@ def test_script_runs_as_under_python_and_bundle_is_complete(project):
 
 
 def test_module_with_relative_import_and_exit_code(project):
-    proc = pgo("profile", "-q", "-o", str(project / "m"), "-m", "pkg.main", "x", cwd=project)
+    proc = pgo("profile", "-q", "-o", str(project / "m"), "-m", "pkg.main", "x", "--flag",
+               cwd=project)
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout == "pkg __main__ 7 ['x']\n"
+    assert proc.stdout == "pkg __main__ 7 ['x', '--flag']\n"
     assert bundle.load(project / "m").manifest["exit"]["code"] == 3
 
 
