@@ -19,6 +19,8 @@
 
 from libc.stdint cimport int64_t, uint8_t
 
+from pgo._core._typedefs cimport pgo_backend_t
+
 cdef enum:
     PGO_VEC_I64 = 0
     PGO_VEC_F64 = 1
@@ -32,6 +34,7 @@ ctypedef struct pgo_vector_t:
     int kind                  # PGO_VEC_I64 / PGO_VEC_F64
     bint fixed                # never grows: a push past capacity fails
     Py_ssize_t exports        # open buffer views: growing would move the data
+    pgo_backend_t* be         # the allocator its data comes from; NULL: the system
 
 
 ctypedef struct pgo_intmap_t:
@@ -74,6 +77,8 @@ cdef int sb_append(pgo_sb_t* b, const char* p, size_t n) except -1 nogil
 cdef class Vector:
     cdef pgo_vector_t* v
     cdef object _dtype
+    cdef pgo_backend_t _be
+    cdef readonly object allocator    # keeps self._be's allocator alive
     cdef size_t _index(self, Py_ssize_t i) except? 0
 
 

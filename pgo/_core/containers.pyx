@@ -31,7 +31,8 @@ from libc.stdint cimport INT64_MIN, int64_t, uint64_t
 from libc.string cimport memcpy, memmove
 
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_free, pgo_sys_realloc
-from pgo._core._typedefs cimport pgo_add_overflow, pgo_mul_overflow
+from pgo._core._base cimport Allocator
+from pgo._core._typedefs cimport PGO_OK, pgo_add_overflow, pgo_mul_overflow
 
 import operator
 
@@ -67,10 +68,32 @@ cdef int vector_reserve(pgo_vector_t* v, size_t capacity) except -1 nogil:
         return _raise_moving("Vector")
     if pgo_mul_overflow(capacity, v.itemsize, &nbytes):
         return _raise_nomem(<size_t>-1)
+    if v.be != NULL:
+        return _reserve_from(v, capacity, nbytes)
     data = <char*>pgo_sys_realloc(v.data, capacity, v.itemsize)
     if data == NULL:
         return _raise_nomem(nbytes)
     v.data = data
+    v.capacity = capacity
+    return 0
+
+
+cdef int _raise_refused(size_t n, int err) except -1 with gil:
+    raise MemoryError(f"Vector: its allocator cannot serve {n:,} bytes (error {err}: "
+                      f"exhausted, or past what it serves)")
+
+
+cdef int _reserve_from(pgo_vector_t* v, size_t capacity, size_t nbytes) except -1 nogil:
+    # Growth through a pgo allocator: a new block, the elements copied, the
+    # old block given back (allocators have no realloc of their own).
+    cdef void* data = NULL
+    cdef int err = v.be.take(v.be.state, nbytes, False, &data)
+    if err != PGO_OK or data == NULL:
+        return _raise_refused(nbytes, err)
+    if v.data != NULL:
+        memcpy(data, v.data, v.length * v.itemsize)
+        v.be.give(v.be.state, v.data)
+    v.data = <char*>data
     v.capacity = capacity
     return 0
 
@@ -109,18 +132,29 @@ cdef class Vector:
         capacity: elements to reserve up front.
         fixed: never grow past ``capacity``: an append beyond it raises
             OverflowError (a fixed-capacity array).
+        allocator: a pgo allocator to take the element array from (and
+            give it back to as the vector grows); default: the system.  The
+            allocator is kept alive and refuses ``reset()`` while it holds
+            the vector's data; one that cannot serve a size (an exhausted
+            arena, a slab's block size) makes growth raise MemoryError.
 
     ``as_array()`` is a zero-copy numpy view of the elements; while it (or
     any memoryview) is alive the vector cannot grow (BufferError), because
     growing moves the data.
     """
 
-    def __cinit__(self, dtype="float64", Py_ssize_t capacity=0, *, bint fixed=False):
+    def __cinit__(self, dtype="float64", Py_ssize_t capacity=0, *, bint fixed=False,
+                  allocator=None):
         dt = np.dtype(dtype)
         if dt != np.dtype(np.int64) and dt != np.dtype(np.float64):
             raise TypeError(f"Vector holds int64 or float64, not {dt}")
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
+        if allocator is not None:
+            if not isinstance(allocator, Allocator) or \
+                    (<Allocator>allocator)._backend(&self._be) != 0:
+                raise TypeError(f"allocator must be a pgo allocator, got "
+                                f"{type(allocator).__name__}")
         self.v = <pgo_vector_t*>pgo_sys_alloc(sizeof(pgo_vector_t), 8)
         if self.v == NULL:
             raise MemoryError(f"cannot allocate {sizeof(pgo_vector_t)} bytes")
@@ -131,6 +165,8 @@ cdef class Vector:
         self.v.kind = PGO_VEC_I64 if dt == np.dtype(np.int64) else PGO_VEC_F64
         self.v.fixed = False
         self.v.exports = 0
+        self.v.be = &self._be if allocator is not None else NULL
+        self.allocator = allocator
         self._dtype = dt
         if capacity:
             vector_reserve(self.v, <size_t>capacity)
@@ -138,7 +174,11 @@ cdef class Vector:
 
     def __dealloc__(self):
         if self.v != NULL:
-            pgo_sys_free(self.v.data)
+            if self.v.be != NULL:
+                if self.v.data != NULL:
+                    self.v.be.give(self.v.be.state, self.v.data)
+            else:
+                pgo_sys_free(self.v.data)
             pgo_sys_free(self.v)
 
     @property

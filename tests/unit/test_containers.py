@@ -16,6 +16,8 @@ import struct
 
 import numpy as np
 import pytest
+
+import pgo
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -796,3 +798,86 @@ def test_containers_c_api_raises_from_nogil_code(cext):
         with pytest.raises(BufferError):
             cext.sb_repeat_c(b, b"y" * 4096, 1)
     assert b.getvalue() == b"x" * 10
+
+
+# -- Vector growth from a chosen allocator ------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: pgo.ArenaAllocator(1 << 20, threadsafe=True),
+    lambda: pgo.StackAllocator(1 << 22, threadsafe=True),
+    lambda: pgo.LinearAllocator(1 << 22, threadsafe=True),
+    lambda: pgo.CacheAllocator(1 << 24),
+], ids=["arena", "stack", "linear", "cache"])
+def test_vector_grows_in_allocator_memory(make):
+    a = make()
+    v = pgo.Vector("int64", allocator=a)
+    assert v.allocator is a
+    for i in range(20000):
+        v.append(i * 3)
+    assert v.tolist() == [i * 3 for i in range(20000)]
+    # The elements lie in the allocator's memory: the router's ownership
+    # lookup (the allocator's own block records) finds them there.
+    router = pgo.Router([pgo.SizeClass(0, None, a)])
+    assert router.owner_of(v.as_array().ctypes.data) is a
+    assert a.live_blocks == 1                 # grown many times, old blocks given back
+    assert a.in_use >= 20000 * 8
+    assert a.stats()["allocations"] >= 10
+    del v
+    assert a.live_blocks == 0
+
+
+def test_vector_in_an_arena_blocks_reset_until_it_is_gone():
+    arena = pgo.ArenaAllocator(1 << 16)
+    v = pgo.Vector("float64", 100, allocator=arena)
+    v.extend(np.arange(100.0))
+    with pytest.raises(pgo.AllocatorError):
+        arena.reset()
+    assert v.tolist() == list(np.arange(100.0))
+    del v
+    gc.collect()
+    arena.reset()
+
+
+def test_vector_growth_refused_by_its_allocator_is_memoryerror_and_keeps_the_data():
+    slab = pgo.SlabAllocator(256)                 # serves blocks of at most 256 bytes
+    v = pgo.Vector("int64", allocator=slab)
+    for i in range(32):                           # 32 * 8 = 256 bytes: fits
+        v.append(i)
+    with pytest.raises(MemoryError, match="cannot serve"):
+        v.append(32)
+    assert v.tolist() == list(range(32)) and len(v) == 32
+    with pytest.raises(MemoryError):
+        pgo.Vector("int64", 1000, allocator=slab)
+
+
+def test_vector_allocator_must_be_a_pgo_allocator():
+    with pytest.raises(TypeError, match="pgo allocator"):
+        pgo.Vector("int64", allocator=object())
+    with pytest.raises(TypeError, match="pgo allocator"):
+        pgo.Vector("int64", allocator=bytearray(10))
+
+
+def test_vector_keeps_its_allocator_alive():
+    import weakref
+    arena = pgo.ArenaAllocator(1 << 16)
+    ref = weakref.ref(arena)
+    v = pgo.Vector("int64", 10, allocator=arena)
+    del arena
+    gc.collect()
+    assert ref() is not None
+    v.extend(range(1000))
+    assert sum(v) == sum(range(1000))
+    del v
+    gc.collect()
+    assert ref() is None
+
+
+def test_fixed_vector_from_an_allocator():
+    stack = pgo.StackAllocator(1 << 16)
+    v = pgo.Vector("float64", 16, fixed=True, allocator=stack)
+    v.extend(range(16))
+    with pytest.raises(OverflowError):
+        v.append(1.0)
+    assert stack.in_use >= 16 * 8
+    del v
+    assert stack.in_use == 0
