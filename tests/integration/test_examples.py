@@ -64,3 +64,24 @@ def test_json_stream_pgo_output_is_identical_and_arena_reused():
 def test_json_stream_rejects_bad_arguments():
     proc = run_example("json_stream.py", "--records", "0")
     assert proc.returncode == 2 and "--records" in proc.stderr
+
+
+def test_web_server_with_and_without_pools_under_load():
+    proc = run_example("web_server.py", "--requests", "300", "--concurrency", "3",
+                       "--body", "65536", "--duration", "60", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    for mode in ("plain", "pooled"):
+        r = result[mode]
+        assert r["errors"] == 0, r["first_errors"]
+        assert r["requests"] == r["server"]["served"] == 300
+        assert r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    pooled = result["pooled"]["server"]
+    # Two buffers per request from the pool, nearly all reused, all returned;
+    # one builder per request, all returned.
+    assert pooled["buffers"]["hits"] + pooled["buffers"]["misses"] == 600
+    assert pooled["buffers"]["hit_rate"] >= 0.95
+    assert pooled["buffers"]["in_use"] == 0 and pooled["builders"]["in_use"] == 0
+    assert pooled["builders"]["hits"] + pooled["builders"]["misses"] == 300
+    assert result["plain"]["server"]["buffers"]["hits"] == 0
+    assert set(result["pooled_vs_plain"]) == {"requests_per_s", "p99"}
