@@ -107,19 +107,22 @@ def write_json(path: os.PathLike | str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: os.PathLike | str, expect: tuple[str, int] | None = None) -> dict:
-    """Read a JSON part; check its ``format`` and ``version`` when given."""
-    path = Path(path)
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
+        if limit is not None and (size := path.stat().st_size) > limit:
             raise _err(path, 0, "", f"{size} bytes is more than a profile part may hold "
-                                    f"({MAX_JSON_BYTES})")
-        raw = path.read_bytes()
+                                    f"({limit})")
+        return path.read_bytes()
     except FileNotFoundError:
         raise _err(path, None, "", "missing") from None
     except OSError as e:
         raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
+
+
+def read_json(path: os.PathLike | str, expect: tuple[str, int] | None = None) -> dict:
+    """Read a JSON part; check its ``format`` and ``version`` when given."""
+    path = Path(path)
+    raw = _read_bytes(path, limit=MAX_JSON_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -229,12 +232,7 @@ def read_events(path: os.PathLike | str, *, allow_truncated: bool = False) -> Ev
     complete) loads up to its last whole block with a warning.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _err(path, None, "", "missing") from None
-    except OSError as e:
-        raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
+    data = _read_bytes(path)
     if len(data) < TRACE_HEADER.size:
         raise _err(path, 0, "header", f"file is {len(data)} bytes, shorter than the "
                                       f"{TRACE_HEADER.size}-byte header")
@@ -340,12 +338,7 @@ def read_cpu_raw(path: os.PathLike | str, *, allow_truncated: bool = False) -> d
     """py-spy's raw output: one stack per line, outermost frame first,
     ``frame;frame;... COUNT``.  Returns {stack: samples}."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise _err(path, None, "", "missing") from None
-    except OSError as e:
-        raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
+    data = _read_bytes(path)
     stacks: dict[tuple[str, ...], int] = {}
     pos = 0
     lines = data.split(b"\n")

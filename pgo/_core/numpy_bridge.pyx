@@ -40,6 +40,10 @@ from libc.string cimport memcpy, memset, strncpy
 cimport numpy as cnp
 
 from pgo._core._base cimport Allocator, Block
+from pgo._core._npy_handler cimport (
+    PyArray_HANDLER, PyDataMem_GetHandler, PyDataMem_Handler, PyDataMem_SetHandler,
+    PyDataMemAllocator,
+)
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_FOREIGN, PGO_OK, pgo_atomic_inc, pgo_atomic_load,
     pgo_atomic_store, pgo_backend_t, pgo_mul_overflow,
@@ -54,24 +58,6 @@ import numpy as np
 from pgo._errors import ConfigError
 
 cnp.import_array()
-
-
-cdef extern from "numpy/arrayobject.h":
-    ctypedef struct PyDataMemAllocator:
-        void* ctx
-        void* (*malloc)(void* ctx, size_t size) noexcept nogil
-        void* (*calloc)(void* ctx, size_t nelem, size_t elsize) noexcept nogil
-        void* (*realloc)(void* ctx, void* ptr, size_t new_size) noexcept nogil
-        void (*free)(void* ctx, void* ptr, size_t size) noexcept nogil
-
-    ctypedef struct PyDataMem_Handler:
-        char name[127]
-        uint8_t version
-        PyDataMemAllocator allocator
-
-    object PyDataMem_SetHandler(object handler)
-    object PyDataMem_GetHandler()
-    PyObject* PyArray_HANDLER(cnp.ndarray arr)
 
 
 cdef extern from *:
@@ -673,15 +659,34 @@ def _patch_threads():
     original = threading.Thread._bootstrap_inner
 
     def _bootstrap_inner(self):
-        state = _installed
+        capsule = _thread_capsule
         try:
-            if state is not None:
-                PyDataMem_SetHandler(state[1])
+            if capsule is not None:
+                PyDataMem_SetHandler(capsule)
         finally:
             original(self)          # whatever happened: Thread.start() waits for it
 
     threading.Thread._bootstrap_inner = _bootstrap_inner
     _thread_hook_done = True
+
+
+cdef object _thread_capsule = None   # the handler threads started from now on take
+
+
+def _set_thread_handler(capsule):
+    """The handler capsule (or None: numpy's default) that threads started
+    from now on take; returns the one before.  One hook for every pgo
+    handler (install(), the profiler's recorder), so that the last one set
+    wins whatever order they were set up in."""
+    global _thread_capsule
+    _patch_threads()
+    previous = _thread_capsule
+    _thread_capsule = capsule
+    return previous
+
+
+def _thread_handler():
+    return _thread_capsule
 
 
 def install(target):
@@ -700,7 +705,7 @@ def install(target):
     with _install_lock:
         if _installed is not None:
             _uninstall_locked()
-        _patch_threads()
+        _set_thread_handler(capsule)
         previous = PyDataMem_SetHandler(capsule)
         _installed = (router, capsule, previous)
     return router
@@ -714,6 +719,8 @@ cdef object _uninstall_locked():
     # request to the system path: uninstall is process-wide too.  Blocks
     # already handed out still go back to their allocators.
     pgo_atomic_store(&_ours(capsule).active, 0)
+    if _thread_capsule is capsule:
+        _set_thread_handler(None)
     if PyDataMem_GetHandler() is capsule:
         PyDataMem_SetHandler(previous)
     return router
@@ -790,9 +797,18 @@ def owner(array):
     cap = PyArray_HANDLER(<cnp.ndarray>base)
     if cap == NULL:
         return None
-    h = _ours(<object>cap)
+    capsule = <object>cap
+    h = _ours(capsule)
     if h == NULL:
-        return None
+        # The profiler's recorder passes every call on to the handler it
+        # wraps, which may be a pgo router: look there.
+        from pgo._core import recorder
+        inner = recorder._wrapped(capsule)
+        if inner is None:
+            return None
+        h = _ours(inner)
+        if h == NULL:
+            return None
     data = cnp.PyArray_DATA(<cnp.ndarray>base)
     with nogil:
         i = pgo_route_owner(h.router, data)

@@ -54,31 +54,17 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport strncpy
+cimport numpy as cnp
+
+from pgo._core._npy_handler cimport (
+    PyDataMem_GetHandler, PyDataMem_Handler, PyDataMem_SetHandler, PyDataMemAllocator,
+)
 
 import threading
 
-import numpy as np
-
-cimport numpy as cnp
+from pgo._core import numpy_bridge
 
 cnp.import_array()
-
-
-cdef extern from "numpy/arrayobject.h":
-    ctypedef struct PyDataMemAllocator:
-        void* ctx
-        void* (*malloc)(void* ctx, size_t size) noexcept nogil
-        void* (*calloc)(void* ctx, size_t nelem, size_t elsize) noexcept nogil
-        void* (*realloc)(void* ctx, void* ptr, size_t new_size) noexcept nogil
-        void (*free)(void* ctx, void* ptr, size_t size) noexcept nogil
-
-    ctypedef struct PyDataMem_Handler:
-        char name[127]
-        uint8_t version
-        PyDataMemAllocator allocator
-
-    object PyDataMem_SetHandler(object handler)
-    object PyDataMem_GetHandler()
 
 
 cdef extern from *:
@@ -822,6 +808,18 @@ cdef void _rec_capsule_destructor(object capsule) noexcept:
     free(h)
 
 
+def _wrapped(capsule):
+    """The handler capsule a recorder's capsule passes its calls to, or
+    None when ``capsule`` is not a recorder's."""
+    cdef PyDataMem_Handler* hd
+    if not PyCapsule_IsValid(capsule, "mem_handler"):
+        return None
+    hd = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, "mem_handler")
+    if hd.allocator.malloc != _r_malloc:
+        return None
+    return <object>(<rec_capsule_t*>hd).keep
+
+
 cdef object _wrap(object inner):
     cdef PyDataMem_Handler* hd
     cdef rec_capsule_t* h
@@ -857,29 +855,9 @@ cdef object _wrap(object inner):
 
 # -- Python API ---------------------------------------------------------------------
 
-cdef object _state = None            # (capsule, previous handler, paths) while started
+cdef object _state = None            # (capsule, previous handler, paths, previous
+                                     # handler of new threads) while started
 _lock = threading.Lock()
-_thread_hook_done = False
-
-
-def _patch_threads():
-    # numpy gives each new thread the default handler; threads started while
-    # recording take the recorder's before running their target.
-    global _thread_hook_done
-    if _thread_hook_done:
-        return
-    original = threading.Thread._bootstrap_inner
-
-    def _bootstrap_inner(self):
-        state = _state
-        try:
-            if state is not None and state[0] is not None:
-                PyDataMem_SetHandler(state[0])
-        finally:
-            original(self)
-
-    threading.Thread._bootstrap_inner = _bootstrap_inner
-    _thread_hook_done = True
 
 
 def _header(uint64_t t0):
@@ -955,11 +933,12 @@ def start(numpy_path=None, *, objects_path=None, max_events=1_000_000,
         _begin(&pgo_rec.obj, fds[1], objects_max_events)
         if objects_path is not None:
             pgo_objs_start(<double>sample_bytes, <uint64_t>seed)
-        previous = None
+        previous = thread_previous = None
         if capsule is not None:
-            _patch_threads()
+            # Threads started while recording take the recorder's handler.
+            thread_previous = numpy_bridge._set_thread_handler(capsule)
             previous = PyDataMem_SetHandler(capsule)
-        _state = (capsule, previous, numpy_path, objects_path)
+        _state = (capsule, previous, numpy_path, objects_path, thread_previous)
         pgo_rec_lock(pgo_rec_lockp)
         pgo_rec.np.on = fds[0] >= 0
         pgo_rec.obj.on = fds[1] >= 0
@@ -1061,10 +1040,13 @@ def stop():
     with _lock:
         if _state is None:
             raise RuntimeError("no recorder is running")
-        capsule, previous, numpy_path, objects_path = _state
+        capsule, previous, numpy_path, objects_path, thread_previous = _state
         _state = None
-        if capsule is not None and PyDataMem_GetHandler() is capsule:
-            PyDataMem_SetHandler(previous)
+        if capsule is not None:
+            if numpy_bridge._thread_handler() is capsule:
+                numpy_bridge._set_thread_handler(thread_previous)
+            if PyDataMem_GetHandler() is capsule:
+                PyDataMem_SetHandler(previous)
         table = sites()
         with nogil:
             pgo_rec_lock(pgo_rec_lockp)
@@ -1095,6 +1077,8 @@ def abandon_after_fork():
     """In a forked child: forget the parent's recorder (the C side already
     stopped recording in pthread_atfork); a new one may then start."""
     global _state
+    if _state is not None and numpy_bridge._thread_handler() is _state[0]:
+        numpy_bridge._set_thread_handler(_state[4])
     _state = None
     pgo_rec.np.fd = -1
     pgo_rec.obj.fd = -1

@@ -314,3 +314,41 @@ def test_profiler_manifest_says_forked_children_were_not_profiled(tmp_path):
         p.stop()
     m = bundle.load(tmp_path / "b").manifest
     assert any("forked 1 time" in w and "--follow-children" in w for w in m["warnings"])
+
+
+def test_threads_started_while_recording_under_an_installed_router(rec):
+    # The recorder wraps the installed router; a thread started while both
+    # are in place records, and its arrays come from the router's
+    # allocator; after stop, new threads get the router's handler again.
+    import pgo
+    cache = pgo.CacheAllocator(1 << 26)
+    router = pgo.install(pgo.Router([pgo.SizeClass(1 << 16, None, cache)]))
+    try:
+        start, stop = rec
+        start()
+        seen = {}
+
+        def work():
+            a = np.ones(1 << 15)            # 256 KiB: routed to the cache
+            seen["owner"] = pgo.owner(a)
+            seen["handler"] = pgo.handler_name(a)
+            seen["tid"] = threading.get_native_id()
+
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        _, traces = stop()
+        ev = traces["numpy"].events
+        assert seen["owner"] is cache
+        assert seen["handler"].startswith("pgo-recorder:")
+        assert ((ev["tid"] == seen["tid"]) & (ev["size"] == 8 << 15) & (ev["kind"] == ALLOC)).sum() == 1
+
+        def after():
+            seen["after"] = pgo.handler_name(np.ones(1 << 15))
+
+        t = threading.Thread(target=after)
+        t.start()
+        t.join()
+        assert seen["after"] == router.name
+    finally:
+        pgo.uninstall()
