@@ -1,0 +1,375 @@
+"""The pgo config: one model, its loader and its writer.
+
+``pgo analyze`` writes it, ``pgo run`` / ``pgo.apply`` read it.  The format
+is TOML (read with ``tomllib``; written here, deterministically: the same
+config gives the same bytes):
+
+    [pgo]
+    version = 1
+    profile = "profiles/job-20261127"        # provenance: the bundle ...
+    profile_started_at = "2026-11-27T..."    # ... when it was recorded
+    pgo = "0.1.0"                            # ... and by which pgo
+    python = "3.11.7"                        # the GC plan was made for this Python
+
+    [gc]
+    thresholds = [50000, 20, 100]            # gc.set_threshold
+    freeze_after_startup = true              # gc.freeze() once start-up is over ...
+    startup_s = 0.8                          # ... at this time after start
+    full_collection = "growth"               # "default", or: a full collection
+    growth_factor = 2.0                      # when the heap grew by this factor
+    reason = "..."
+
+    [[numpy.size_class]]                     # route numpy data by size
+    min_bytes = 1048576
+    allocator = "cache"
+    max_cached_bytes = 536870912
+    pattern = "large-repeated"
+    reason = "..."
+
+    [[site]]                                 # route by allocation site
+    function = "mypkg.pipeline:normalize"
+    allocator = "arena"
+    pattern = "scoped-temporaries"
+    confidence = 0.93
+    reason = "98% of 12,400 arrays freed before normalize returns; sizes 8-64 KiB"
+
+Every mistake is a ``ConfigError`` naming the file, the line and the valid
+choices.  ``load(write(cfg)) == cfg``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pgo._core._routes import COMMON_KEYS, CONFIG_KEYS
+from pgo._errors import ConfigError
+
+VERSION = 1
+ALLOCATORS = tuple(sorted(CONFIG_KEYS))
+SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache")
+FULL_COLLECTION = ("default", "growth")
+PATTERNS = ("lifo-scratch", "scoped-temporaries", "fixed-size-churn", "large-repeated",
+            "long-lived", "irregular")
+NOTE_KEYS = ("pattern", "reason", "confidence")
+
+
+@dataclass(frozen=True)
+class GCPlan:
+    thresholds: tuple[int, int, int] | None = None
+    freeze_after_startup: bool = False
+    startup_s: float | None = None
+    full_collection: str = "default"
+    growth_factor: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SizeClassRule:
+    min_bytes: int
+    max_bytes: int | None
+    allocator: str
+    settings: tuple[tuple[str, Any], ...] = ()     # allocator settings, sorted
+    pattern: str = ""
+    reason: str = ""
+    confidence: float | None = None
+
+    def entry(self) -> dict[str, Any]:
+        """As ``Router.from_config`` takes it."""
+        d: dict[str, Any] = {"min_bytes": self.min_bytes, "allocator": self.allocator}
+        if self.max_bytes is not None:
+            d["max_bytes"] = self.max_bytes
+        d.update(self.settings)
+        return d
+
+
+@dataclass(frozen=True)
+class SiteRule:
+    function: str                                   # "module:qualname"
+    allocator: str
+    settings: tuple[tuple[str, Any], ...] = ()
+    pattern: str = ""
+    reason: str = ""
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    version: int = VERSION
+    profile: str = ""
+    profile_started_at: str = ""
+    pgo: str = ""
+    python: str = ""
+    gc: GCPlan | None = None
+    size_classes: tuple[SizeClassRule, ...] = ()
+    sites: tuple[SiteRule, ...] = field(default=())
+
+
+# -- writing -------------------------------------------------------------------------
+
+def dumps(cfg: Config) -> str:
+    out: list[str] = ["# pgo config: written by `pgo analyze`; applied by `pgo run` / pgo.apply().",
+                      "", "[pgo]"]
+    out.append(f"version = {cfg.version}")
+    for key in ("profile", "profile_started_at", "pgo", "python"):
+        value = getattr(cfg, key)
+        if value:
+            out.append(f"{key} = {_value(value)}")
+    if cfg.gc is not None:
+        g = cfg.gc
+        out += ["", "[gc]"]
+        if g.thresholds is not None:
+            out.append(f"thresholds = {_value(list(g.thresholds))}")
+        out.append(f"freeze_after_startup = {_value(g.freeze_after_startup)}")
+        if g.startup_s is not None:
+            out.append(f"startup_s = {_value(g.startup_s)}")
+        out.append(f"full_collection = {_value(g.full_collection)}")
+        if g.growth_factor is not None:
+            out.append(f"growth_factor = {_value(g.growth_factor)}")
+        if g.reason:
+            out.append(f"reason = {_value(g.reason)}")
+    for sc in cfg.size_classes:
+        out += ["", "[[numpy.size_class]]", f"min_bytes = {sc.min_bytes}"]
+        if sc.max_bytes is not None:
+            out.append(f"max_bytes = {sc.max_bytes}")
+        out.append(f"allocator = {_value(sc.allocator)}")
+        out += [f"{k} = {_value(v)}" for k, v in sc.settings]
+        out += _notes(sc)
+    for site in cfg.sites:
+        out += ["", "[[site]]", f"function = {_value(site.function)}",
+                f"allocator = {_value(site.allocator)}"]
+        out += [f"{k} = {_value(v)}" for k, v in site.settings]
+        out += _notes(site)
+    return "\n".join(out) + "\n"
+
+
+def _notes(rule: SizeClassRule | SiteRule) -> list[str]:
+    out = []
+    if rule.pattern:
+        out.append(f"pattern = {_value(rule.pattern)}")
+    if rule.confidence is not None:
+        out.append(f"confidence = {_value(rule.confidence)}")
+    if rule.reason:
+        out.append(f"reason = {_value(rule.reason)}")
+    return out
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"a config holds finite numbers only, got {v}")
+        return repr(v)
+    if isinstance(v, str):
+        # A JSON string is a TOML basic string, but for DEL, which TOML
+        # wants escaped.
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to a config")
+
+
+def write(cfg: Config, path: os.PathLike | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dumps(cfg), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- reading -------------------------------------------------------------------------
+
+def load(path: os.PathLike | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    return loads(text, source=str(path))
+
+
+def loads(text: str, source: str = "<config>") -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        where = f"{source}:{m.group(1)}:{m.group(2)}" if m else source
+        raise ConfigError(f"{where}: not valid TOML: {str(e).split(' (at line')[0]}") from None
+    return _Reader(text, source).config(doc)
+
+
+class _Reader:
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.lines = _key_lines(text)
+
+    def fail(self, table: str, index: int | None, key: str | None, message: str) -> ConfigError:
+        line = self.lines.get((table, index, key)) or self.lines.get((table, index, None))
+        where = f"{self.source}:{line}" if line else self.source
+        name = table + (f"[{index}]" if index is not None else "") + (f".{key}" if key else "")
+        return ConfigError(f"{where}: {name}: {message}")
+
+    def check_keys(self, table: str, index: int | None, got: dict, allowed: tuple[str, ...]) -> None:
+        for key in got:
+            if key not in allowed:
+                raise self.fail(table, index, key,
+                                f"unknown key {key!r}; valid keys: {', '.join(allowed)}")
+
+    def typed(self, table: str, index: int | None, d: dict, key: str, kind: Any,
+              default: Any = None, required: bool = False) -> Any:
+        if key not in d:
+            if required:
+                raise self.fail(table, index, None, f"{key} is required")
+            return default
+        v = d[key]
+        ok = {int: lambda x: isinstance(x, int) and not isinstance(x, bool),
+              float: lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+              and math.isfinite(x),
+              bool: lambda x: isinstance(x, bool),
+              str: lambda x: isinstance(x, str)}[kind](v)
+        if not ok:
+            raise self.fail(table, index, key, f"expected {kind.__name__}, got "
+                                               f"{type(v).__name__} {v!r}")
+        return float(v) if kind is float else v
+
+    def config(self, doc: dict) -> Config:
+        self.check_keys("", None, doc, ("pgo", "gc", "numpy", "site"))
+        head = doc.get("pgo")
+        if not isinstance(head, dict):
+            raise self.fail("pgo", None, None, "the [pgo] table is required (with version = 1)")
+        self.check_keys("pgo", None, head, ("version", "profile", "profile_started_at", "pgo",
+                                            "python"))
+        version = self.typed("pgo", None, head, "version", int, required=True)
+        if version != VERSION:
+            raise self.fail("pgo", None, "version", f"version {version} is not supported "
+                                                    f"(this pgo reads version {VERSION})")
+        strings = {k: self.typed("pgo", None, head, k, str, "") for k in
+                   ("profile", "profile_started_at", "pgo", "python")}
+        gc_plan = self.gc(doc["gc"]) if "gc" in doc else None
+        numpy = doc.get("numpy", {})
+        if not isinstance(numpy, dict):
+            raise self.fail("numpy", None, None, "expected a table")
+        self.check_keys("numpy", None, numpy, ("size_class",))
+        classes = numpy.get("size_class", [])
+        if not isinstance(classes, list):
+            raise self.fail("numpy.size_class", None, None, "expected [[numpy.size_class]] tables")
+        sites = doc.get("site", [])
+        if not isinstance(sites, list):
+            raise self.fail("site", None, None, "expected [[site]] tables")
+        return Config(version=version, gc=gc_plan,
+                      size_classes=tuple(self.size_class(i, d) for i, d in enumerate(classes)),
+                      sites=tuple(self.site(i, d) for i, d in enumerate(sites)), **strings)
+
+    def gc(self, d: Any) -> GCPlan:
+        if not isinstance(d, dict):
+            raise self.fail("gc", None, None, "expected a table")
+        self.check_keys("gc", None, d, tuple(f.name for f in fields(GCPlan)))
+        th = d.get("thresholds")
+        if th is not None:
+            if not (isinstance(th, list) and len(th) == 3
+                    and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in th)):
+                raise self.fail("gc", None, "thresholds",
+                                f"expected three integers >= 0 (gc.set_threshold), got {th!r}")
+            th = tuple(th)
+        full = self.typed("gc", None, d, "full_collection", str, "default")
+        if full not in FULL_COLLECTION:
+            raise self.fail("gc", None, "full_collection",
+                            f"unknown {full!r}; valid: {', '.join(FULL_COLLECTION)}")
+        growth = self.typed("gc", None, d, "growth_factor", float)
+        if growth is not None and growth <= 1.0:
+            raise self.fail("gc", None, "growth_factor", f"must be > 1, got {growth}")
+        if full == "growth" and growth is None:
+            raise self.fail("gc", None, "growth_factor", "full_collection = \"growth\" needs it")
+        startup = self.typed("gc", None, d, "startup_s", float)
+        if startup is not None and startup < 0:
+            raise self.fail("gc", None, "startup_s", f"must be >= 0, got {startup}")
+        return GCPlan(thresholds=th,
+                      freeze_after_startup=self.typed("gc", None, d, "freeze_after_startup",
+                                                      bool, False),
+                      startup_s=startup, full_collection=full, growth_factor=growth,
+                      reason=self.typed("gc", None, d, "reason", str, ""))
+
+    def _notes(self, table: str, i: int, d: dict) -> dict[str, Any]:
+        pattern = self.typed(table, i, d, "pattern", str, "")
+        if pattern and pattern not in PATTERNS:
+            raise self.fail(table, i, "pattern", f"unknown {pattern!r}; valid: {', '.join(PATTERNS)}")
+        conf = self.typed(table, i, d, "confidence", float)
+        if conf is not None and not 0.0 <= conf <= 1.0:
+            raise self.fail(table, i, "confidence", f"must be in [0, 1], got {conf}")
+        return {"pattern": pattern, "confidence": conf,
+                "reason": self.typed(table, i, d, "reason", str, "")}
+
+    def _settings(self, table: str, i: int, d: dict, allocator: str) -> tuple:
+        out = []
+        for key, (kind, _) in CONFIG_KEYS[allocator].items():
+            if key in d:
+                out.append((key, self.typed(table, i, d, key, kind)))
+                if kind is int and out[-1][1] < 0:
+                    raise self.fail(table, i, key, f"must be >= 0 bytes, got {out[-1][1]}")
+        return tuple(sorted(out))
+
+    def _allocator(self, table: str, i: int, d: dict, valid: tuple[str, ...]) -> str:
+        a = self.typed(table, i, d, "allocator", str, required=True)
+        if a not in valid:
+            raise self.fail(table, i, "allocator",
+                            f"unknown allocator {a!r}; valid: {', '.join(valid)}")
+        return a
+
+    def size_class(self, i: int, d: Any) -> SizeClassRule:
+        table = "numpy.size_class"
+        if not isinstance(d, dict):
+            raise self.fail(table, i, None, "expected a table")
+        a = self._allocator(table, i, d, ALLOCATORS)
+        self.check_keys(table, i, d, COMMON_KEYS + tuple(CONFIG_KEYS[a]) + NOTE_KEYS)
+        lo = self.typed(table, i, d, "min_bytes", int, required=True)
+        hi = self.typed(table, i, d, "max_bytes", int)
+        if lo < 0 or (hi is not None and hi < lo):
+            raise self.fail(table, i, "max_bytes" if hi is not None and hi < lo else "min_bytes",
+                            f"bad size range {lo}..{hi}: need 0 <= min_bytes <= max_bytes")
+        return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a,
+                             settings=self._settings(table, i, d, a), **self._notes(table, i, d))
+
+    def site(self, i: int, d: Any) -> SiteRule:
+        table = "site"
+        if not isinstance(d, dict):
+            raise self.fail(table, i, None, "expected a table")
+        a = self._allocator(table, i, d, SITE_ALLOCATORS)
+        self.check_keys(table, i, d, ("function", "allocator") + tuple(CONFIG_KEYS[a]) + NOTE_KEYS)
+        fn = self.typed(table, i, d, "function", str, required=True)
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_<][\w.<>]*", fn):
+            raise self.fail(table, i, "function",
+                            f"expected 'module:qualname' (e.g. 'mypkg.io:load'), got {fn!r}")
+        return SiteRule(function=fn, allocator=a, settings=self._settings(table, i, d, a),
+                        **self._notes(table, i, d))
+
+
+def _key_lines(text: str) -> dict[tuple[str, int | None, str | None], int]:
+    """Line numbers of tables and their keys: (table, array index, key) -> line."""
+    out: dict[tuple[str, int | None, str | None], int] = {}
+    counts: dict[str, int] = {}
+    table, index = "", None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("[["):
+            table = line[2:line.find("]]")].strip()
+            index = counts.get(table, 0)
+            counts[table] = index + 1
+            out[(table, index, None)] = n
+        elif line.startswith("["):
+            table = line[1:line.find("]")].strip()
+            index = None
+            out[(table, None, None)] = n
+        elif "=" in line and not line.startswith("#"):
+            key = line.split("=", 1)[0].strip().strip('"')
+            out.setdefault((table, index, key), n)
+    return out
