@@ -29,6 +29,12 @@ class Blocks:
     tid: np.ndarray         # uint32
     weight: np.ndarray      # float64: blocks this one stands for
     end: float              # seconds: the last event of the trace
+    birth_ev: np.ndarray    # int64: index of the birth event in the trace
+    death_ev: np.ndarray    # int64: index of the death event; -1: alive at the end
+    censored: np.ndarray    # bool: no death seen, but the budget's sampling stopped
+                            # looking at its address: alive or dead is unknown ...
+    censor_t: np.ndarray    # float64: ... from this time on (NaN when not censored)
+    by_realloc: np.ndarray  # bool: born by a realloc (a block that grew or moved)
 
     def __len__(self) -> int:
         return len(self.site)
@@ -43,8 +49,10 @@ def pair(events: np.ndarray, t0_ns: int, *, sample_bytes: int | None = None) -> 
     n = len(events)
     if n == 0:
         z = np.zeros(0)
+        e = np.zeros(0, np.int64)
         return Blocks(np.zeros(0, np.uint32), np.zeros(0, np.uint64), z, z,
-                      np.zeros(0, np.uint32), z, 0.0)
+                      np.zeros(0, np.uint32), z, 0.0, e, e, np.zeros(0, bool), z,
+                      np.zeros(0, bool))
     kind = events["kind"]
     t = (events["t_ns"].astype(np.int64) - np.int64(t0_ns)) / 1e9
     is_birth = kind != FREE
@@ -82,9 +90,12 @@ def pair(events: np.ndarray, t0_ns: int, *, sample_bytes: int | None = None) -> 
     else:
         p = -np.expm1(-size.astype(np.float64) / float(sample_bytes))
         weight = 1.0 / np.maximum(p, 1e-12)
+    censor_t = _censor_times(events, t, ev, death_ev)
     return Blocks(site=site, size=size.astype(np.uint64),
                   birth=t[ev], death=death_t, tid=events["tid"][ev].astype(np.uint32),
-                  weight=weight, end=float(t[-1]))
+                  weight=weight, end=float(t[-1]), birth_ev=ev.astype(np.int64),
+                  death_ev=death_ev, censored=~np.isnan(censor_t), censor_t=censor_t,
+                  by_realloc=kind[ev] == REALLOC)
 
 
 def _inherit_realloc_sites(site: np.ndarray, ev: np.ndarray, death_ev: np.ndarray,
@@ -101,3 +112,31 @@ def _inherit_realloc_sites(site: np.ndarray, ev: np.ndarray, death_ev: np.ndarra
         j = died_at.get(int(ev[i]))
         if j is not None:
             site[i] = site[j]
+
+
+def pass_level(addr: int) -> int:
+    """The deepest sample level that still keeps events of ``addr`` (the
+    recorder's pgo_rec_keep: level L keeps addresses whose hash has its top
+    2L bits zero)."""
+    h = ((addr >> 4) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
+    return (64 - h.bit_length()) // 2
+
+
+def _censor_times(events: np.ndarray, t: np.ndarray, ev: np.ndarray,
+                  death_ev: np.ndarray) -> np.ndarray:
+    """For blocks with no death seen whose address the trace stopped
+    keeping (the level went past the address's pass level) before it
+    ended: the time it stopped (their free, if any, was not recorded).
+    NaN for every other block."""
+    out = np.full(len(ev), np.nan)
+    levels = events["level"]
+    top = int(levels[-1]) if len(levels) else 0
+    if top == 0:
+        return out
+    # Levels never go down: the first event of each level.
+    first = np.searchsorted(levels, np.arange(top + 2), side="left")
+    for i in np.nonzero(death_ev < 0)[0].tolist():
+        k = pass_level(int(events["addr"][ev[i]]))
+        if k < top:
+            out[i] = t[first[k + 1]]
+    return out

@@ -46,11 +46,17 @@ def site_stats(blocks: Blocks, names: dict[int, str], domain: str, run_s: float)
     for idx in np.split(order, bounds):
         w = blocks.weight[idx]
         size = blocks.size[idx].astype(np.float64)
-        alive = np.isnan(blocks.death[idx])
-        life = np.where(alive, end - blocks.birth[idx], blocks.death[idx] - blocks.birth[idx])
+        censored = blocks.censored[idx]
+        alive = np.isnan(blocks.death[idx]) & ~censored
+        # A block the budget's sampling stopped following lived at least
+        # until then (a lower bound); alive or not at the end is unknown.
+        death = np.where(np.isnan(blocks.death[idx]),
+                         np.where(censored, blocks.censor_t[idx], end), blocks.death[idx])
+        life = death - blocks.birth[idx]
+        known = ~censored
         median = _wquantile(life, w, 0.5)
         p90 = _wquantile(life, w, 0.9)
-        alive_share = float(w[alive].sum() / w.sum())
+        alive_share = float(w[alive].sum() / w[known].sum()) if known.any() else 0.0
         if alive_share > 0.5 or (end > 0 and median > 0.5 * end):
             cls = "long"
         elif median < 0.1 and (end <= 0 or median < 0.01 * end):

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from pgo._errors import PgoError
 from pgo._version import __version__
+from pgo.commands.analyze import AnalyzeCommand
 from pgo.commands.demo import DemoCommand
 from pgo.commands.profile import ProfileCommand
 from pgo.commands.show import ShowCommand
@@ -34,7 +35,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
-_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, DemoCommand]
+_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, DemoCommand]
 
 
 def _name(cls: type) -> str:

@@ -43,12 +43,12 @@ class ShowCommand:
 
 def _render(s: dict) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     from pgo.analysis.summary import fmt_bytes, fmt_seconds
+    from pgo.commands._render import console
 
-    con = Console(highlight=False, width=max(120, Console().width))
+    con = console()
     ex = s["exit"] or {}
     status = f"killed by {ex['signal']}" if ex.get("signal") else f"exit {ex.get('code')}"
     con.print(f"[bold]{s['bundle']}[/]: `{' '.join(s['command'][1:]) or '?'}`  "

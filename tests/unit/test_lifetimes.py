@@ -76,3 +76,22 @@ def test_growth_detector():
     assert not is_growing(released, 1)
     tiny = np.linspace(0, 1000, 16)                             # grows, but 1 KB
     assert not is_growing(tiny, 1 << 30)
+
+
+def test_blocks_the_budget_stopped_following_are_censored_not_alive():
+    from pgo.analysis.lifetimes import pass_level
+    dropped = next(a for a in range(0x1000, 0x100000, 16) if pass_level(a) == 0)
+    kept = next(a for a in range(0x1000, 0x100000, 16) if pass_level(a) >= 2)
+    ev = trace([
+        (1000, ALLOC, dropped, 64, 2, 0, 0),     # its free would come after level 1 began
+        (2000, ALLOC, kept, 64, 2, 0, 0),        # followed at every level: really alive
+        (5000, ALLOC, kept + 4096 * 16, 64, 3, 0, 1),   # the first level-1 event
+        (9000, FREE, kept + 4096 * 16, 64, 0, 0, 1),
+    ])
+    if pass_level(kept + 4096 * 16) < 1:
+        ev[2]["addr"] = ev[3]["addr"] = next(
+            a for a in range(0x200000, 0x400000, 16) if pass_level(a) >= 1)
+    b = pair(ev, 0)
+    assert b.censored.tolist() == [True, False, False]
+    assert abs(b.censor_t[0] - 5e-6) < 1e-12
+    assert np.isnan(b.censor_t[1]) and np.isnan(b.death[1])

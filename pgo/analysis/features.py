@@ -1,0 +1,285 @@
+"""Per-site features from a profile bundle: the numbers a memory expert
+looks at before choosing an allocator.
+
+A site is (domain, site id): numpy data from the event trace (every
+allocation), Python objects from the sampled trace (weighted).  For each:
+
+- count, bytes (weighted), mean size, coefficient of variation of the
+  size, share of the modal size;
+- lifetime: median and p90 in seconds, median in allocations in between
+  (births in the same trace between a block's birth and death), share
+  alive at the end;
+- LIFO ratio: of the site's frees, those that released the most recently
+  born live block of that site on that thread (a stack discipline);
+- freed-together ratio: of the site's frees, those next to another free
+  of a block from the same function with no allocation in between (the
+  burst when a function returns and its temporaries die);
+- threads; CPU share of the site's function (py-spy samples with it on
+  the stack); share of blocks that lived through a full (gen 2) collection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from pgo.analysis.lifetimes import Blocks, pair
+from pgo.bundle import Bundle
+
+NUMPY = "numpy"
+OBJECTS = "objects"
+
+FEATURES = ("log_mean_size", "size_cv", "modal_share", "log_life_median", "life_share",
+            "log_life_allocs", "lifo", "together", "alive_end", "log_count")
+
+
+@dataclass
+class Site:
+    domain: str
+    site_id: int
+    name: str                  # module:qualname:line
+    function: str              # module:qualname ("" when unknown)
+    count: float
+    bytes: float
+    mean_size: float
+    min_size: int
+    max_size: int
+    size_cv: float
+    modal_size: int
+    modal_share: float
+    life_median_s: float
+    life_p90_s: float
+    life_allocs_median: float
+    alive_end: float
+    lifo: float
+    together: float
+    threads: int
+    cpu_share: float
+    gc_survival: float
+    run_s: float
+    large_share: float = 0.0   # share of the bytes in blocks of 1 MiB and more
+    size_trend: float = 0.0    # rank correlation of size with birth order
+    realloc_share: float = 0.0  # share of blocks born by a realloc (growing in place)
+
+    def vector(self) -> list[float]:
+        """The features clustering sees (log scales where sizes span decades)."""
+        return [float(np.log10(max(self.mean_size, 1.0))), self.size_cv, self.modal_share,
+                float(np.log10(max(self.life_median_s, 1e-7))),
+                self.life_median_s / self.run_s if self.run_s > 0 else 0.0,
+                float(np.log10(1.0 + self.life_allocs_median)), self.lifo, self.together,
+                self.alive_end, float(np.log10(1.0 + self.count))]
+
+
+def site_tables(bundle: Bundle) -> tuple[dict[int, str], dict[int, str]]:
+    """Site id -> "module:qualname:line", and -> "module:qualname"."""
+    names = {0: "<no GIL: numpy's C code>", 1: "<inside numpy / the standard library>"}
+    funcs: dict[int, str] = {0: "", 1: ""}
+    if bundle.event_sites:
+        for s in bundle.event_sites["sites"]:
+            module = s["module"] or s["file"]
+            names[s["id"]] = f"{module}:{s['qualname']}:{s['line']}"
+            funcs[s["id"]] = f"{module}:{s['qualname']}" if s["module"] else ""
+    return names, funcs
+
+
+def extract(bundle: Bundle) -> list[Site]:
+    """Every site of both traces, in a stable order (domain, site id)."""
+    names, funcs = site_tables(bundle)
+    m = bundle.manifest
+    run_s = float(m.get("duration_s") or 0.0)
+    gen2 = _full_collections(bundle)
+    cpu = _cpu_by_function(bundle)
+    qual_file = {}
+    if bundle.event_sites:
+        qual_file = {s["id"]: (s["qualname"], s["file"]) for s in bundle.event_sites["sites"]}
+    out: list[Site] = []
+    rate = m["collectors"].get("objects", {}).get("sample_bytes")
+    for trace, domain, sample_bytes in ((bundle.events, NUMPY, None),
+                                        (bundle.objects, OBJECTS, rate)):
+        if trace is None or (domain == OBJECTS and not sample_bytes):
+            continue
+        blocks = pair(trace.events, trace.t0_ns, sample_bytes=sample_bytes)
+        if len(blocks) == 0:
+            continue
+        fn_of_site = np.array([_fn_index(funcs.get(int(s), "")) for s in blocks.site])
+        lifo = _lifo(blocks)
+        together = _together(blocks, fn_of_site)
+        births_before = _births_before(blocks)
+        out.extend(_per_site(blocks, domain, names, funcs, run_s, lifo, together,
+                             births_before, gen2, cpu, qual_file))
+    _FN_INDEX.clear()
+    return out
+
+
+_FN_INDEX: dict[str, int] = {}
+
+
+def _fn_index(fn: str) -> int:
+    # Unknown functions never group with each other.
+    if not fn:
+        return -1 - len(_FN_INDEX)
+    return _FN_INDEX.setdefault(fn, len(_FN_INDEX))
+
+
+def _births_before(blocks: Blocks) -> np.ndarray:
+    """For each block, births in its trace between its birth and its death
+    (or the end): from the sorted birth event indices."""
+    order = np.sort(blocks.birth_ev)
+    end_ev = np.where(blocks.death_ev >= 0, blocks.death_ev, np.iinfo(np.int64).max)
+    return (np.searchsorted(order, end_ev, side="left")
+            - np.searchsorted(order, blocks.birth_ev, side="right")).astype(np.float64)
+
+
+def _lifo(blocks: Blocks) -> np.ndarray:
+    """Per block: freed while it was the newest live block of its (site,
+    thread).  A stack per (site, thread), with lazy deletion."""
+    n = len(blocks)
+    out = np.zeros(n, bool)
+    died = blocks.death_ev >= 0
+    ev = np.concatenate([blocks.birth_ev, blocks.death_ev[died]])
+    which = np.concatenate([np.arange(n), np.nonzero(died)[0]])
+    is_death = np.concatenate([np.zeros(n, bool), np.ones(int(died.sum()), bool)])
+    order = np.lexsort((~is_death, ev))        # at one event: the death first (realloc)
+    keys = (blocks.site.astype(np.int64) << 32) | blocks.tid.astype(np.int64)
+    stacks: dict[int, list[int]] = {}
+    alive = np.zeros(n, bool)
+    res = out
+    key_l = keys.tolist()
+    for k, d in zip(which[order].tolist(), is_death[order].tolist()):
+        st = stacks.setdefault(key_l[k], [])
+        if not d:
+            st.append(k)
+            alive[k] = True
+            continue
+        while st and not alive[st[-1]]:
+            st.pop()
+        if st and st[-1] == k:
+            res[k] = True
+            st.pop()
+        alive[k] = False
+    return out
+
+
+def _together(blocks: Blocks, fn_of_site: np.ndarray) -> np.ndarray:
+    """Per block: its free is adjacent (consecutive event indices) to the
+    free of a block from the same function."""
+    out = np.zeros(len(blocks), bool)
+    died = np.nonzero(blocks.death_ev >= 0)[0]
+    if len(died) < 2:
+        return out
+    order = died[np.argsort(blocks.death_ev[died], kind="stable")]
+    dev = blocks.death_ev[order]
+    fn = fn_of_site[order]
+    adj = (np.diff(dev) == 1) & (fn[1:] == fn[:-1])
+    mark = np.zeros(len(order), bool)
+    mark[1:] |= adj
+    mark[:-1] |= adj
+    out[order] = mark
+    return out
+
+
+def _full_collections(bundle: Bundle) -> np.ndarray:
+    g = bundle.gc
+    if not g:
+        return np.zeros(0)
+    t = np.asarray(g["pauses"]["t_s"], dtype=np.float64)
+    gen = np.asarray(g["pauses"]["generation"], dtype=np.int64)
+    return np.sort(t[gen == 2])
+
+
+def _cpu_by_function(bundle: Bundle) -> tuple[dict[tuple[str, str], int], int]:
+    """(function name, file basename) -> samples with it on the stack."""
+    stacks = bundle.cpu or {}
+    total = sum(stacks.values())
+    counts: dict[tuple[str, str], int] = {}
+    for stack, n in stacks.items():
+        seen = set()
+        for fr in stack:
+            if fr.endswith(")") and " (" in fr:
+                func, _, loc = fr[:-1].rpartition(" (")
+                key = (func, loc.rpartition(":")[0].rsplit("/", 1)[-1])
+                if key not in seen:
+                    seen.add(key)
+                    counts[key] = counts.get(key, 0) + n
+    return counts, total
+
+
+LARGE = 1 << 20
+
+
+def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (0 when either side is constant)."""
+    if len(a) < 3:
+        return 0.0
+    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
+    if np.ptp(b) == 0 or np.ptp(a) == 0:
+        return 0.0
+    c = np.corrcoef(ra, rb)[0, 1]
+    return float(c) if np.isfinite(c) else 0.0
+
+
+def _wq(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x, kind="stable")
+    cw = np.cumsum(w[order])
+    k = int(np.searchsorted(cw, q * cw[-1]))
+    return float(x[order][min(k, len(x) - 1)])
+
+
+def _per_site(blocks: Blocks, domain: str, names: dict, funcs: dict, run_s: float,
+              lifo: np.ndarray, together: np.ndarray, births_before: np.ndarray,
+              gen2: np.ndarray, cpu: tuple[dict, int], qual_file: dict) -> Iterable[Site]:
+    end = max(blocks.end, run_s)
+    cpu_counts, cpu_total = cpu
+    order = np.argsort(blocks.site, kind="stable")
+    sites = blocks.site[order]
+    for idx in np.split(order, np.flatnonzero(np.diff(sites)) + 1):
+        w = blocks.weight[idx]
+        wsum = float(w.sum())
+        size = blocks.size[idx].astype(np.float64)
+        mean = float((w * size).sum() / wsum)
+        var = float((w * (size - mean) ** 2).sum() / wsum)
+        values, inverse = np.unique(blocks.size[idx], return_inverse=True)
+        by_size = np.bincount(inverse, weights=w)
+        modal = int(np.argmax(by_size))
+        dead = blocks.death_ev[idx] >= 0
+        # A censored block (the budget's sampling stopped following its
+        # address) lived at least until then: that lower bound is its
+        # lifetime; whether it was alive at the end is unknown.
+        censored = blocks.censored[idx]
+        death = np.where(dead, blocks.death[idx],
+                         np.where(censored, blocks.censor_t[idx], end))
+        life = np.maximum(death - blocks.birth[idx], 0.0)
+        n_dead = int(dead.sum())
+        known = np.ones(len(idx), bool)
+        wk = w
+        sid = int(blocks.site[idx[0]])
+        if len(gen2):
+            k_b = np.searchsorted(gen2, blocks.birth[idx], side="right")
+            k_d = np.searchsorted(gen2, death, side="right")
+            survived = float((w * (k_d > k_b)).sum() / wsum)
+        else:
+            survived = 0.0
+        cpu_share = 0.0
+        if cpu_total and sid in qual_file:
+            q, f = qual_file[sid]
+            cpu_share = cpu_counts.get((q.rsplit(".", 1)[-1], f.rsplit("/", 1)[-1]), 0) / cpu_total
+        yield Site(
+            domain=domain, site_id=sid, name=names.get(sid, f"site {sid}"),
+            function=funcs.get(sid, ""), count=wsum, bytes=float((w * size).sum()),
+            mean_size=mean, min_size=int(size.min()), max_size=int(size.max()),
+            size_cv=float(np.sqrt(var) / mean) if mean > 0 else 0.0,
+            modal_size=int(values[modal]), modal_share=float(by_size[modal] / wsum),
+            life_median_s=_wq(life[known], wk, 0.5), life_p90_s=_wq(life[known], wk, 0.9),
+            life_allocs_median=_wq(births_before[idx][known], wk, 0.5),
+            alive_end=float(w[~dead & ~censored].sum() / max(float(w[~censored].sum()), 1e-300))
+            if (~censored).any() else 0.0,
+            lifo=float(lifo[idx][dead].mean()) if n_dead else 0.0,
+            together=float(together[idx][dead].mean()) if n_dead else 0.0,
+            threads=int(len(np.unique(blocks.tid[idx]))), cpu_share=cpu_share,
+            gc_survival=survived, run_s=end,
+            large_share=float((w * size * (size >= LARGE)).sum() / max((w * size).sum(), 1.0)),
+            size_trend=_rank_corr(blocks.birth_ev[idx], size),
+            realloc_share=float(blocks.by_realloc[idx].mean()))

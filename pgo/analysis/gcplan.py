@@ -1,0 +1,103 @@
+"""The GC plan: thresholds, full collections and gc.freeze() from what the
+profile measured.
+
+- GC under 5% of the wall time: nothing to win; the plan leaves it alone.
+- Collections that free (almost) nothing (under one object per thousand
+  allocated): the collector is scanning a heap with no garbage.  Young
+  collections get rarer (threshold 50,000), and full collections stop
+  following CPython's rule (one whenever the long-lived heap grew by 25%,
+  which on a growing heap scans it over and over) and follow the heap
+  instead, as Go's GOGC does: one when the heap has doubled
+  (``full_collection = "growth"``, ``growth_factor = 2.0``).  Cyclic
+  garbage is still collected, and held to at most that factor of the live
+  heap.
+- Collections that do free cycles: young collections get rarer by a
+  bounded factor (threshold 10,000) and full collections come at 1.5x heap
+  growth, so garbage stays within 1.5x of the live heap.
+- gc.freeze() after start-up when the object heap is built early (90% of
+  its peak in the first half of the run) and stays (80% of the peak until
+  90% of the run): the frozen objects are never scanned again.
+
+The plan records the Python version it was made for (``pgo run`` warns on
+another).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pgo.analysis.lifetimes import pair
+from pgo.bundle import Bundle
+from pgo.config import GCPlan
+
+MIN_SHARE = 0.05
+
+
+def plan(bundle: Bundle) -> GCPlan | None:
+    g = bundle.gc
+    if not g:
+        return None
+    wall = float(g["wall_s"] or bundle.manifest.get("duration_s") or 0.0)
+    pause_s = g["total_pause_ns"] / 1e9
+    share = pause_s / wall if wall > 0 else 0.0
+    collections = len(g["pauses"]["duration_ns"]) + g["pauses_dropped"]
+    collected = sum(gen["collected"] for gen in g["generations"])
+    full = g["generations"][2]["collections"] if len(g["generations"]) > 2 else 0
+    full_s = (sum(d for d, gen in zip(g["pauses"]["duration_ns"], g["pauses"]["generation"])
+                  if gen == 2) / 1e9)
+    head = (f"GC took {share:.1%} of the {wall:.3g} s run ({collections:,} collections, "
+            f"{full} full ones taking {full_s:.3g} s; {collected:,} objects freed)")
+    if share < MIN_SHARE:
+        return GCPlan(reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
+    allocated = _objects_allocated(bundle)
+    freeze, startup = _startup(bundle, wall)
+    if allocated > 0 and collected < allocated / 1000:
+        return GCPlan(
+            thresholds=(50_000, 20, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
+            full_collection="growth", growth_factor=2.0,
+            reason=(f"{head}, {collected / max(allocated, 1):.2%} of ~{allocated:,.0f} objects "
+                    f"allocated: young collections 70x rarer, full ones when the heap doubles "
+                    f"(cyclic garbage held under 2x the live heap)"
+                    + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
+    return GCPlan(
+        thresholds=(10_000, 10, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
+        full_collection="growth", growth_factor=1.5,
+        reason=(f"{head}: collections free cycles, so young collections only 14x rarer and "
+                f"full ones at 1.5x heap growth (garbage held under 1.5x the live heap)"
+                + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
+
+
+def _objects_allocated(bundle: Bundle) -> float:
+    trace = bundle.objects
+    rate = bundle.manifest["collectors"].get("objects", {}).get("sample_bytes")
+    if trace is None or not rate or len(trace.events) == 0:
+        return 0.0
+    blocks = pair(trace.events, trace.t0_ns, sample_bytes=rate)
+    return float(blocks.weight.sum())
+
+
+def _startup(bundle: Bundle, wall: float) -> tuple[bool, float | None]:
+    """(freeze?, when): the object heap reaches 90% of its peak in the
+    first half of the run and keeps 80% of it to the end."""
+    trace = bundle.objects
+    rate = bundle.manifest["collectors"].get("objects", {}).get("sample_bytes")
+    if trace is None or not rate or len(trace.events) == 0 or wall <= 0:
+        return False, None
+    b = pair(trace.events, trace.t0_ns, sample_bytes=rate)
+    wb = b.weight * b.size.astype(np.float64)
+    grid = np.linspace(0, wall, 65)
+    dead = np.where(np.isnan(b.death), np.inf, b.death)
+    ob, od = np.argsort(b.birth), np.argsort(dead)
+    cb = np.concatenate([[0.0], np.cumsum(wb[ob])])
+    cd = np.concatenate([[0.0], np.cumsum(wb[od])])
+    live = cb[np.searchsorted(b.birth[ob], grid, side="right")] - \
+        cd[np.searchsorted(dead[od], grid, side="right")]
+    peak = float(live.max())
+    if peak <= 0:
+        return False, None
+    reach = int(np.argmax(live >= 0.9 * peak))
+    # Up to 90% of the run: at the very end the program drops its heap.
+    stop = int(np.searchsorted(grid, 0.9 * wall, side="right"))
+    if grid[reach] <= 0.5 * wall and reach < stop and live[reach:stop].min() >= 0.8 * peak:
+        return True, round(float(grid[reach]), 3)
+    return False, None

@@ -1,0 +1,169 @@
+"""``ProfileGuidedOptimizer``: a bundle in, a plan out (the decisions, the
+clusters, the GC plan, code suggestions, and the config that ``pgo run``
+applies).  Pure: no process, no handler, no printing.
+
+From decisions to config:
+Only sites that matter make rules: 1% of numpy's bytes, and for a slab
+or an arena a thousand blocks.
+- ``cache`` sites: one numpy size class from 1 MiB up to a CacheAllocator
+  (it keeps freed blocks mapped: no page faults on reuse);
+- ``slab`` sites: one size class from 1 byte to the largest such block
+  (rounded up to 16, at most 4 KiB) to a SlabAllocator of that block size;
+- ``arena`` / ``stack`` sites: one ``[[site]]`` rule per function (the
+  pattern with most bytes there wins), so allocations made while that
+  function runs go to the allocator;
+- ``system``: nothing.
+Everything sorted, and nothing from the clock: the same bundle gives the
+same file, byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgo import bundle as fmt
+from pgo._version import __version__
+from pgo.analysis import classify as cls
+from pgo.analysis import features, gcplan
+from pgo.config import Config, SiteRule, SizeClassRule
+
+MiB = 1 << 20
+
+
+@dataclass
+class Plan:
+    config: Config
+    decisions: list[cls.Decision]
+    clusters: list[cls.Cluster]
+    suggestions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def bytes_by_strategy(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for d in self.decisions:
+            key = f"{d.site.domain}:{d.strategy}"
+            out[key] = out.get(key, 0.0) + d.site.bytes
+        return out
+
+
+class ProfileGuidedOptimizer:
+    """``ProfileGuidedOptimizer(bundle_or_path).analyze()`` -> Plan."""
+
+    def __init__(self, bundle: fmt.Bundle | os.PathLike | str) -> None:
+        self.bundle = bundle if isinstance(bundle, fmt.Bundle) else fmt.load(bundle)
+
+    def analyze(self) -> Plan:
+        b = self.bundle
+        sites = features.extract(b)
+        decisions, clusters = cls.classify(sites)
+        m = b.manifest
+        cfg = Config(
+            profile=str(b.path), profile_started_at=str(m.get("started_at", "")),
+            pgo=__version__, python=str(m.get("python", "")),
+            gc=gcplan.plan(b),
+            size_classes=_size_classes(decisions),
+            sites=_site_rules(decisions))
+        return Plan(config=cfg, decisions=decisions, clusters=clusters,
+                    suggestions=suggestions(sites), warnings=list(b.warnings))
+
+
+def _weighted_conf(ds: list[cls.Decision]) -> float:
+    total = sum(d.site.bytes for d in ds) or 1.0
+    return round(sum(d.confidence * d.site.bytes for d in ds) / total, 2)
+
+
+def _next_pow2(n: float) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+# A rule must matter: its sites hold at least this share of numpy's bytes
+# (and a slab or arena at least this many blocks), or it is left out.
+MIN_BYTES_SHARE = 0.01
+MIN_BLOCKS = 1000
+
+
+def _material(decisions: list[cls.Decision]) -> list[cls.Decision]:
+    numpy = [d for d in decisions if d.site.domain == features.NUMPY]
+    total = sum(d.site.bytes for d in numpy) or 1.0
+    return [d for d in numpy if d.site.bytes >= MIN_BYTES_SHARE * total]
+
+
+def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
+    out = []
+    numpy = _material(decisions)
+    slab = [d for d in numpy if d.strategy == "slab"]
+    if slab and sum(d.site.count for d in slab) >= MIN_BLOCKS:
+        hi = min(4096, (max(d.site.max_size for d in slab) + 15) // 16 * 16)
+        top = max(slab, key=lambda d: (d.site.bytes, d.site.name))
+        out.append(SizeClassRule(
+            1, hi, "slab", (("block_size", hi),), pattern="fixed-size-churn",
+            confidence=_weighted_conf(slab),
+            reason=(f"{len(slab)} site(s), {sum(d.site.count for d in slab):,.0f} blocks of at "
+                    f"most {hi} B; largest: {top.site.name}: {top.reason}")))
+    cache = [d for d in numpy if d.strategy == "cache"]
+    if cache:
+        biggest = max(d.site.max_size for d in cache)
+        top = max(cache, key=lambda d: (d.site.bytes, d.site.name))
+        out.append(SizeClassRule(
+            MiB, None, "cache",
+            (("max_cached_bytes", int(min(4 << 30, max(256 * MiB, _next_pow2(biggest * 8))))),),
+            pattern="large-repeated", confidence=_weighted_conf(cache),
+            reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
+                    f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
+                    f"{top.reason}")))
+    return tuple(sorted(out, key=lambda r: r.min_bytes))
+
+
+def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
+    by_fn: dict[str, list[cls.Decision]] = {}
+    for d in _material(decisions):
+        if d.strategy in ("arena", "stack") and d.site.function:
+            by_fn.setdefault(d.site.function, []).append(d)
+    rules = []
+    for fn in sorted(by_fn):
+        ds = by_fn[fn]
+        if sum(d.site.count for d in ds) < MIN_BLOCKS:
+            continue
+        weight: dict[str, float] = {}
+        for d in ds:
+            weight[d.strategy] = weight.get(d.strategy, 0.0) + d.site.bytes
+        strategy = max(sorted(weight), key=lambda k: weight[k])
+        mine = [d for d in ds if d.strategy == strategy]
+        biggest = max(d.site.max_size for d in mine)
+        top = max(mine, key=lambda d: (d.site.bytes, d.site.name))
+        if strategy == "arena":
+            settings = (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
+        else:
+            settings = (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)
+        lines = ", ".join(sorted(d.site.name.rsplit(":", 1)[-1] for d in mine))
+        rules.append(SiteRule(
+            function=fn, allocator=strategy, settings=settings, pattern=top.pattern,
+            confidence=_weighted_conf(mine),
+            reason=f"lines {lines}: {top.reason}"))
+    return tuple(rules)
+
+
+def suggestions(sites: list[features.Site]) -> list[str]:
+    """Changes to the code that no allocator config can make."""
+    out = []
+    for s in sorted(sites, key=lambda s: (-s.bytes, s.name)):
+        lives = s.alive_end >= 0.5 or (s.run_s > 0 and s.life_median_s >= 0.1 * s.run_s)
+        if s.domain == features.OBJECTS and s.count >= 500_000 and s.mean_size <= 1024 and lives:
+            out.append(f"{s.name}: {s.count:,.0f} Python objects ({s.bytes / MiB:,.0f} MiB, "
+                       f"{s.mean_size:.0f} B each): if they are instances of a class, __slots__ "
+                       f"drops the per-instance dict; if they are records, a numpy structured "
+                       f"array or pgo.Vector/pgo.IntMap holds them without per-object headers")
+        if s.count >= 50 and s.size_trend >= 0.9 and s.max_size >= 8 * s.min_size \
+                and s.life_allocs_median <= 2 and s.alive_end < 0.5 and s.realloc_share < 0.5:
+            fix = ("collect the parts in a list and np.concatenate once, or append to a "
+                   "pgo.Vector" if s.domain == features.NUMPY else
+                   "use io.BytesIO / io.StringIO, a list and ''.join, or pgo.StringBuilder")
+            out.append(f"{s.name}: a buffer rebuilt by repeated concatenation ({s.count:,.0f} "
+                       f"copies growing from {s.min_size:,} to {s.max_size:,} B, each replaced "
+                       f"by the next): {fix}")
+    return out
