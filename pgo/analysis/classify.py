@@ -23,8 +23,9 @@ for, not fitted to any program):
                                 -> slab (size class up to that size)
 - lifo-scratch: 90% of frees release the newest live block of the site's
   thread, one thread, blocks at most 1 MiB -> stack (per function)
-- scoped-temporaries: short-lived (median under 1% of the run and under a
-  thousand allocations in between), blocks up to 16 MiB
+- scoped-temporaries: short-lived (median under 2% of the run or under a
+  millisecond, and under a thousand allocations in between), blocks up
+  to 16 MiB
                                 -> arena (per function)
 - irregular: anything else      -> system
 
@@ -41,6 +42,8 @@ from scipy.cluster import hierarchy, vq
 
 from pgo.analysis.features import NUMPY, Site
 
+SHORT = 0.02                  # a short life: under 2% of the run, or ...
+SHORT_S = 1e-3                # ... under a millisecond (whatever the run's length)
 SAMPLE = 2000
 MAX_CLUSTERS = 8
 OVERRIDE = 0.5
@@ -84,8 +87,8 @@ def rule(s: Site) -> tuple[str, float, str]:
         return ("long-lived", _clip(2 * m - 1 if m >= 0.5 else m),
                 f"{s.alive_end:.0%} of {n} blocks alive at the end; median life "
                 f"{_secs(s.life_median_s)} of a {_secs(s.run_s)} run")
-    short = life_share < 0.01 and s.life_allocs_median < 1000
-    short_m = 1.0 - min(1.0, life_share / 0.01) if short else 0.0
+    short = (life_share < SHORT or s.life_median_s < SHORT_S) and s.life_allocs_median < 1000
+    short_m = (1.0 - min(1.0, life_share / SHORT, s.life_median_s / SHORT_S)) if short else 0.0
     if s.large_share >= 0.5 and s.count >= 4:
         return ("large-repeated", _clip(min(1.0, 2 * (s.large_share - 0.5) + 0.5)),
                 f"{s.large_share:.0%} of {_size(s.bytes)} in blocks of 1 MiB+ ({n} blocks, "

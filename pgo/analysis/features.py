@@ -21,8 +21,6 @@ allocation), Python objects from the sampled trace (weighted).  For each:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
 import numpy as np
 
 from pgo.analysis.lifetimes import Blocks, pair
@@ -209,77 +207,145 @@ def _cpu_by_function(bundle: Bundle) -> tuple[dict[tuple[str, str], int], int]:
 LARGE = 1 << 20
 
 
-def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (0 when either side is constant)."""
-    if len(a) < 3:
-        return 0.0
-    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
-    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
-    if np.ptp(b) == 0 or np.ptp(a) == 0:
-        return 0.0
-    c = np.corrcoef(ra, rb)[0, 1]
-    return float(c) if np.isfinite(c) else 0.0
+class _Groups:
+    """Per-site reductions over blocks, vectorized: the blocks sorted by
+    site once, then every statistic is a bincount or a reduceat."""
 
+    def __init__(self, site: np.ndarray) -> None:
+        self.order = np.argsort(site, kind="stable")
+        s = site[self.order]
+        self.starts = np.concatenate([[0], np.flatnonzero(np.diff(s)) + 1])
+        self.ids = s[self.starts]
+        self.n = len(self.starts)
+        self.g = np.repeat(np.arange(self.n), np.diff(np.append(self.starts, len(s))))
+        self.of_block = np.empty(len(s), np.int64)     # group of each block, in block order
+        self.of_block[self.order] = self.g
 
-def _wq(x: np.ndarray, w: np.ndarray, q: float) -> float:
-    order = np.argsort(x, kind="stable")
-    cw = np.cumsum(w[order])
-    k = int(np.searchsorted(cw, q * cw[-1]))
-    return float(x[order][min(k, len(x) - 1)])
+    def sum(self, x: np.ndarray) -> np.ndarray:
+        return np.bincount(self.g, weights=x[self.order].astype(np.float64), minlength=self.n)
+
+    def min(self, x: np.ndarray) -> np.ndarray:
+        return np.minimum.reduceat(x[self.order], self.starts)
+
+    def max(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum.reduceat(x[self.order], self.starts)
+
+    def count_unique(self, x: np.ndarray) -> np.ndarray:
+        pairs = np.unique(np.stack([self.g, x[self.order].astype(np.int64)]), axis=1)
+        return np.bincount(pairs[0], minlength=self.n)
+
+    def _sorted_within(self, x: np.ndarray) -> np.ndarray:
+        """Positions (into self.order) sorting each group by x."""
+        return np.lexsort((x[self.order], self.g))
+
+    def wquantile(self, x: np.ndarray, w: np.ndarray, q: float) -> np.ndarray:
+        k = self._sorted_within(x)
+        xs, ws, gs = x[self.order][k], w[self.order][k], self.g[k]
+        c = np.cumsum(ws)
+        totals = np.bincount(gs, weights=ws, minlength=self.n)
+        before = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
+        idx = np.searchsorted(c, before + q * totals, side="left")
+        last = np.append(self.starts[1:], len(xs)) - 1
+        return xs[np.minimum(np.maximum(idx, self.starts), last)]
+
+    def mode(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The most common value (by weight) and its weight, per group."""
+        k = self._sorted_within(x)
+        xs, ws, gs = x[self.order][k], w[self.order][k], self.g[k]
+        run = np.concatenate([[True], (xs[1:] != xs[:-1]) | (gs[1:] != gs[:-1])])
+        rs = np.flatnonzero(run)
+        rw = np.add.reduceat(ws, rs)
+        rg = gs[rs]
+        best = np.lexsort((-rw, rg))                  # per group, heaviest run first
+        first = best[np.concatenate([[True], rg[best][1:] != rg[best][:-1]])]
+        return xs[rs][first], rw[first]
+
+    def rank_corr(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Spearman's correlation per group (ties: average ranks); 0 for
+        groups under 3 blocks or with a constant side."""
+        ra, rb = self._ranks(a), self._ranks(b)
+        n = np.bincount(self.g, minlength=self.n).astype(np.float64)
+        sa, sb = np.bincount(self.g, ra, self.n), np.bincount(self.g, rb, self.n)
+        saa = np.bincount(self.g, ra * ra, self.n)
+        sbb = np.bincount(self.g, rb * rb, self.n)
+        sab = np.bincount(self.g, ra * rb, self.n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov = sab - sa * sb / n
+            den = np.sqrt((saa - sa * sa / n) * (sbb - sb * sb / n))
+            r = np.where((n >= 3) & (den > 1e-12), cov / den, 0.0)
+        return np.nan_to_num(r)
+
+    def _ranks(self, x: np.ndarray) -> np.ndarray:
+        # Average ranks within each group, aligned with self.order.
+        k = self._sorted_within(x)
+        xs, gs = x[self.order][k], self.g[k]
+        run = np.concatenate([[True], (xs[1:] != xs[:-1]) | (gs[1:] != gs[:-1])])
+        rs = np.flatnonzero(run)
+        lens = np.diff(np.append(rs, len(xs)))
+        pos = np.arange(len(xs), dtype=np.float64) - self.starts[gs]
+        avg = np.repeat(pos[rs] + (lens - 1) / 2.0, lens)
+        out = np.empty(len(xs))
+        out[k] = avg
+        return out
 
 
 def _per_site(blocks: Blocks, domain: str, names: dict, funcs: dict, run_s: float,
               lifo: np.ndarray, together: np.ndarray, births_before: np.ndarray,
-              gen2: np.ndarray, cpu: tuple[dict, int], qual_file: dict) -> Iterable[Site]:
+              gen2: np.ndarray, cpu: tuple[dict, int], qual_file: dict) -> list[Site]:
     end = max(blocks.end, run_s)
     cpu_counts, cpu_total = cpu
-    order = np.argsort(blocks.site, kind="stable")
-    sites = blocks.site[order]
-    for idx in np.split(order, np.flatnonzero(np.diff(sites)) + 1):
-        w = blocks.weight[idx]
-        wsum = float(w.sum())
-        size = blocks.size[idx].astype(np.float64)
-        mean = float((w * size).sum() / wsum)
-        var = float((w * (size - mean) ** 2).sum() / wsum)
-        values, inverse = np.unique(blocks.size[idx], return_inverse=True)
-        by_size = np.bincount(inverse, weights=w)
-        modal = int(np.argmax(by_size))
-        dead = blocks.death_ev[idx] >= 0
-        # A censored block (the budget's sampling stopped following its
-        # address) lived at least until then: that lower bound is its
-        # lifetime; whether it was alive at the end is unknown.
-        censored = blocks.censored[idx]
-        death = np.where(dead, blocks.death[idx],
-                         np.where(censored, blocks.censor_t[idx], end))
-        life = np.maximum(death - blocks.birth[idx], 0.0)
-        n_dead = int(dead.sum())
-        known = np.ones(len(idx), bool)
-        wk = w
-        sid = int(blocks.site[idx[0]])
-        if len(gen2):
-            k_b = np.searchsorted(gen2, blocks.birth[idx], side="right")
-            k_d = np.searchsorted(gen2, death, side="right")
-            survived = float((w * (k_d > k_b)).sum() / wsum)
-        else:
-            survived = 0.0
+    G = _Groups(blocks.site)
+    w = blocks.weight
+    size = blocks.size.astype(np.float64)
+    wsum = G.sum(w)
+    nbytes = G.sum(w * size)
+    mean = nbytes / wsum
+    var = G.sum(w * (size - mean[G.of_block]) ** 2) / wsum
+    modal, modal_w = G.mode(blocks.size, w)
+    dead = blocks.death_ev >= 0
+    # A censored block (the budget's sampling stopped following its
+    # address) lived at least until then: that lower bound is its lifetime;
+    # whether it was alive at the end is unknown.
+    censored = blocks.censored
+    death = np.where(dead, blocks.death, np.where(censored, blocks.censor_t, end))
+    life = np.maximum(death - blocks.birth, 0.0)
+    known_w = G.sum(w * ~censored)
+    alive_w = G.sum(w * (~dead & ~censored))
+    n_dead = G.sum(dead.astype(np.float64))
+    lifo_n = G.sum((lifo & dead).astype(np.float64))
+    tog_n = G.sum((together & dead).astype(np.float64))
+    if len(gen2):
+        survived = G.sum(w * (np.searchsorted(gen2, death, side="right")
+                              > np.searchsorted(gen2, blocks.birth, side="right"))) / wsum
+    else:
+        survived = np.zeros(G.n)
+    life_med = G.wquantile(life, w, 0.5)
+    life_p90 = G.wquantile(life, w, 0.9)
+    allocs_med = G.wquantile(births_before, w, 0.5)
+    threads = G.count_unique(blocks.tid)
+    large = G.sum(w * size * (size >= LARGE))
+    trend = G.rank_corr(blocks.birth_ev.astype(np.float64), size)
+    realloc = G.sum(blocks.by_realloc.astype(np.float64)) / np.bincount(G.g, minlength=G.n)
+    smin, smax = G.min(blocks.size), G.max(blocks.size)
+    out = []
+    for i, sid in enumerate(G.ids.tolist()):
         cpu_share = 0.0
         if cpu_total and sid in qual_file:
             q, f = qual_file[sid]
             cpu_share = cpu_counts.get((q.rsplit(".", 1)[-1], f.rsplit("/", 1)[-1]), 0) / cpu_total
-        yield Site(
-            domain=domain, site_id=sid, name=names.get(sid, f"site {sid}"),
-            function=funcs.get(sid, ""), count=wsum, bytes=float((w * size).sum()),
-            mean_size=mean, min_size=int(size.min()), max_size=int(size.max()),
-            size_cv=float(np.sqrt(var) / mean) if mean > 0 else 0.0,
-            modal_size=int(values[modal]), modal_share=float(by_size[modal] / wsum),
-            life_median_s=_wq(life[known], wk, 0.5), life_p90_s=_wq(life[known], wk, 0.9),
-            life_allocs_median=_wq(births_before[idx][known], wk, 0.5),
-            alive_end=float(w[~dead & ~censored].sum() / max(float(w[~censored].sum()), 1e-300))
-            if (~censored).any() else 0.0,
-            lifo=float(lifo[idx][dead].mean()) if n_dead else 0.0,
-            together=float(together[idx][dead].mean()) if n_dead else 0.0,
-            threads=int(len(np.unique(blocks.tid[idx]))), cpu_share=cpu_share,
-            gc_survival=survived, run_s=end,
-            large_share=float((w * size * (size >= LARGE)).sum() / max((w * size).sum(), 1.0)),
-            size_trend=_rank_corr(blocks.birth_ev[idx], size),
-            realloc_share=float(blocks.by_realloc[idx].mean()))
+        m = float(mean[i])
+        out.append(Site(
+            domain=domain, site_id=int(sid), name=names.get(sid, f"site {sid}"),
+            function=funcs.get(sid, ""), count=float(wsum[i]), bytes=float(nbytes[i]),
+            mean_size=m, min_size=int(smin[i]), max_size=int(smax[i]),
+            size_cv=float(np.sqrt(max(var[i], 0.0)) / m) if m > 0 else 0.0,
+            modal_size=int(modal[i]), modal_share=float(modal_w[i] / wsum[i]),
+            life_median_s=float(life_med[i]), life_p90_s=float(life_p90[i]),
+            life_allocs_median=float(allocs_med[i]),
+            alive_end=float(alive_w[i] / known_w[i]) if known_w[i] > 0 else 0.0,
+            lifo=float(lifo_n[i] / n_dead[i]) if n_dead[i] else 0.0,
+            together=float(tog_n[i] / n_dead[i]) if n_dead[i] else 0.0,
+            threads=int(threads[i]), cpu_share=cpu_share, gc_survival=float(survived[i]),
+            run_s=end, large_share=float(large[i] / max(nbytes[i], 1.0)),
+            size_trend=float(trend[i]), realloc_share=float(realloc[i])))
+    return out

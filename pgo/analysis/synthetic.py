@@ -1,0 +1,141 @@
+"""Synthetic numpy allocation traces whose patterns are known by
+construction: the ground truth for testing the classifier, and the load
+for benchmarking it at scale (``benchmarks/bench_analyze.py``).
+
+``make_bundle(spec, seed)`` returns an in-memory ``Bundle`` (nothing on
+disk) whose event trace interleaves, in time, sites of these kinds:
+
+- ``lifo-scratch``: nested scratch blocks (4-512 KiB, varied sizes), freed
+  in reverse order, one thread;
+- ``scoped-temporaries``: a "function" allocating 3-8 blocks of 16-512 KiB
+  that die together when it returns (in allocation order, not LIFO);
+- ``fixed-size-churn``: one small size (16-2048 B), a window of live blocks
+  turning over first-in first-out;
+- ``large-repeated``: temporaries of 2-64 MiB, a few alive at once;
+- ``long-lived``: blocks allocated early and never freed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pgo.bundle import EVENT_DTYPE, Bundle, EventTrace
+
+KINDS = ("lifo-scratch", "scoped-temporaries", "fixed-size-churn", "large-repeated",
+         "long-lived")
+INTENDED = {"lifo-scratch": "stack", "scoped-temporaries": "arena", "fixed-size-churn": "slab",
+            "large-repeated": "cache", "long-lived": "system"}
+
+
+class _Trace:
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, int, int]] = []   # kind, addr, size, site, tid
+        self.next_addr = 1 << 32
+
+    def alloc(self, size: int, site: int, tid: int = 1) -> int:
+        addr = self.next_addr
+        self.next_addr += (size + 4095) // 4096 * 4096 + 4096
+        self.rows.append((1, addr, size, site, tid))
+        return addr
+
+    def free(self, addr: int, tid: int = 1) -> None:
+        self.rows.append((4, addr, 0, 0, tid))
+
+
+def _lifo(t: _Trace, site: int, rng: np.random.Generator, reps: int) -> None:
+    for _ in range(reps):
+        depth = int(rng.integers(2, 6))
+        stack = [t.alloc(int(rng.integers(4096, 512 * 1024)), site) for _ in range(depth)]
+        for a in reversed(stack):
+            t.free(a)
+
+
+def _scoped(t: _Trace, site: int, rng: np.random.Generator, reps: int) -> None:
+    for _ in range(reps):
+        live = [t.alloc(int(rng.integers(16 * 1024, 512 * 1024)), site)
+                for _ in range(int(rng.integers(3, 9)))]
+        for a in live:                       # all die as the function returns
+            t.free(a)
+
+
+def _churn(t: _Trace, site: int, rng: np.random.Generator, reps: int, size: int) -> None:
+    window: list[int] = []
+    for _ in range(reps):
+        window.append(t.alloc(size, site))
+        if len(window) > 32:
+            t.free(window.pop(0))
+    for a in window:                       # the loop ends
+        t.free(a)
+
+
+def _large(t: _Trace, site: int, rng: np.random.Generator, reps: int) -> None:
+    for _ in range(reps):
+        a = t.alloc(int(rng.integers(2, 65)) << 20, site)
+        b = t.alloc(int(rng.integers(2, 65)) << 20, site)
+        t.free(a)
+        t.free(b)
+
+
+def make_bundle(spec: dict[str, int], *, seed: int = 0, reps: int = 20, passes: int = 10,
+                event_s: float = 1e-6) -> tuple[Bundle, dict[int, str]]:
+    """A bundle with ``spec[kind]`` sites of each kind; returns it and the
+    site id -> kind labels.  Sites take turns (``passes`` rounds of about
+    ``reps`` events each), so every kind spans the whole run; events are
+    ``event_s`` apart (a microsecond: numpy's pace in a tight loop)."""
+    rng = np.random.default_rng(seed)
+    t = _Trace()
+    labels: dict[int, str] = {}
+    sites_table = []
+    next_site = 2
+    per_kind: dict[str, list[int]] = {}
+    for kind in KINDS:
+        for _ in range(spec.get(kind, 0)):
+            labels[next_site] = kind
+            per_kind.setdefault(kind, []).append(next_site)
+            sites_table.append({"id": next_site, "module": f"synthetic.{kind.replace('-', '_')}",
+                                "qualname": f"f{next_site}", "file": "synthetic.py",
+                                "line": next_site})
+            next_site += 1
+    for site in per_kind.get("long-lived", []):
+        for _ in range(4):
+            t.alloc(int(rng.integers(1024, 1 << 22)), site)
+    churn_size = {s: int(rng.choice([16, 32, 48, 64, 128, 256, 1024, 2048]))
+                  for s in per_kind.get("fixed-size-churn", [])}
+    rounds = [(kind, s) for kind in KINDS if kind != "long-lived" for s in per_kind.get(kind, [])]
+    order = rng.permutation(len(rounds)) if rounds else np.zeros(0, np.int64)
+    for _ in range(passes):                # each site spans the run
+        for i in order.tolist():
+            kind, s = rounds[i]
+            if kind == "lifo-scratch":
+                _lifo(t, s, rng, max(1, reps // 4))
+            elif kind == "scoped-temporaries":
+                _scoped(t, s, rng, max(1, reps // 5))
+            elif kind == "fixed-size-churn":
+                _churn(t, s, rng, reps * 3, churn_size[s])
+            else:
+                _large(t, s, rng, max(1, reps // 10))
+    n = len(t.rows)
+    ev = np.zeros(n, EVENT_DTYPE)
+    duration_s = 0.0
+    if n:
+        arr = np.array(t.rows, dtype=np.uint64)
+        ev["kind"] = arr[:, 0]
+        ev["addr"] = arr[:, 1]
+        ev["size"] = arr[:, 2]
+        ev["site"] = arr[:, 3]
+        ev["tid"] = arr[:, 4]
+        ev["t_ns"] = (np.arange(n, dtype=np.float64) * event_s * 1e9).astype(np.uint64) + 1
+    duration_s = n * event_s
+    manifest = {"format": "pgo-profile", "version": 1, "complete": True,
+                "command": ["synthetic"], "cwd": "/", "python": "3.11", "pid": 1,
+                "started_at": "2026-01-01T00:00:00+00:00", "duration_s": duration_s,
+                "collectors": {"events": {"status": "ok"}, "objects": {"status": "off"}},
+                "warnings": [], "exit": {"code": 0, "signal": None}}
+    bundle = Bundle(path=Path("<synthetic>"), manifest=manifest, allocations=None,
+                    event_sites={"format": "pgo-event-sites", "version": 1,
+                                 "sites": sites_table},
+                    gc=None, cpu=None, warnings=[], children=[],
+                    _events=EventTrace(events=ev, t0_ns=0, complete=True))
+    return bundle, labels

@@ -1,0 +1,184 @@
+"""pgo analyze: features, clustering, patterns, the GC plan and the
+config, against ground truth (example targets and synthetic traces whose
+patterns are known by construction)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgo import bundle, config
+from pgo.analysis import classify as cls
+from pgo.analysis.features import _Groups, extract
+from pgo.analysis.gcplan import plan as gc_plan
+from pgo.analysis.optimizer import ProfileGuidedOptimizer
+from pgo.analysis.synthetic import INTENDED, KINDS, make_bundle
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "profiles" / "examples"
+# What each example target is built to show, for its numpy data.
+EXAMPLE_STRATEGY = {"pipeline": "cache", "small_arrays": "slab", "scoped_temps": "arena",
+                    "records": None}
+
+
+def _share_right(decisions, want):
+    total = right = 0.0
+    for d in decisions:
+        total += d.site.bytes
+        right += d.site.bytes * (d.strategy == want(d))
+    return right / total
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_STRATEGY))
+def test_example_targets_get_their_intended_strategy(name):
+    if not (EXAMPLES / name).is_dir():
+        pytest.skip("example bundles not next to the tests")
+    plan = ProfileGuidedOptimizer(EXAMPLES / name).analyze()
+    numpy = [d for d in plan.decisions if d.site.domain == "numpy"]
+    objects = [d for d in plan.decisions if d.site.domain == "objects"]
+    if EXAMPLE_STRATEGY[name]:
+        assert _share_right(numpy, lambda d: EXAMPLE_STRATEGY[name]) >= 0.95
+    assert all(d.strategy == "system" for d in objects)
+    cfg = plan.config
+    if name == "pipeline":
+        assert [(r.allocator, r.min_bytes, r.max_bytes) for r in cfg.size_classes] == \
+            [("cache", 1 << 20, None)]
+        assert not cfg.sites
+    elif name == "small_arrays":
+        assert [r.allocator for r in cfg.size_classes] == ["slab"]
+        assert cfg.size_classes[0].max_bytes <= 4096
+    elif name == "scoped_temps":
+        assert [(s.function, s.allocator) for s in cfg.sites] == [("__main__:filter_tile", "arena")]
+    else:
+        assert not cfg.size_classes and not cfg.sites
+        assert cfg.gc.full_collection == "growth" and cfg.gc.thresholds[0] >= 10_000
+        assert "GC took" in cfg.gc.reason
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_synthetic_traces_get_the_intended_strategy(seed):
+    b, labels = make_bundle({k: 6 for k in KINDS}, seed=seed)
+    decisions, clusters = cls.classify(extract(b))
+    assert len(decisions) == len(labels)
+    assert _share_right(decisions, lambda d: INTENDED[labels[d.site.site_id]]) >= 0.95
+    # And by count of sites, not only by bytes (big sites could hide errors).
+    right = sum(d.strategy == INTENDED[labels[d.site.site_id]] for d in decisions)
+    assert right >= 0.9 * len(decisions)
+    assert all(0.0 < d.confidence <= 1.0 and d.reason for d in decisions)
+    assert 1 <= len(clusters) <= cls.MAX_CLUSTERS
+
+
+def test_reasons_carry_the_numbers():
+    b, labels = make_bundle({"fixed-size-churn": 1, "large-repeated": 1, "long-lived": 1})
+    for d in cls.classify(extract(b))[0]:
+        kind = labels[d.site.site_id]
+        if kind == "fixed-size-churn":
+            assert "100% of" in d.reason and "blocks are" in d.reason
+        elif kind == "large-repeated":
+            assert "in blocks of 1 MiB+" in d.reason and "MiB" in d.reason
+        else:
+            assert "alive at the end" in d.reason
+
+
+def test_large_inputs_are_sampled_not_squared():
+    # 5,000 sites: more than SAMPLE, so the linkage sees a sample and the
+    # rest is assigned to the nearest centroid; every site gets a label.
+    b, labels = make_bundle({k: 1000 for k in KINDS}, seed=3, reps=4, passes=1)
+    sites = extract(b)
+    assert len(sites) == 5000 > cls.SAMPLE
+    labels_, centroids = cls.cluster(sites)
+    assert len(labels_) == 5000 and labels_.max() < len(centroids) <= cls.MAX_CLUSTERS
+    again, _ = cls.cluster(sites)
+    assert (again == labels_).all()                      # seeded: deterministic
+
+
+def test_vectorized_site_statistics_match_a_plain_reference():
+    b, _ = make_bundle({k: 3 for k in KINDS}, seed=7)
+    from pgo.analysis.lifetimes import pair
+    blocks = pair(b.events.events, 0)
+    sites = {s.site_id: s for s in extract(b)}
+    for sid in np.unique(blocks.site).tolist():
+        m = blocks.site == sid
+        w, size = blocks.weight[m], blocks.size[m].astype(float)
+        s = sites[sid]
+        assert s.count == pytest.approx(w.sum())
+        assert s.bytes == pytest.approx((w * size).sum())
+        assert s.mean_size == pytest.approx((w * size).sum() / w.sum())
+        assert s.size_cv == pytest.approx(size.std() / size.mean(), abs=1e-9)
+        assert (s.min_size, s.max_size) == (size.min(), size.max())
+        values, counts = np.unique(size, return_counts=True)
+        assert s.modal_share == pytest.approx(counts.max() / len(size))
+        end = max(blocks.end, s.run_s)
+        life = np.where(np.isnan(blocks.death[m]), end, blocks.death[m]) - blocks.birth[m]
+        srt = np.sort(life)
+        assert s.life_median_s == srt[int(np.searchsorted(np.arange(1, len(srt) + 1),
+                                                           0.5 * len(srt)))]
+
+
+def test_groups_rank_correlation_and_mode():
+    site = np.array([5, 5, 5, 5, 9, 9, 9])
+    g = _Groups(site)
+    a = np.arange(7, dtype=float)
+    b = np.array([1, 2, 2, 8, 3, 2, 1], dtype=float)
+    r = g.rank_corr(a, b)
+    from scipy.stats import spearmanr
+    assert r[0] == pytest.approx(spearmanr(a[:4], b[:4]).statistic)
+    assert r[1] == pytest.approx(-1.0)
+    mode, weight = g.mode(np.array([7, 7, 3, 3, 1, 1, 2]), np.array([1, 1, 1, 5, 1, 1, 1.0]))
+    assert mode.tolist() == [3, 1] and weight.tolist() == [6.0, 2.0]
+
+
+def test_same_bundle_gives_the_same_config_byte_for_byte(tmp_path):
+    if not (EXAMPLES / "scoped_temps").is_dir():
+        pytest.skip("example bundles not next to the tests")
+    a = config.dumps(ProfileGuidedOptimizer(EXAMPLES / "scoped_temps").analyze().config)
+    b = config.dumps(ProfileGuidedOptimizer(bundle.load(EXAMPLES / "scoped_temps")).analyze()
+                     .config)
+    assert a == b
+    cfg = config.loads(a)
+    assert config.dumps(cfg) == a
+    assert "profile_started_at" in a and "analyzed" not in a
+
+
+def test_gc_plan_guardrails():
+    def fake(collected, share, generations=None):
+        b, _ = make_bundle({"long-lived": 1})
+        b.manifest["duration_s"] = 10.0
+        b.gc = {"thresholds": [700, 10, 10], "wall_s": 10.0,
+                "total_pause_ns": int(share * 10e9), "pauses_dropped": 0,
+                "pauses": {"t_s": [1.0] * 10, "generation": [0] * 9 + [2],
+                           "duration_ns": [int(share * 1e9)] * 10, "collected": [0] * 10,
+                           "uncollectable": [0] * 10},
+                "generations": generations or [
+                    {"collections": 9, "collected": collected, "uncollectable": 0},
+                    {"collections": 0, "collected": 0, "uncollectable": 0},
+                    {"collections": 1, "collected": 0, "uncollectable": 0}]}
+        return b
+    quiet = gc_plan(fake(0, 0.01))
+    assert quiet.thresholds is None and "left as it is" in quiet.reason
+    # No objects trace in these bundles: the yield is unknown, so the plan
+    # stays bounded (cycles assumed).
+    busy = gc_plan(fake(10**6, 0.5))
+    assert busy.full_collection == "growth" and busy.growth_factor == 1.5
+    assert busy.thresholds[0] <= 10_000 and "free cycles" in busy.reason
+
+
+def test_suggestions_for_code_no_config_can_fix():
+    from pgo.analysis.features import Site
+    from pgo.analysis.optimizer import suggestions
+    base = dict(domain="objects", site_id=2, function="m:f", min_size=56, max_size=56,
+                size_cv=0.0, modal_size=56, modal_share=1.0, life_p90_s=5.0,
+                life_allocs_median=10**6, lifo=0.0, together=0.0, threads=1, cpu_share=0.5,
+                gc_survival=0.9, run_s=10.0)
+    many = Site(name="m:f:3", count=2e6, bytes=112e6, mean_size=56, life_median_s=5.0,
+                alive_end=0.9, **base)
+    assert "__slots__" in suggestions([many])[0]
+    churn = Site(name="m:f:3", count=2e6, bytes=112e6, mean_size=56, life_median_s=1e-6,
+                 alive_end=0.0, **base)
+    assert suggestions([churn]) == []
+    grow = dict(base, min_size=100, max_size=100_000, life_allocs_median=1)
+    concat = Site(name="m:g:7", count=500, bytes=25e6, mean_size=50_000, life_median_s=1e-4,
+                  alive_end=0.0, size_trend=0.99, **grow)
+    assert "repeated concatenation" in suggestions([concat])[0]
+    realloc = Site(name="m:g:7", count=500, bytes=25e6, mean_size=50_000, life_median_s=1e-4,
+                   alive_end=0.0, size_trend=0.99, realloc_share=0.95, **grow)
+    assert suggestions([realloc]) == []        # a list growing in place, not a copy
