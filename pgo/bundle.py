@@ -16,6 +16,8 @@ A bundle is a directory that ``pgo profile`` writes and ``pgo show`` /
     cpu.txt                py-spy samples (raw, "frame;frame;frame count")
     cpu.speedscope.json    the same, for speedscope
     children/PID/          a bundle per followed child process
+    runs/N/                a merged bundle (``pgo merge``): the runs it
+                           combines; its own gc.json and cpu.txt sum theirs
 
 Every reader checks the format name and version and raises
 ``ProfileFormatError`` naming the file, the byte offset and the record for
@@ -56,6 +58,7 @@ GC = "gc.json"
 CPU_RAW = "cpu.txt"
 CPU_SPEEDSCOPE = "cpu.speedscope.json"
 CHILDREN = "children"
+RUNS = "runs"
 
 # Formats of the JSON parts: (format name, version).
 JSON_FORMATS = {
@@ -457,6 +460,7 @@ class Bundle:
     warnings: list[str]
     children: list[Bundle]
     _events: EventTrace | None = None
+    runs: list[Bundle] = field(default_factory=list)
     _objects: EventTrace | None = None
 
     @property
@@ -513,9 +517,21 @@ def load(path: os.PathLike | str, *, events: bool = True, children: bool = True)
                 kid = load(child, events=events, children=False)
                 kids.append(kid)
                 warnings.extend(kid.warnings)
+    runs: list[Bundle] = []
+    if (path / RUNS).is_dir():
+        names = sorted((p for p in (path / RUNS).iterdir() if p.name.isdigit()),
+                       key=lambda p: int(p.name))
+        for run in names:
+            r = load(run, events=events, children=False)
+            if r.runs:
+                raise ProfileFormatError(f"{run}: a merged bundle inside a merged bundle")
+            runs.append(r)
+            warnings.extend(r.warnings)
+        if not runs:
+            raise ProfileFormatError(f"{path / RUNS}: a merged bundle without runs")
     bundle = Bundle(path=path, manifest=manifest, allocations=allocations,
                     event_sites=event_sites, gc=gc_part, cpu=cpu, warnings=warnings,
-                    children=kids)
+                    children=kids, runs=runs)
     if events:
         bundle.events
         bundle.objects
@@ -624,3 +640,101 @@ def _check_gc(path: Path, g: dict) -> None:
     c.get(g, "pauses_dropped", "count", "")
     c.get(g, "total_pause_ns", "count", "")
     c.get(g, "wall_s", "nonneg", "")
+
+
+# -- merging -----------------------------------------------------------------------
+
+def merge_problems(bundles: list[Bundle]) -> list[str]:
+    """Why these bundles should not be mixed: another program, other
+    versions, another object sampling rate, an incomplete run."""
+    out = []
+    first = bundles[0].manifest
+    what = ("target", "python", "numpy", "pgo")
+    for b in bundles[1:]:
+        m = b.manifest
+        t0, t1 = first.get("target", {}), m.get("target", {})
+        if (t0.get("kind"), os.path.basename(str(t0.get("name", "")))) != \
+                (t1.get("kind"), os.path.basename(str(t1.get("name", "")))):
+            out.append(f"{b.path}: another program ({t1.get('kind')} {t1.get('name')!r}, "
+                       f"not {t0.get('kind')} {t0.get('name')!r})")
+        for key in what[1:]:
+            if m.get(key) != first.get(key):
+                out.append(f"{b.path}: {key} {m.get(key)} (the first bundle has "
+                           f"{first.get(key)})")
+        r0 = first["collectors"].get("objects", {}).get("sample_bytes")
+        r1 = m["collectors"].get("objects", {}).get("sample_bytes")
+        if r0 != r1:
+            out.append(f"{b.path}: objects sampled every {r1} bytes, not {r0}")
+    for b in bundles:
+        if not b.complete:
+            out.append(f"{b.path}: the run did not complete ({_exit_text(b.manifest)})")
+        if b.runs:
+            out.append(f"{b.path}: already a merged bundle")
+    return out
+
+
+def merge(paths: list[os.PathLike | str], out: os.PathLike | str, *,
+          force: bool = False) -> tuple[Path, list[str]]:
+    """Combine bundles into ``out``: the runs are copied into ``out/runs/N``
+    (analysis weighs them by their length: a run twice as long counts
+    twice); ``gc.json`` and ``cpu.txt`` add theirs up (pauses shifted to one
+    time line).  Mismatched bundles raise ProfileFormatError listing every
+    problem, unless ``force`` (then the problems are warnings in the
+    manifest)."""
+    import shutil
+    out = Path(out)
+    if len(paths) < 2:
+        raise ProfileFormatError("pgo merge needs at least two bundles")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ProfileFormatError(f"{out}: already exists and is not empty")
+    bundles = [load(p, events=False) for p in paths]
+    problems = merge_problems(bundles)
+    if problems and not force:
+        raise ProfileFormatError("these bundles should not be merged (--force to merge "
+                                 "anyway):\n  " + "\n  ".join(problems))
+    out.mkdir(parents=True, exist_ok=True)
+    for i, b in enumerate(bundles):
+        shutil.copytree(b.path, out / RUNS / str(i), ignore=shutil.ignore_patterns(CHILDREN))
+    first = bundles[0].manifest
+    durations = [float(b.manifest.get("duration_s") or 0.0) for b in bundles]
+    manifest = dict(first)
+    manifest.update({
+        "complete": all(b.complete for b in bundles),
+        "duration_s": round(sum(durations), 6),
+        "merged_from": [{"path": str(b.path), "started_at": b.manifest.get("started_at"),
+                         "duration_s": d, "host": b.manifest.get("host"),
+                         "pid": b.manifest.get("pid")} for b, d in zip(bundles, durations)],
+        "warnings": [f"merged despite: {p}" for p in problems],
+        "collectors": {k: {"status": "merged" if any(
+            b.manifest["collectors"].get(k, {}).get("status") == "ok" for b in bundles)
+            else "off", **({"sample_bytes": v} if (v := first["collectors"].get(k, {}).get(
+                "sample_bytes")) else {})} for k in first["collectors"]},
+    })
+    write_json(out / MANIFEST, manifest)
+    gcs = [(b.gc, off) for b, off in zip(bundles, np.cumsum([0.0] + durations[:-1])) if b.gc]
+    if gcs:
+        g0 = gcs[0][0]
+        cols = ("t_s", "generation", "duration_ns", "collected", "uncollectable")
+        pauses = {c: [] for c in cols}
+        for g, off in gcs:
+            for c in cols:
+                pauses[c] += ([round(x + off, 6) for x in g["pauses"][c]] if c == "t_s"
+                              else g["pauses"][c])
+        write_json(out / GC, {
+            "format": "pgo-gc", "version": 1, "thresholds": g0["thresholds"],
+            "generations": [{k: sum(g["generations"][i][k] for g, _ in gcs)
+                             for k in ("collections", "collected", "uncollectable")}
+                            for i in range(len(g0["generations"]))],
+            "pauses": pauses, "pauses_dropped": sum(g["pauses_dropped"] for g, _ in gcs),
+            "total_pause_ns": sum(g["total_pause_ns"] for g, _ in gcs),
+            "wall_s": round(sum(g["wall_s"] for g, _ in gcs), 6)})
+    stacks: dict[tuple[str, ...], int] = {}
+    for b in bundles:
+        for k, v in (b.cpu or {}).items():
+            stacks[k] = stacks.get(k, 0) + v
+    if stacks:
+        with open(out / CPU_RAW, "w", encoding="utf-8") as f:
+            for k in sorted(stacks):
+                f.write(f"{';'.join(k)} {stacks[k]}\n")
+        write_json(out / CPU_SPEEDSCOPE, speedscope_from_samples(stacks, name="merged"))
+    return out, problems

@@ -20,7 +20,7 @@ allocation), Python objects from the sampled trace (weighted).  For each:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 import numpy as np
 
 from pgo.analysis.lifetimes import Blocks, pair
@@ -70,55 +70,126 @@ class Site:
                 self.alive_end, float(np.log10(1.0 + self.count))]
 
 
-def site_tables(bundle: Bundle) -> tuple[dict[int, str], dict[int, str]]:
-    """Site id -> "module:qualname:line", and -> "module:qualname"."""
+@dataclass
+class Traced:
+    """The blocks of one domain (all runs of a merged bundle together, each
+    shifted in time and event index after the one before) and what was
+    computed per run from the order of its events."""
+
+    blocks: Blocks
+    lifo: np.ndarray
+    together: np.ndarray
+    births_before: np.ndarray
+
+
+def runs_of(bundle: Bundle) -> list[Bundle]:
+    """The runs a bundle holds: itself, or those ``pgo merge`` put in it."""
+    return bundle.runs or [bundle]
+
+
+def collect(bundle: Bundle) -> tuple[dict[str, Traced], dict[int, str], dict[int, str],
+                                     dict[int, tuple[str, str]], float, np.ndarray]:
+    """Per domain the blocks of every run, with one site table for all of
+    them (sites matched by module, qualname and line).  Returns (traced by
+    domain, names, functions, (qualname, file) by site, run length, full
+    collection times)."""
+    runs = runs_of(bundle)
     names = {0: "<no GIL: numpy's C code>", 1: "<inside numpy / the standard library>"}
     funcs: dict[int, str] = {0: "", 1: ""}
-    if bundle.event_sites:
-        for s in bundle.event_sites["sites"]:
-            module = s["module"] or s["file"]
-            names[s["id"]] = f"{module}:{s['qualname']}:{s['line']}"
-            funcs[s["id"]] = f"{module}:{s['qualname']}" if s["module"] else ""
-    return names, funcs
+    qual_file: dict[int, tuple[str, str]] = {}
+    keys: dict[tuple, int] = {}
+    luts = []
+    for run in runs:
+        local = {0: 0, 1: 1}
+        for st in (run.event_sites or {}).get("sites", []):
+            key = (st["module"], st["qualname"], st["file"], st["line"])
+            if key not in keys:
+                keys[key] = len(keys) + 2
+            gid = keys[key]
+            local[st["id"]] = gid
+            module = st["module"] or st["file"]
+            names[gid] = f"{module}:{st['qualname']}:{st['line']}"
+            funcs[gid] = f"{module}:{st['qualname']}" if st["module"] else ""
+            qual_file[gid] = (st["qualname"], st["file"])
+        luts.append(local)
+    fn_ids: dict[str, int] = {}
+    fn_of = np.full(len(keys) + 2, -1, np.int64)
+    for gid in range(2, len(keys) + 2):
+        fn_of[gid] = fn_ids.setdefault(funcs[gid], len(fn_ids)) if funcs[gid] else -2 - gid
+    fn_of[0], fn_of[1] = -1, -2             # unknown functions never group with each other
+    out: dict[str, Traced] = {}
+    total_s = 0.0
+    gen2 = []
+    for domain in (NUMPY, OBJECTS):
+        parts = []
+        t_off, ev_off = 0.0, 0
+        for run, local in zip(runs, luts):
+            m = run.manifest
+            run_s = float(m.get("duration_s") or 0.0)
+            trace = run.events if domain == NUMPY else run.objects
+            rate = m["collectors"].get("objects", {}).get("sample_bytes") if domain == OBJECTS \
+                else None
+            if trace is not None and len(trace.events) and (domain == NUMPY or rate):
+                b = pair(trace.events, trace.t0_ns, sample_bytes=rate)
+                lut = np.zeros(max(local) + 1, np.int64)
+                for lid, gid in local.items():
+                    lut[lid] = gid
+                known = b.site <= max(local)
+                b.site = np.where(known, lut[np.minimum(b.site, max(local))], 1).astype(np.uint32)
+                lifo = _lifo(b)
+                together = _together(b, fn_of[b.site.astype(np.int64)])
+                bb = _births_before(b)
+                span = max(b.end, run_s)
+                _shift(b, t_off, ev_off)
+                parts.append((b, lifo, together, bb))
+                ev_off += len(trace.events)
+            else:
+                span = run_s
+            if domain == NUMPY:
+                gen2.append(_full_collections(run) + t_off)
+            t_off += span
+        total_s = max(total_s, t_off)
+        if parts:
+            out[domain] = Traced(_concat([p[0] for p in parts]),
+                                 np.concatenate([p[1] for p in parts]),
+                                 np.concatenate([p[2] for p in parts]),
+                                 np.concatenate([p[3] for p in parts]))
+    return out, names, funcs, qual_file, total_s, np.sort(np.concatenate(gen2)) if gen2 \
+        else np.zeros(0)
+
+
+def _shift(b: Blocks, t: float, ev: int) -> None:
+    if t:
+        b.birth = b.birth + t
+        b.death = b.death + t
+        b.censor_t = b.censor_t + t
+        b.end = b.end + t
+    if ev:
+        b.birth_ev = b.birth_ev + ev
+        b.death_ev = np.where(b.death_ev >= 0, b.death_ev + ev, -1)
+
+
+def _concat(parts: list[Blocks]) -> Blocks:
+    if len(parts) == 1:
+        return parts[0]
+    return Blocks(**{f.name: (max(getattr(p, f.name) for p in parts) if f.name == "end"
+                              else np.concatenate([getattr(p, f.name) for p in parts]))
+                     for f in fields(Blocks)})
 
 
 def extract(bundle: Bundle) -> list[Site]:
-    """Every site of both traces, in a stable order (domain, site id)."""
-    names, funcs = site_tables(bundle)
-    m = bundle.manifest
-    run_s = float(m.get("duration_s") or 0.0)
-    gen2 = _full_collections(bundle)
+    """Every site of both traces (of every run of a merged bundle), in a
+    stable order (domain, site id)."""
+    traced, names, funcs, qual_file, run_s, gen2 = collect(bundle)
     cpu = _cpu_by_function(bundle)
-    qual_file = {}
-    if bundle.event_sites:
-        qual_file = {s["id"]: (s["qualname"], s["file"]) for s in bundle.event_sites["sites"]}
     out: list[Site] = []
-    rate = m["collectors"].get("objects", {}).get("sample_bytes")
-    for trace, domain, sample_bytes in ((bundle.events, NUMPY, None),
-                                        (bundle.objects, OBJECTS, rate)):
-        if trace is None or (domain == OBJECTS and not sample_bytes):
+    for domain in (NUMPY, OBJECTS):
+        t = traced.get(domain)
+        if t is None or len(t.blocks) == 0:
             continue
-        blocks = pair(trace.events, trace.t0_ns, sample_bytes=sample_bytes)
-        if len(blocks) == 0:
-            continue
-        fn_of_site = np.array([_fn_index(funcs.get(int(s), "")) for s in blocks.site])
-        lifo = _lifo(blocks)
-        together = _together(blocks, fn_of_site)
-        births_before = _births_before(blocks)
-        out.extend(_per_site(blocks, domain, names, funcs, run_s, lifo, together,
-                             births_before, gen2, cpu, qual_file))
-    _FN_INDEX.clear()
+        out.extend(_per_site(t.blocks, domain, names, funcs, run_s, t.lifo, t.together,
+                             t.births_before, gen2, cpu, qual_file))
     return out
-
-
-_FN_INDEX: dict[str, int] = {}
-
-
-def _fn_index(fn: str) -> int:
-    # Unknown functions never group with each other.
-    if not fn:
-        return -1 - len(_FN_INDEX)
-    return _FN_INDEX.setdefault(fn, len(_FN_INDEX))
 
 
 def _births_before(blocks: Blocks) -> np.ndarray:

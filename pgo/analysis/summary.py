@@ -18,20 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from pgo.analysis.lifetimes import Blocks, pair
+from pgo.analysis.lifetimes import Blocks
 from pgo.bundle import NO_PYTHON_FRAME, Bundle
 
 NUMPY = "numpy"
 OBJECTS = "objects"
-
-
-def site_names(bundle: Bundle) -> dict[int, str]:
-    names = {0: "<no GIL: numpy's C code>", 1: "<inside numpy / the standard library>"}
-    if bundle.event_sites:
-        for s in bundle.event_sites["sites"]:
-            module = s["module"] or s["file"]
-            names[s["id"]] = f"{module}:{s['qualname']}:{s['line']}"
-    return names
 
 
 def site_stats(blocks: Blocks, names: dict[int, str], domain: str, run_s: float) -> list[dict]:
@@ -116,19 +107,16 @@ def is_growing(curve: np.ndarray, total_live_end: float) -> bool:
 
 
 def summarize(bundle: Bundle, top: int = 10) -> dict[str, Any]:
+    from pgo.analysis.features import collect
     m = bundle.manifest
-    run_s = float(m.get("duration_s") or 0.0)
-    names = site_names(bundle)
+    traced, names, _, _, run_s, _ = collect(bundle)
+    run_s = max(run_s, float(m.get("duration_s") or 0.0))
     sites: list[dict] = []
     leaks: list[dict] = []
-    for trace, domain, rate in ((bundle.events, NUMPY, None),
-                                (bundle.objects, OBJECTS,
-                                 m["collectors"].get("objects", {}).get("sample_bytes"))):
-        if trace is None:
+    for domain in (NUMPY, OBJECTS):
+        if domain not in traced:
             continue
-        if domain == OBJECTS and not rate:
-            continue
-        blocks = pair(trace.events, trace.t0_ns, sample_bytes=rate)
+        blocks = traced[domain].blocks
         stats = site_stats(blocks, names, domain, run_s)
         sites.extend(stats)
         total_live = sum(s["live_end_bytes"] for s in stats)

@@ -17,6 +17,7 @@ from pgo._errors import PgoError
 from pgo._version import __version__
 from pgo.commands.analyze import AnalyzeCommand
 from pgo.commands.demo import DemoCommand
+from pgo.commands.merge import MergeCommand
 from pgo.commands.profile import ProfileCommand
 from pgo.commands.show import ShowCommand
 
@@ -35,7 +36,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
-_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, DemoCommand]
+_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, MergeCommand, DemoCommand]
 
 
 def _name(cls: type) -> str:

@@ -136,4 +136,4 @@ def _summary(con, plan, out: Path) -> None:
         con.print(f"  [yellow]suggestion:[/] {s}")
     for w in plan.warnings:
         con.print(f"  [yellow]warning:[/] {w}")
-    con.print(f"wrote {out}; next: pgo run --config {out} -- python ...")
+    con.print(f"wrote {out}; next: pgo run --config {out} -- python ...", soft_wrap=True)
