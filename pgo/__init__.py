@@ -53,4 +53,13 @@ __all__ = [
     "owner",
     "uninstall",
     "use",
+    "ProfileGuidedOptimizer",
 ]
+
+
+def __getattr__(name: str):
+    # The analysis imports scipy: only when it is asked for.
+    if name == "ProfileGuidedOptimizer":
+        from pgo.analysis.optimizer import ProfileGuidedOptimizer
+        return ProfileGuidedOptimizer
+    raise AttributeError(f"module 'pgo' has no attribute {name!r}")
