@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     # The analysis imports scipy: only when it is asked for.
     if name == "ProfileGuidedOptimizer":
         from pgo.analysis.optimizer import ProfileGuidedOptimizer

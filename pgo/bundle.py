@@ -35,7 +35,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -86,7 +86,8 @@ MAX_BLOCK_RECORDS = 1 << 16
 MAX_JSON_BYTES = 1 << 30
 
 
-def _err(path: os.PathLike | str, offset: int | None, record: str, what: str) -> ProfileFormatError:
+def _err(path: str | os.PathLike[str], offset: int | None, record: str,
+         what: str) -> ProfileFormatError:
     where = f"{os.fspath(path)}"
     if offset is not None:
         where += f": byte {offset}"
@@ -97,7 +98,7 @@ def _err(path: os.PathLike | str, offset: int | None, record: str, what: str) ->
 
 # -- JSON parts ---------------------------------------------------------------------
 
-def write_json(path: os.PathLike | str, obj: Any) -> None:
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON atomically (a temporary file, then rename), so a
     reader never sees half a file, even from a process killed mid-write.
     (No fsync: that guards against power loss, at milliseconds a write.)"""
@@ -122,7 +123,8 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
         raise _err(path, None, "", f"cannot be read ({e.strerror or e})") from None
 
 
-def read_json(path: os.PathLike | str, expect: tuple[str, int] | None = None) -> dict:
+def read_json(path: str | os.PathLike[str],
+              expect: tuple[str, int] | None = None) -> dict[str, Any]:
     """Read a JSON part; check its ``format`` and ``version`` when given."""
     path = Path(path)
     raw = _read_bytes(path, limit=MAX_JSON_BYTES)
@@ -162,7 +164,7 @@ def _no_constant(name: str) -> Any:
 class _Checker:
     """Type checks on parsed JSON that name the file and the record path."""
 
-    def __init__(self, path: os.PathLike | str) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
 
     def get(self, obj: Any, key: str, kind: Any, where: str, *, optional: bool = False,
@@ -205,8 +207,9 @@ class _Checker:
             return isinstance(value, int) and not isinstance(value, bool)
         return isinstance(value, kind)
 
-    def items(self, obj: Any, key: str, where: str) -> list:
-        return self.get(obj, key, list, where)
+    def items(self, obj: Any, key: str, where: str) -> list[Any]:
+        items: list[Any] = self.get(obj, key, list, where)
+        return items
 
 
 def _show(value: Any) -> str:
@@ -226,7 +229,7 @@ class EventTrace:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_events(path: os.PathLike | str, *, allow_truncated: bool = False) -> EventTrace:
+def read_events(path: str | os.PathLike[str], *, allow_truncated: bool = False) -> EventTrace:
     """Read and validate an event trace.
 
     Each block's count is checked against the bytes left before anything is
@@ -304,7 +307,8 @@ def read_events(path: os.PathLike | str, *, allow_truncated: bool = False) -> Ev
         nbytes = count * EVENT_DTYPE.itemsize
         body = pos + BLOCK_HEADER.size
         if end - body < nbytes:
-            truncated(f"block {seq} holds {count} records, only {(end - body) // EVENT_DTYPE.itemsize}"
+            have = (end - body) // EVENT_DTYPE.itemsize
+            truncated(f"block {seq} holds {count} records, only {have}"
                       " are in the file")
             break
         payload = data[body:body + nbytes]
@@ -337,7 +341,8 @@ def block_checksum(payload: bytes) -> int:
 NO_PYTHON_FRAME = "<no Python frame>"
 
 
-def read_cpu_raw(path: os.PathLike | str, *, allow_truncated: bool = False) -> dict[tuple[str, ...], int]:
+def read_cpu_raw(path: str | os.PathLike[str], *,
+                 allow_truncated: bool = False) -> dict[tuple[str, ...], int]:
     """py-spy's raw output: one stack per line, outermost frame first,
     ``frame;frame;... COUNT``.  Returns {stack: samples}."""
     path = Path(path)
@@ -373,10 +378,10 @@ def read_cpu_raw(path: os.PathLike | str, *, allow_truncated: bool = False) -> d
     return stacks
 
 
-def speedscope_from_samples(stacks: dict[tuple[str, ...], int], name: str) -> dict:
+def speedscope_from_samples(stacks: dict[tuple[str, ...], int], name: str) -> dict[str, Any]:
     """A speedscope document (https://www.speedscope.app/file-format-schema.json)
     of sampled stacks."""
-    frames: list[dict] = []
+    frames: list[dict[str, Any]] = []
     index: dict[str, int] = {}
     samples: list[list[int]] = []
     weights: list[int] = []
@@ -405,7 +410,7 @@ def speedscope_from_samples(stacks: dict[tuple[str, ...], int], name: str) -> di
     }
 
 
-def check_speedscope(path: os.PathLike | str) -> dict:
+def check_speedscope(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a speedscope file and check it against the parts of the schema
     pgo uses (sampled profiles, frames by index)."""
     doc = read_json(path)
@@ -452,10 +457,10 @@ class Bundle:
     event trace is read on first use of ``events``."""
 
     path: Path
-    manifest: dict
-    allocations: dict | None
-    event_sites: dict | None
-    gc: dict | None
+    manifest: dict[str, Any]
+    allocations: dict[str, Any] | None
+    event_sites: dict[str, Any] | None
+    gc: dict[str, Any] | None
     cpu: dict[tuple[str, ...], int] | None
     warnings: list[str]
     children: list[Bundle]
@@ -488,7 +493,7 @@ class Bundle:
         return self._objects
 
 
-def load(path: os.PathLike | str, *, events: bool = True, children: bool = True) -> Bundle:
+def load(path: str | os.PathLike[str], *, events: bool = True, children: bool = True) -> Bundle:
     """Load and validate a bundle directory (``events=False`` leaves the
     trace on disk until ``bundle.events`` is read)."""
     path = Path(path)
@@ -538,7 +543,7 @@ def load(path: os.PathLike | str, *, events: bool = True, children: bool = True)
     return bundle
 
 
-def _exit_text(manifest: dict) -> str:
+def _exit_text(manifest: dict[str, Any]) -> str:
     ex = manifest.get("exit") or {}
     if ex.get("signal"):
         return f"killed by {ex['signal']}"
@@ -547,7 +552,8 @@ def _exit_text(manifest: dict) -> str:
     return "no exit status recorded"
 
 
-def _optional(path: Path, check) -> dict | None:
+def _optional(path: Path, check: Callable[[Path, dict[str, Any]], None]
+              ) -> dict[str, Any] | None:
     if not path.exists():
         return None
     obj = read_json(path, JSON_FORMATS[path.name])
@@ -555,7 +561,7 @@ def _optional(path: Path, check) -> dict | None:
     return obj
 
 
-def _check_manifest(path: Path, m: dict) -> None:
+def _check_manifest(path: Path, m: dict[str, Any]) -> None:
     c = _Checker(path)
     c.get(m, "complete", bool, "")
     c.get(m, "command", list, "")
@@ -575,7 +581,7 @@ def _check_manifest(path: Path, m: dict) -> None:
     c.get(m, "exit", dict, "", optional=True, default={})
 
 
-def _check_allocations(path: Path, a: dict) -> None:
+def _check_allocations(path: Path, a: dict[str, Any]) -> None:
     c = _Checker(path)
     c.get(a, "nframes", "count", "")
     sites = c.items(a, "sites", "")
@@ -585,7 +591,8 @@ def _check_allocations(path: Path, a: dict) -> None:
         sid = c.get(s, "id", "count", w)
         ids.add(sid)
         if c.get(s, "domain", str, w) not in ("objects", "numpy"):
-            raise _err(path, None, f"{w}.domain", f"expected 'objects' or 'numpy', got {s['domain']!r}")
+            raise _err(path, None, f"{w}.domain",
+                       f"expected 'objects' or 'numpy', got {s['domain']!r}")
         for k, fr in enumerate(c.items(s, "frames", w)):
             c.check(fr, list, f"{w}.frames[{k}]")
             if len(fr) != 2:
@@ -608,7 +615,7 @@ def _check_allocations(path: Path, a: dict) -> None:
                 raise _err(path, None, f"{w}.live[{k}][0]", f"unknown site id {row[0]}")
 
 
-def _check_event_sites(path: Path, e: dict) -> None:
+def _check_event_sites(path: Path, e: dict[str, Any]) -> None:
     c = _Checker(path)
     for i, s in enumerate(c.items(e, "sites", "")):
         w = f"sites[{i}]"
@@ -619,7 +626,7 @@ def _check_event_sites(path: Path, e: dict) -> None:
         c.get(s, "line", int, w)
 
 
-def _check_gc(path: Path, g: dict) -> None:
+def _check_gc(path: Path, g: dict[str, Any]) -> None:
     c = _Checker(path)
     thresholds = c.get(g, "thresholds", list, "")
     for i, t in enumerate(thresholds):
@@ -673,7 +680,7 @@ def merge_problems(bundles: list[Bundle]) -> list[str]:
     return out
 
 
-def merge(paths: list[os.PathLike | str], out: os.PathLike | str, *,
+def merge(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
           force: bool = False) -> tuple[Path, list[str]]:
     """Combine bundles into ``out``: the runs are copied into ``out/runs/N``
     (analysis weighs them by their length: a run twice as long counts
@@ -715,7 +722,7 @@ def merge(paths: list[os.PathLike | str], out: os.PathLike | str, *,
     if gcs:
         g0 = gcs[0][0]
         cols = ("t_s", "generation", "duration_ns", "collected", "uncollectable")
-        pauses = {c: [] for c in cols}
+        pauses: dict[str, list[Any]] = {c: [] for c in cols}
         for g, off in gcs:
             for c in cols:
                 pauses[c] += ([round(x + off, 6) for x in g["pauses"][c]] if c == "t_s"

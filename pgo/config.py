@@ -178,7 +178,7 @@ def _value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to a config")
 
 
-def write(cfg: Config, path: os.PathLike | str) -> None:
+def write(cfg: Config, path: str | os.PathLike[str]) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(dumps(cfg), encoding="utf-8")
@@ -187,7 +187,7 @@ def write(cfg: Config, path: os.PathLike | str) -> None:
 
 # -- reading -------------------------------------------------------------------------
 
-def load(path: os.PathLike | str) -> Config:
+def load(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -219,13 +219,14 @@ class _Reader:
         name = table + (f"[{index}]" if index is not None else "") + (f".{key}" if key else "")
         return ConfigError(f"{where}: {name}: {message}")
 
-    def check_keys(self, table: str, index: int | None, got: dict, allowed: tuple[str, ...]) -> None:
+    def check_keys(self, table: str, index: int | None, got: dict[str, Any],
+                   allowed: tuple[str, ...]) -> None:
         for key in got:
             if key not in allowed:
                 raise self.fail(table, index, key,
                                 f"unknown key {key!r}; valid keys: {', '.join(allowed)}")
 
-    def typed(self, table: str, index: int | None, d: dict, key: str, kind: Any,
+    def typed(self, table: str, index: int | None, d: dict[str, Any], key: str, kind: Any,
               default: Any = None, required: bool = False) -> Any:
         if key not in d:
             if required:
@@ -242,7 +243,7 @@ class _Reader:
                                                f"{type(v).__name__} {v!r}")
         return float(v) if kind is float else v
 
-    def config(self, doc: dict) -> Config:
+    def config(self, doc: dict[str, Any]) -> Config:
         self.check_keys("", None, doc, ("pgo", "gc", "numpy", "site"))
         head = doc.get("pgo")
         if not isinstance(head, dict):
@@ -299,17 +300,18 @@ class _Reader:
                       startup_s=startup, full_collection=full, growth_factor=growth,
                       reason=self.typed("gc", None, d, "reason", str, ""))
 
-    def _notes(self, table: str, i: int, d: dict) -> dict[str, Any]:
+    def _notes(self, table: str, i: int, d: dict[str, Any]) -> dict[str, Any]:
         pattern = self.typed(table, i, d, "pattern", str, "")
         if pattern and pattern not in PATTERNS:
-            raise self.fail(table, i, "pattern", f"unknown {pattern!r}; valid: {', '.join(PATTERNS)}")
+            raise self.fail(table, i, "pattern",
+                            f"unknown {pattern!r}; valid: {', '.join(PATTERNS)}")
         conf = self.typed(table, i, d, "confidence", float)
         if conf is not None and not 0.0 <= conf <= 1.0:
             raise self.fail(table, i, "confidence", f"must be in [0, 1], got {conf}")
         return {"pattern": pattern, "confidence": conf,
                 "reason": self.typed(table, i, d, "reason", str, "")}
 
-    def _settings(self, table: str, i: int, d: dict, allocator: str) -> tuple:
+    def _settings(self, table: str, i: int, d: dict[str, Any], allocator: str) -> tuple[Any, ...]:
         out = []
         for key, (kind, _) in CONFIG_KEYS[allocator].items():
             if key in d:
@@ -318,12 +320,12 @@ class _Reader:
                     raise self.fail(table, i, key, f"must be >= 0 bytes, got {out[-1][1]}")
         return tuple(sorted(out))
 
-    def _allocator(self, table: str, i: int, d: dict, valid: tuple[str, ...]) -> str:
+    def _allocator(self, table: str, i: int, d: dict[str, Any], valid: tuple[str, ...]) -> str:
         a = self.typed(table, i, d, "allocator", str, required=True)
         if a not in valid:
             raise self.fail(table, i, "allocator",
                             f"unknown allocator {a!r}; valid: {', '.join(valid)}")
-        return a
+        return str(a)
 
     def size_class(self, i: int, d: Any) -> SizeClassRule:
         table = "numpy.size_class"

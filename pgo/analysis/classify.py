@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.cluster import hierarchy, vq
+from scipy.cluster import hierarchy, vq  # type: ignore[import-untyped]
 
 from pgo.analysis.features import NUMPY, Site
 

@@ -20,6 +20,8 @@ allocation), Python objects from the sampled trace (weighted).  For each:
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, fields
 import numpy as np
 
@@ -97,7 +99,7 @@ def collect(bundle: Bundle) -> tuple[dict[str, Traced], dict[int, str], dict[int
     names = {0: "<no GIL: numpy's C code>", 1: "<inside numpy / the standard library>"}
     funcs: dict[int, str] = {0: "", 1: ""}
     qual_file: dict[int, tuple[str, str]] = {}
-    keys: dict[tuple, int] = {}
+    keys: dict[tuple[Any, ...], int] = {}
     luts = []
     for run in runs:
         local = {0: 0, 1: 1}
@@ -172,9 +174,11 @@ def _shift(b: Blocks, t: float, ev: int) -> None:
 def _concat(parts: list[Blocks]) -> Blocks:
     if len(parts) == 1:
         return parts[0]
-    return Blocks(**{f.name: (max(getattr(p, f.name) for p in parts) if f.name == "end"
-                              else np.concatenate([getattr(p, f.name) for p in parts]))
-                     for f in fields(Blocks)})
+    merged: dict[str, Any] = {
+        f.name: (max(getattr(p, f.name) for p in parts) if f.name == "end"
+                 else np.concatenate([getattr(p, f.name) for p in parts]))
+        for f in fields(Blocks)}
+    return Blocks(**merged)
 
 
 def extract(bundle: Bundle) -> list[Site]:
@@ -317,7 +321,8 @@ class _Groups:
         before = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
         idx = np.searchsorted(c, before + q * totals, side="left")
         last = np.append(self.starts[1:], len(xs)) - 1
-        return xs[np.minimum(np.maximum(idx, self.starts), last)]
+        out: np.ndarray = xs[np.minimum(np.maximum(idx, self.starts), last)]
+        return out
 
     def mode(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The most common value (by weight) and its weight, per group."""
@@ -360,9 +365,10 @@ class _Groups:
         return out
 
 
-def _per_site(blocks: Blocks, domain: str, names: dict, funcs: dict, run_s: float,
-              lifo: np.ndarray, together: np.ndarray, births_before: np.ndarray,
-              gen2: np.ndarray, cpu: tuple[dict, int], qual_file: dict) -> list[Site]:
+def _per_site(blocks: Blocks, domain: str, names: dict[int, str], funcs: dict[int, str],
+              run_s: float, lifo: np.ndarray, together: np.ndarray, births_before: np.ndarray,
+              gen2: np.ndarray, cpu: tuple[dict[tuple[str, str], int], int],
+              qual_file: dict[int, tuple[str, str]]) -> list[Site]:
     end = max(blocks.end, run_s)
     cpu_counts, cpu_total = cpu
     G = _Groups(blocks.site)

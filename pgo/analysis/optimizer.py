@@ -51,7 +51,7 @@ class Plan:
 class ProfileGuidedOptimizer:
     """``ProfileGuidedOptimizer(bundle_or_path).analyze()`` -> Plan."""
 
-    def __init__(self, bundle: fmt.Bundle | os.PathLike | str) -> None:
+    def __init__(self, bundle: fmt.Bundle | str | os.PathLike[str]) -> None:
         self.bundle = bundle if isinstance(bundle, fmt.Bundle) else fmt.load(bundle)
 
     def analyze(self) -> Plan:

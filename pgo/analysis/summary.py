@@ -25,7 +25,8 @@ NUMPY = "numpy"
 OBJECTS = "objects"
 
 
-def site_stats(blocks: Blocks, names: dict[int, str], domain: str, run_s: float) -> list[dict]:
+def site_stats(blocks: Blocks, names: dict[int, str], domain: str,
+               run_s: float) -> list[dict[str, Any]]:
     """Per site: blocks, bytes, sizes, lifetimes (weighted estimates)."""
     if len(blocks) == 0:
         return []
@@ -86,8 +87,9 @@ def live_curve(blocks: Blocks, site: int, points: int, end: float) -> np.ndarray
     od = np.argsort(dead)
     cb = np.concatenate([[0.0], np.cumsum(wb[ob])])
     cd = np.concatenate([[0.0], np.cumsum(wb[od])])
-    return cb[np.searchsorted(born[ob], grid, side="right")] - \
-        cd[np.searchsorted(dead[od], grid, side="right")]
+    curve: np.ndarray = (cb[np.searchsorted(born[ob], grid, side="right")]
+                         - cd[np.searchsorted(dead[od], grid, side="right")])
+    return curve
 
 
 def is_growing(curve: np.ndarray, total_live_end: float) -> bool:
@@ -111,8 +113,8 @@ def summarize(bundle: Bundle, top: int = 10) -> dict[str, Any]:
     m = bundle.manifest
     traced, names, _, _, run_s, _ = collect(bundle)
     run_s = max(run_s, float(m.get("duration_s") or 0.0))
-    sites: list[dict] = []
-    leaks: list[dict] = []
+    sites: list[dict[str, Any]] = []
+    leaks: list[dict[str, Any]] = []
     for domain in (NUMPY, OBJECTS):
         if domain not in traced:
             continue
@@ -152,7 +154,8 @@ def summarize(bundle: Bundle, top: int = 10) -> dict[str, Any]:
     }
 
 
-def _tracemalloc_sites(bundle: Bundle, top: int, leaks: list[dict]) -> list[dict]:
+def _tracemalloc_sites(bundle: Bundle, top: int,
+                       leaks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     a = bundle.allocations
     if not a:
         return []
@@ -180,7 +183,7 @@ def _tracemalloc_sites(bundle: Bundle, top: int, leaks: list[dict]) -> list[dict
     return out[:top]
 
 
-def _gc_summary(bundle: Bundle, run_s: float) -> dict | None:
+def _gc_summary(bundle: Bundle, run_s: float) -> dict[str, Any] | None:
     g = bundle.gc
     if not g:
         return None
@@ -208,7 +211,7 @@ def _gc_summary(bundle: Bundle, run_s: float) -> dict | None:
     }
 
 
-def _cpu_summary(bundle: Bundle, top: int) -> dict | None:
+def _cpu_summary(bundle: Bundle, top: int) -> dict[str, Any] | None:
     stacks = bundle.cpu
     if stacks is None:
         return None

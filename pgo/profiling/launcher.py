@@ -4,8 +4,8 @@ py-spy from outside, waits, and completes the manifest (exit status, CPU
 collector, children).
 
 The child inherits stdin, stdout and stderr, so the program's output is its
-own; this module prints nothing (the command reports what it returns).  The child's exit status is returned (128 + N when it died
-of signal N).
+own; this module prints nothing (the command reports what it returns).
+The child's exit status is returned (128 + N when it died of signal N).
 """
 
 from __future__ import annotations
