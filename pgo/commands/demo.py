@@ -8,8 +8,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 import pgo
 
 
@@ -181,6 +179,7 @@ def _median_ns(fn, n: int, loops: int, repeat: int) -> float:
 
 
 def _print_touched(repeat: int, scale: float, out) -> None:
+    import numpy as np
     print(f"   {'n':>11} {'np.empty':>12} {'arena.empty':>20}", file=out)
     for n in (1 << 20, 8 << 20):
         arena = pgo.ArenaAllocator(chunk_size=n * 8 + 4096)
@@ -198,6 +197,7 @@ def _print_touched(repeat: int, scale: float, out) -> None:
 
 
 def _print_timings(repeat: int, scale: float, out) -> None:
+    import numpy as np
     sizes = [16, 4096, 512 * 1024, 4 * 1024 * 1024]
     print(f"   {'n':>9} {'np.empty':>10} " + " ".join(f"{t[:-9]:>16}" for t, _ in _PATTERNS), file=out)
     gc_was = gc.isenabled()

@@ -6,15 +6,16 @@ target's own atexit handlers and non-daemon threads."""
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import sys
 
 from pgo import _target
-from pgo.profiling.session import Options, Profiler, _register_exit
+from pgo.profiling.options import Options
+from pgo.profiling.session import Profiler, _register_exit
 
-FOLLOW_ENV = "PGO_PROFILE_FOLLOW"
-SKIP_ENV = "PGO_PROFILE_FOLLOW_SKIP"
+from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV  # noqa: F401  (the hook's names)
 
 
 def _status(fd: int | None, **msg) -> None:
@@ -45,6 +46,11 @@ def main() -> int:
         _status(fd, error=f"cannot start the profiler: {type(e).__name__}: {e}")
         return 2
     atexit.register(lambda: profiler.stop(exit_code=exit_code[0]))
+    # pgo's own start-up objects (and numpy's, which the recorder needs)
+    # would otherwise sit in the program's heap for every full collection
+    # to scan: frozen, the collector sees what it would without pgo.
+    gc.collect()
+    gc.freeze()
     _status(fd, started=True, pid=os.getpid())
     if fd is not None:
         os.close(fd)

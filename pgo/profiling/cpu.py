@@ -20,10 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgo import bundle as fmt
-from pgo._errors import ProfileFormatError
 
 LOG = ".py-spy.log"
+RAW = "cpu.txt"             # pgo.bundle.CPU_RAW (not imported: it loads numpy)
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Sampler:
     def _argv(self, native: bool) -> list[str]:
         assert self.exe is not None
         argv = [self.exe, "record", "--pid", str(self.pid), "--format", "raw",
-                "-o", os.fspath(self.dir / fmt.CPU_RAW), "--rate", str(self.options.rate)]
+                "-o", os.fspath(self.dir / RAW), "--rate", str(self.options.rate)]
         argv += ["--native"] if native else ["--nonblocking"]
         return argv
 
@@ -82,6 +81,8 @@ class Sampler:
 
     def finish(self) -> dict:
         """After the target exited: wait for py-spy and convert its output."""
+        from pgo import bundle as fmt
+        from pgo._errors import ProfileFormatError
         info = {"status": "off" if not self.options.enabled else "ok", "tool": "py-spy",
                 "rate": self.options.rate, "native": self.native}
         if self.proc is not None:

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pgo import bundle as fmt
-from pgo._target import Target
 from pgo._errors import ProfilerError
+from pgo._target import Target
 from pgo.profiling import cpu
-from pgo.profiling.child import FOLLOW_ENV, SKIP_ENV
-from pgo.profiling.session import Options
+from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV, Options
 
 HOOK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_hook")
 
@@ -68,6 +66,7 @@ def profile(target: Target, directory: Path, options: Options, *,
                "target": target.to_json(), "status_fd": write_fd}
     env = dict(os.environ)
     if options.follow_children:
+        from pgo import bundle as fmt
         children = directory.resolve() / fmt.CHILDREN
         env[FOLLOW_ENV] = json.dumps({"root": os.fspath(children), "options": options.to_json()})
         env[SKIP_ENV] = "1"
@@ -137,6 +136,7 @@ def _discard(directory: Path, created: Path | None) -> None:
 
 def _complete_manifest(directory: Path, returncode: int, sig: str | None, cpu_info: dict,
                        warnings: list[str]) -> None:
+    from pgo import bundle as fmt
     path = directory / fmt.MANIFEST
     manifest = fmt.read_json(path, fmt.JSON_FORMATS[fmt.MANIFEST])
     if sig is not None:

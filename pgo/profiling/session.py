@@ -8,8 +8,8 @@ Collectors (each can be switched off):
   about once per ``sample_bytes`` allocated, with the free of each sampled
   block, streamed to ``objects.trace``: sites, sizes and exact lifetimes of
   the sampled blocks at a cost of a few percent.
-- ``tracemalloc`` (off by default: it costs 2.5-4x on allocation-heavy
-  code): exact allocation sites of Python objects and numpy data (domain
+- ``tracemalloc`` (off by default: it cost 1.3-5.9x on the benchmark's
+  programs): exact allocation sites of Python objects and numpy data (domain
   389047), reduced in this process to JSON (never pickled): live bytes and
   counts per site in periodic snapshots, and per site its peak.  The
   snapshot interval adapts so that snapshots take at most about 5% of the
@@ -49,33 +49,10 @@ import numpy as np
 from pgo import bundle as fmt
 from pgo._errors import ProfilerError
 from pgo._version import __version__
+from pgo.profiling.options import Options
 
 NUMPY_DOMAIN = 389047
 MAX_PAUSES = 1_000_000
-
-
-@dataclass
-class Options:
-    """What to collect; the CLI's flags map onto these."""
-
-    tracemalloc: bool = False
-    nframes: int = 1                  # frames per tracemalloc traceback
-    snapshot_interval: float = 0.25   # seconds between snapshots, at least
-    snapshot_budget: float = 0.05     # share of wall time snapshots may take
-    events: bool = True
-    max_events: int = 1_000_000
-    objects: bool = True
-    sample_bytes: int = 32768         # mean bytes allocated between object samples
-    objects_max_events: int = 1_000_000
-    gc: bool = True
-    follow_children: bool = False
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> Options:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def excluded_prefixes() -> list[str]:

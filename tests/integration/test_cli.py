@@ -67,3 +67,17 @@ def test_demo_rejects_bad_repeat():
     proc = run_pgo("demo", "--repeat", "0")
     assert proc.returncode == 2
     assert "--repeat" in proc.stderr
+
+
+def test_import_pgo_and_the_launchers_do_not_load_numpy():
+    # pgo profile / pgo run start a target without putting numpy's objects
+    # into a program that never imports numpy; the names load on first use.
+    code = ("import sys, pgo, pgo.commands, pgo.profiling.launcher, pgo.config; "
+            "assert 'numpy' not in sys.modules, 'numpy loaded'; "
+            "assert set(pgo.__all__) == set(pgo._WHERE) | {'AllocatorError', 'ConfigError', "
+            "'PgoError', 'PoolError', 'ProfileFormatError', 'ProfilerError', '__version__'}; "
+            "pgo.ArenaAllocator; assert 'numpy' in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(),
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
