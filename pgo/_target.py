@@ -18,6 +18,8 @@ import shutil
 import sys
 import traceback
 from dataclasses import dataclass
+from types import CodeType
+from typing import Any, Callable
 
 from pgo._errors import PgoError
 
@@ -111,20 +113,45 @@ def check_module(name: str) -> None:
         raise TargetError(f"-m {name}: {type(e).__name__}: {e}") from None
 
 
-def run(target: Target) -> int:
+Compiler = Callable[[bytes, str], CodeType]
+
+
+def run(target: Target, *, compiler: Compiler | None = None,
+        init_globals: dict[str, Any] | None = None) -> int:
     """Run the target in this process, as ``python`` would, and return its
-    exit status (uncaught exceptions are printed through sys.excepthook)."""
+    exit status (uncaught exceptions are printed through sys.excepthook).
+
+    ``compiler(source, filename)``, when given, compiles the ``__main__``
+    module (a script, or the ``-m`` module) instead of the built-in compile
+    (``pgo run`` adds its routing decorators there); ``init_globals`` go into
+    that module's namespace first."""
     if target.kind == "script":
         path = os.path.abspath(target.name)
         sys.argv = [target.name, *target.args]
         sys.path[0] = os.path.dirname(os.path.realpath(path)) if os.path.isfile(path) else path
-        main = lambda: _keep(runpy.run_path(path, run_name="__main__"))  # noqa: E731
+        if compiler is not None and os.path.isfile(path):
+            with open(path, "rb") as f:
+                code = compiler(f.read(), path)
+            main = lambda: _keep(runpy._run_module_code(  # type: ignore[attr-defined]  # noqa: E731
+                code, init_globals, "__main__", pkg_name="", script_name=path))
+        else:
+            main = lambda: _keep(runpy.run_path(path, init_globals,  # noqa: E731
+                                                run_name="__main__"))
         frame_file = os.path.realpath(path)
     elif target.kind == "module":
         sys.argv = [target.name, *target.args]     # runpy puts the file in argv[0]
         sys.path[0] = os.getcwd()
-        main = lambda: _keep(runpy.run_module(target.name, run_name="__main__",  # noqa: E731
-                                              alter_sys=True))
+        if compiler is not None:
+            def main() -> None:
+                name, spec, code = runpy._get_module_details(target.name)  # type: ignore[attr-defined]
+                source = spec.loader.get_source(name) if spec.loader else None
+                if source is not None and spec.origin:
+                    code = compiler(source.encode(), spec.origin)
+                _keep(runpy._run_module_code(  # type: ignore[attr-defined]
+                    code, init_globals, "__main__", mod_spec=spec))
+        else:
+            main = lambda: _keep(runpy.run_module(target.name, init_globals,  # noqa: E731
+                                                  run_name="__main__", alter_sys=True))
         frame_file = None
     else:
         sys.argv = ["-c", *target.args]
@@ -132,7 +159,9 @@ def run(target: Target) -> int:
 
         def main() -> None:
             import __main__
-            code = compile(target.name, "<string>", "exec")
+            __main__.__dict__.update(init_globals or {})
+            code = (compiler(target.name.encode(), "<string>") if compiler is not None
+                    else compile(target.name, "<string>", "exec"))
             exec(code, __main__.__dict__)
         frame_file = "<string>"
     try:

@@ -9,7 +9,8 @@ disk) whose event trace interleaves, in time, sites of these kinds:
   in reverse order, one thread;
 - ``scoped-temporaries``: a "function" allocating 3-8 blocks of 16-512 KiB
   that die together when it returns (in allocation order, not LIFO);
-- ``fixed-size-churn``: one small size (16-2048 B), a window of live blocks
+- ``fixed-size-churn``: one size (1-4 KiB: smaller ones numpy caches itself),
+  a window of live blocks
   turning over first-in first-out;
 - ``large-repeated``: temporaries of 2-64 MiB, a few alive at once;
 - ``long-lived``: blocks allocated early and never freed.
@@ -101,7 +102,7 @@ def make_bundle(spec: dict[str, int], *, seed: int = 0, reps: int = 20, passes: 
     for site in per_kind.get("long-lived", []):
         for _ in range(4):
             t.alloc(int(rng.integers(1024, 1 << 22)), site)
-    churn_size = {s: int(rng.choice([16, 32, 48, 64, 128, 256, 1024, 2048]))
+    churn_size = {s: int(rng.choice([1024, 1536, 2048, 3072, 4096]))
                   for s in per_kind.get("fixed-size-churn", [])}
     rounds = [(kind, s) for kind in KINDS if kind != "long-lived" for s in per_kind.get(kind, [])]
     order = rng.permutation(len(rounds)) if rounds else np.zeros(0, np.int64)

@@ -19,6 +19,7 @@ from pgo.commands.analyze import AnalyzeCommand
 from pgo.commands.demo import DemoCommand
 from pgo.commands.merge import MergeCommand
 from pgo.commands.profile import ProfileCommand
+from pgo.commands.run import RunCommand
 from pgo.commands.show import ShowCommand
 
 
@@ -36,7 +37,7 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
-_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, MergeCommand, DemoCommand]
+_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, MergeCommand, RunCommand, DemoCommand]
 
 
 def _name(cls: type) -> str:

@@ -1,0 +1,61 @@
+"""``pgo run``: a program with a pgo config applied, no code changes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class RunCommand:
+    """Run a program with a pgo config applied.
+
+        pgo run --config pgo.toml -- python job.py args
+        pgo run --config pgo.toml job.py args
+        pgo run --config pgo.toml -m package.module args
+
+    Before the program's first line: the GC plan ([gc]), numpy's router
+    ([[numpy.size_class]]) in every thread it starts, and per-site routing
+    ([[site]]: while the named function runs, numpy's allocations go to its
+    allocator; the function is decorated when its module is compiled, so
+    nothing else pays).  The program's output, argv, __main__ and exit
+    status are its own.  A config that does not load stops here, before
+    the program runs.  --stats FILE writes what the runtime did (GC
+    collections, allocator statistics, routed calls) as JSON at exit.
+
+    From inside a program: `import pgo.runtime; pgo.runtime.apply("pgo.toml")`.
+    """
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-c", "--config", required=True, metavar="FILE",
+                            help="the config (from `pgo analyze`)")
+        parser.add_argument("--stats", metavar="FILE", help="write runtime statistics here at exit")
+        parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
+                            help="run `python -m MODULE`; the remaining arguments are its own")
+        parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+        parser.add_argument("program", nargs=argparse.REMAINDER,
+                            help="the program and its arguments (after --)")
+
+    def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+        from pgo import _target, config
+        from pgo.commands import CommandError
+        from pgo.runtime.launcher import launch
+        program = list(args.program)
+        if program and program[0] == "--":
+            program = program[1:]
+        module = None
+        if args.module is not None:
+            if not args.module:
+                parser.error("-m needs a module name")
+            module, program = args.module[0], args.module[1:] + program
+        try:
+            target = _target.parse(program, module=module)
+        except _target.TargetError as e:
+            raise CommandError(str(e), exit_code=2) from None
+        try:
+            config.load(args.config)          # fails here, before the program runs
+        except config.ConfigError as e:
+            raise CommandError(str(e), exit_code=2) from None
+        code, signal_name = launch(target, args.config, stats=args.stats)
+        if signal_name:
+            print(f"pgo run: the program was killed by {signal_name}", file=sys.stderr)
+        return code

@@ -1,0 +1,163 @@
+"""Applying a pgo config inside the running process: the GC plan, numpy's
+router (``[[numpy.size_class]]``), per-site routing (``[[site]]``).
+
+``pgo run`` applies it in the target's process before the target's code
+runs; ``pgo.runtime.apply("pgo.toml")`` does the same from inside a
+program (one line at the top of ``main``).  The runtime only reads configs
+and installs things: it never imports the profiler or the analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pgo import config as cfgmod
+from pgo.config import Config
+from pgo.runtime.gc_policy import GCPolicy
+from pgo.runtime.sites import DECORATOR, SiteRouter
+
+__all__ = ["Runtime", "apply", "active"]
+
+_active: Runtime | None = None
+
+
+def active() -> Runtime | None:
+    """The config applied in this process, if any."""
+    return _active
+
+
+class Runtime:
+    """One applied config: ``start()`` puts it in place, ``stats()`` says
+    what it did, ``stop()`` takes it back (GC settings, the router, the
+    import hook's future imports)."""
+
+    def __init__(self, cfg: Config, source: str = "<config>") -> None:
+        self.config = cfg
+        self.source = source
+        self.gc: GCPolicy | None = GCPolicy(cfg.gc) if cfg.gc is not None else None
+        self.router: Any = None
+        self.sites: SiteRouter | None = None
+        self.warnings: list[str] = []
+
+    def start(self) -> Runtime:
+        cfg = self.config
+        here = ".".join(platform.python_version_tuple()[:2])
+        if cfg.python and ".".join(cfg.python.split(".")[:2]) != here:
+            msg = (f"{self.source}: the GC plan was made for Python {cfg.python}, this is "
+                   f"{platform.python_version()}: its thresholds may not fit")
+            self.warnings.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if cfg.size_classes:
+            from pgo._core.numpy_bridge import Router, install
+            self.router = Router.from_config([sc.entry() for sc in cfg.size_classes],
+                                             source=self.source, name="pgo-run")
+            install(self.router)
+        if cfg.sites:
+            self.sites = SiteRouter([(s.function, _site_allocator(s, self.source, i))
+                                     for i, s in enumerate(cfg.sites)])
+            self.sites.install_import_hook()
+            self._wrap_loaded()
+        if self.gc is not None:
+            self.gc.start()
+        return self
+
+    def _wrap_loaded(self) -> None:
+        # Modules already imported (pgo.apply() called from a running
+        # program): their functions are replaced in place.
+        assert self.sites is not None
+        for module, qualnames in self.sites.by_module.items():
+            mod = sys.modules.get(module)
+            if mod is None:
+                continue
+            for qualname in sorted(qualnames):
+                parts = qualname.split(".")
+                if "<locals>" in parts:
+                    continue
+                owner: Any = mod
+                for p in parts[:-1]:
+                    owner = getattr(owner, p, None)
+                fn = getattr(owner, parts[-1], None) if owner is not None else None
+                if callable(fn):
+                    setattr(owner, parts[-1], self.sites.decorator(module, qualname)(fn))
+
+    def compiler(self) -> Any:
+        """For the runner: compiles ``__main__`` with its routed functions
+        decorated (None when no rule names ``__main__``)."""
+        if self.sites is None or "__main__" not in self.sites.by_module:
+            return None
+        sites = self.sites
+        return lambda source, filename: sites.compile(source, filename, "__main__")
+
+    def init_globals(self) -> dict[str, Any]:
+        return {DECORATOR: self.sites.decorator} if self.sites is not None else {}
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"config": self.source, "python": platform.python_version(),
+                               "warnings": list(self.warnings)}
+        if self.gc is not None:
+            out["gc"] = self.gc.stats()
+        if self.router is not None:
+            st = self.router.stats()
+            st["allocators"] = [sc.allocator.stats() for sc in self.router.size_classes]
+            out["numpy"] = st
+        if self.sites is not None:
+            out["sites"] = self.sites.report()
+            out["sites"]["allocators"] = {
+                fn: a.stats() for fn, a in sorted(self.sites.rules.items())}
+        return out
+
+    def stop(self) -> None:
+        global _active
+        if self.gc is not None:
+            self.gc.stop()
+        if self.router is not None:
+            from pgo._core.numpy_bridge import installed, uninstall
+            if installed() is self.router:
+                uninstall()
+        if _active is self:
+            _active = None
+
+
+def _site_allocator(rule: Any, source: str, index: int) -> Any:
+    from pgo._core._routes import CONFIG_KEYS, _make_allocator
+    settings = {k: default for k, (_, default) in CONFIG_KEYS[rule.allocator].items()}
+    settings.update(dict(rule.settings))
+    return _make_allocator(rule.allocator, settings, None, f"{source} site[{index}]", index)
+
+
+def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None) -> Runtime:
+    """Apply a config (a path or a ``pgo.config.Config``) to this process
+    now: GC, numpy's router, per-site routing (functions of modules already
+    imported are replaced in place; modules imported later are compiled
+    with their routed functions decorated).  ``stats``: a JSON file to
+    write the runtime's statistics to at exit.
+
+    Raises:
+        pgo.ConfigError: the config is invalid (nothing has been applied).
+    """
+    global _active
+    if isinstance(config, Config):
+        cfg, source = config, "<config>"
+    else:
+        cfg, source = cfgmod.load(config), os.fspath(config)
+    if _active is not None:
+        _active.stop()
+    runtime = Runtime(cfg, source).start()
+    _active = runtime
+    if stats:
+        import atexit
+        atexit.register(write_stats, runtime, stats)
+    return runtime
+
+
+def write_stats(runtime: Runtime, path: str) -> None:
+    data = runtime.stats()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)

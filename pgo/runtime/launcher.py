@@ -1,0 +1,56 @@
+"""The parent side of ``pgo run``: starts the target under the runtime in a
+child process with the terminal's stdin/stdout/stderr, and returns its exit
+status (128 + N for signal N)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from pgo._errors import PgoError
+from pgo._target import Target
+
+
+def launch(target: Target, config_path: str, *, stats: str | None = None,
+           env: dict[str, str] | None = None) -> tuple[int, str | None]:
+    read_fd, write_fd = os.pipe()
+    control = {"config": os.path.abspath(config_path), "target": target.to_json(),
+               "status_fd": write_fd, "stats": os.path.abspath(stats) if stats else None}
+    argv = [*target.python, "-m", "pgo.runtime.child", json.dumps(control)]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        try:
+            child = subprocess.Popen(argv, pass_fds=(write_fd,), env=env)
+        except OSError as e:
+            raise PgoError(f"cannot start {target.python[0]}: {e}") from None
+        finally:
+            os.close(write_fd)
+        status = _read_status(read_fd)
+        returncode = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        os.close(read_fd)
+    if not status.get("started"):
+        if "error" in status:
+            raise PgoError(str(status["error"]))
+        raise PgoError(f"the runtime did not start in {target.python[0]} (exit status "
+                       f"{returncode}); is pgo installed for that interpreter?")
+    if returncode < 0:
+        return 128 - returncode, signal.Signals(-returncode).name
+    return returncode, None
+
+
+def _read_status(fd: int) -> dict[str, object]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        out = json.loads(data.decode() or "{}")
+        return out if isinstance(out, dict) else {}
+    except ValueError:
+        return {}

@@ -1,0 +1,216 @@
+"""The runtime: the GC policy, per-site routing by decoration, apply()."""
+
+import gc
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import pgo
+from pgo import config as cfgmod
+from pgo.config import Config, GCPlan, SiteRule, SizeClassRule
+from pgo.runtime import apply
+from pgo.runtime.gc_policy import UNREACHABLE, GCPolicy
+from pgo.runtime.sites import DECORATOR, SiteRouter
+
+
+@pytest.fixture(autouse=True)
+def _restore_gc():
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
+    gc.unfreeze()
+    pgo.uninstall()
+
+
+def test_thresholds_and_growth_driven_full_collections():
+    policy = GCPolicy(GCPlan(thresholds=(1000, 5, 10), full_collection="growth",
+                             growth_factor=1.5))
+    policy.start()
+    try:
+        assert gc.get_threshold() == (1000, 5, UNREACHABLE)
+        full_before = gc.get_stats()[2]["collections"]
+        keep = []
+        for _ in range(40):                      # the heap grows well past 1.5x, often
+            keep.append([[i] for i in range(20_000)])
+        deadline = time.monotonic() + 5
+        while policy.full_collections < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert policy.full_collections >= 2
+        # (A request that finds a collection already running is not a new one.)
+        assert 1 <= gc.get_stats()[2]["collections"] - full_before <= policy.full_collections
+        st = policy.stats()
+        assert st["policy_full_collections"] == policy.full_collections
+        assert st["policy_full_collection_s"] > 0
+    finally:
+        policy.stop()
+    assert gc.get_threshold() != (1000, 5, UNREACHABLE)
+
+
+def test_cyclic_garbage_stays_bounded_under_the_growth_policy():
+    from pgo.runtime.gc_policy import MIN_HEAP_BLOCKS
+    policy = GCPolicy(GCPlan(thresholds=(1000, 5, 10), full_collection="growth",
+                             growth_factor=1.5))
+    policy.start()
+    try:
+        class Node:
+            pass
+        start = sys.getallocatedblocks()
+        peak = start
+        for i in range(300_000):
+            a, b = Node(), Node()
+            a.other, b.other = b, a             # a cycle, garbage at once
+            if i % 10_000 == 0:
+                peak = max(peak, sys.getallocatedblocks())
+        # Young collections free most cycles; those promoted to the old
+        # generation wait for a full collection, which comes before the
+        # heap passes growth_factor x its size after the last one.
+        bound = 1.5 * max(start, MIN_HEAP_BLOCKS) * 1.2
+        assert peak <= bound, (start, peak)
+    finally:
+        policy.stop()
+
+
+def test_freeze_after_startup():
+    policy = GCPolicy(GCPlan(freeze_after_startup=True, startup_s=0.05))
+    policy.start()
+    try:
+        deadline = time.monotonic() + 5
+        while policy.frozen == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert policy.frozen > 0 and gc.get_freeze_count() > 0
+    finally:
+        policy.stop()
+
+
+SOURCE = textwrap.dedent("""
+    import numpy as np
+
+    def work(n):
+        return np.ones(n).sum()
+
+    class K:
+        def method(self, n):
+            return np.ones(n).sum()
+
+    def outer():
+        def inner(n):
+            return np.ones(n).sum()
+        return inner(3000)
+
+    def gen(n):
+        yield np.ones(n)
+
+    def untouched(n):
+        return np.ones(n).sum()
+""")
+
+
+def test_site_router_decorates_named_functions_only():
+    arena = pgo.ArenaAllocator(1 << 20, threadsafe=True)
+    rules = [(f"__main__:{q}", arena) for q in ("work", "K.method", "outer.<locals>.inner",
+                                                "gen", "missing")]
+    router = SiteRouter(rules)
+    code = router.compile(SOURCE, "<job>", "__main__")
+    ns = {"__name__": "__main__", DECORATOR: router.decorator}
+    exec(code, ns)
+    before = arena.stats()["allocations"]
+    assert ns["work"](5000) == 5000.0
+    assert ns["K"]().method(4000) == 4000.0
+    assert ns["outer"]() == 3000.0
+    mid = arena.stats()["allocations"]
+    assert mid - before >= 3
+    ns["untouched"](5000)
+    next(ns["gen"](10))
+    assert arena.stats()["allocations"] == mid            # not routed
+    rep = router.report()
+    assert rep["wrapped"] == ["__main__:K.method", "__main__:outer.<locals>.inner",
+                              "__main__:work"]
+    assert rep["calls"]["__main__:work"] == 1
+    assert "generator" in rep["skipped"]["__main__:gen"]
+    assert rep["not_found"] == ["__main__:missing"]
+    assert ns["work"].__name__ == "work"                 # functools.wraps
+    # Line numbers are the program's: a traceback points at the real line.
+    assert ns["work"].__wrapped__.__code__.co_firstlineno == 4
+
+
+def test_import_hook_routes_functions_of_named_modules_only(tmp_path, monkeypatch):
+    (tmp_path / "routed_mod.py").write_text("import numpy as np\n\ndef f(n):\n"
+                                            "    return np.ones(n).sum()\n")
+    (tmp_path / "other_mod.py").write_text("import numpy as np\n\ndef f(n):\n"
+                                           "    return np.ones(n).sum()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arena = pgo.ArenaAllocator(1 << 20, threadsafe=True)
+    router = SiteRouter([("routed_mod:f", arena)])
+    router.install_import_hook()
+    try:
+        import other_mod
+        import routed_mod
+        routed_mod.f(2000)
+        assert arena.stats()["allocations"] >= 1
+        n = arena.stats()["allocations"]
+        other_mod.f(2000)
+        assert arena.stats()["allocations"] == n
+        assert router.report()["wrapped"] == ["routed_mod:f"]
+    finally:
+        sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Finder"]
+        for m in ("routed_mod", "other_mod"):
+            sys.modules.pop(m, None)
+
+
+def test_apply_in_process_and_stats(tmp_path):
+    cfg = Config(gc=GCPlan(thresholds=(5000, 10, 10)),
+                 size_classes=(SizeClassRule(1 << 20, None, "cache"),))
+    rt = apply(cfg)
+    try:
+        assert gc.get_threshold() == (5000, 10, 10)
+        a = np.ones(1 << 18)                         # 2 MiB: the cache
+        assert pgo.owner(a) is rt.router.size_classes[0].allocator
+        got = {}
+        t = threading.Thread(target=lambda: got.update(o=pgo.owner(np.ones(1 << 18))))
+        t.start()
+        t.join()
+        assert got["o"] is rt.router.size_classes[0].allocator    # threads started later
+        st = rt.stats()
+        assert st["numpy"]["routes"][0]["allocations"] >= 2
+        assert st["gc"]["thresholds"] == [5000, 10, 10]
+    finally:
+        rt.stop()
+    assert pgo.installed() is None
+
+
+def test_apply_wraps_functions_already_defined(tmp_path, monkeypatch):
+    mod_src = "import numpy as np\n\ndef f(n):\n    return np.ones(n).sum()\n"
+    (tmp_path / "loaded_mod.py").write_text(mod_src)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import loaded_mod
+    try:
+        rt = apply(Config(sites=(SiteRule("loaded_mod:f", "arena"),)))
+        loaded_mod.f(5000)
+        rep = rt.stats()["sites"]
+        assert rep["calls"] == {"loaded_mod:f": 1}
+        assert rep["allocators"]["loaded_mod:f"]["allocations"] >= 1
+        rt.stop()
+    finally:
+        sys.modules.pop("loaded_mod", None)
+        sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_Finder"]
+
+
+def test_apply_rejects_a_bad_config_before_changing_anything(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[pgo]\nversion = 1\n[gc]\nthresholds = [1, 2, 3]\n"
+                 "[[site]]\nfunction = \"a:b\"\nallocator = \"nope\"\n")
+    before = gc.get_threshold()
+    with pytest.raises(pgo.ConfigError, match=r"bad.toml:7: site\[0\].allocator"):
+        apply(p)
+    assert gc.get_threshold() == before and pgo.installed() is None
+
+
+def test_python_version_mismatch_warns():
+    with pytest.warns(RuntimeWarning, match="made for Python 2.7"):
+        rt = apply(Config(python="2.7.18"))
+    rt.stop()
+    assert cfgmod.dumps(Config(python="2.7.18"))   # still a valid config
