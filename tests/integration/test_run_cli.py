@@ -1,0 +1,145 @@
+"""`pgo run`: the real CLI applying real configs to real programs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+TARGETS = Path(__file__).resolve().parents[2] / "examples" / "targets"
+
+
+def pgo(*args, cwd, timeout=180):
+    return subprocess.run([sys.executable, "-m", "pgo", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+JOB = textwrap.dedent("""
+    import sys, threading
+    import numpy as np
+    import helper
+
+    def tile(n):
+        a = np.ones(n)              # routed while tile() runs
+        return float((a * 2).sum())
+
+    def big():
+        return float(np.zeros(1 << 18).sum())   # 2 MiB: the cache's size class
+
+    if __name__ == "__main__":
+        print("argv", sys.argv[1:], __name__, helper.VALUE)
+        print(sum(tile(4096) for _ in range(50)))
+        t = threading.Thread(target=big); t.start(); t.join()
+        sys.exit(int(sys.argv[1]))
+""")
+CONFIG = textwrap.dedent("""
+    [pgo]
+    version = 1
+
+    [gc]
+    thresholds = [20000, 10, 10]
+    freeze_after_startup = false
+    full_collection = "growth"
+    growth_factor = 2.0
+
+    [[numpy.size_class]]
+    min_bytes = 1048576
+    allocator = "cache"
+
+    [[site]]
+    function = "__main__:tile"
+    allocator = "arena"
+""")
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "job.py").write_text(JOB)
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    (tmp_path / "pgo.toml").write_text(CONFIG)
+    return tmp_path
+
+
+def test_run_applies_everything_and_changes_nothing_else(project):
+    plain = subprocess.run([sys.executable, "job.py", "3"], cwd=project, env=ENV,
+                           capture_output=True, text=True)
+    proc = pgo("run", "--config", "pgo.toml", "--stats", "stats.json", "--", sys.executable,
+               "job.py", "3", cwd=project)
+    assert proc.returncode == plain.returncode == 3
+    assert proc.stdout == plain.stdout and "argv ['3'] __main__ 42" in proc.stdout
+    st = json.loads((project / "stats.json").read_text())
+    assert st["gc"]["thresholds"][:2] == [20000, 10]
+    assert st["gc"]["full_collection"] == "growth"
+    assert st["sites"]["calls"] == {"__main__:tile": 50}
+    assert st["sites"]["allocators"]["__main__:tile"]["allocations"] >= 100
+    # The thread's 2 MiB array went to the cache (threads get the router).
+    assert st["numpy"]["routes"][0]["allocations"] >= 1
+    assert st["numpy"]["errors"] == 0
+
+
+def test_module_form(project):
+    pkg = project / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "main.py").write_text("import numpy as np\nfrom . import part\n\ndef tile(n):\n"
+                                 "    return np.ones(n).sum()\n\nprint(part.X, tile(10))\n")
+    (pkg / "part.py").write_text("X = 'part'\n")
+    (project / "m.toml").write_text("[pgo]\nversion = 1\n[[site]]\nfunction = \"__main__:tile\"\n"
+                                    "allocator = \"arena\"\n")
+    proc = pgo("run", "-c", "m.toml", "--stats", "s.json", "-m", "pkg.main", "x", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "part 10.0\n"
+    assert json.loads((project / "s.json").read_text())["sites"]["calls"] == {"__main__:tile": 1}
+
+
+def test_bad_config_stops_before_the_program_runs(project):
+    (project / "bad.toml").write_text("[pgo]\nversion = 1\n[[site]]\nfunction = \"a:b\"\n"
+                                      "allocator = \"heap\"\n")
+    (project / "marker.py").write_text("open('ran', 'w').write('yes')\n")
+    proc = pgo("run", "-c", "bad.toml", "marker.py", cwd=project)
+    assert proc.returncode == 2
+    assert "bad.toml:5: site[0].allocator: unknown allocator 'heap'" in proc.stderr
+    assert not (project / "ran").exists()
+    proc = pgo("run", "-c", "missing.toml", "marker.py", cwd=project)
+    assert proc.returncode == 2 and "no such config file" in proc.stderr
+    assert not (project / "ran").exists()
+
+
+def test_crash_is_reported_with_its_signal(project):
+    (project / "crash.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    proc = pgo("run", "-c", "pgo.toml", "crash.py", cwd=project)
+    assert proc.returncode == 128 + signal.SIGSEGV
+    assert "killed by SIGSEGV" in proc.stderr
+
+
+def test_exceptions_look_as_under_python(project):
+    (project / "boom.py").write_text("def f():\n    raise KeyError('x')\n\nf()\n")
+    plain = subprocess.run([sys.executable, "boom.py"], cwd=project, capture_output=True,
+                           text=True)
+    proc = pgo("run", "-c", "pgo.toml", "boom.py", cwd=project)
+    assert proc.returncode == plain.returncode == 1
+    assert proc.stderr.strip() == plain.stderr.strip()
+
+
+@pytest.mark.parametrize("name,args", [("scoped_temps.py", ["--tiles", "40"]),
+                                       ("records.py", ["--records", "20000"])])
+def test_profile_analyze_run_on_example_targets(tmp_path, name, args):
+    if not (TARGETS / name).is_file():
+        pytest.skip("examples not next to the tests")
+    assert pgo("profile", "-q", "--no-cpu", "-o", "b", str(TARGETS / name), *args,
+               cwd=tmp_path).returncode == 0
+    assert pgo("analyze", "-q", "b", "-o", "c.toml", cwd=tmp_path).returncode == 0
+    plain = subprocess.run([sys.executable, str(TARGETS / name), *args], cwd=tmp_path,
+                           capture_output=True, text=True)
+    proc = pgo("run", "-c", "c.toml", "--stats", "s.json", str(TARGETS / name), *args,
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == plain.stdout
+    st = json.loads((tmp_path / "s.json").read_text())
+    if name == "scoped_temps.py":
+        assert st["sites"]["calls"]["__main__:filter_tile"] == 40
