@@ -5,10 +5,10 @@
 
 Programs (each one a fresh ``python3 prog.py`` process, stdout discarded):
 
-    pipeline       examples/targets/pipeline.py      numpy-heavy  (48 MB temporaries)
-    small_arrays   examples/targets/small_arrays.py  numpy-heavy  (many small arrays)
-    scoped_temps   examples/targets/scoped_temps.py  numpy-heavy  (temporaries in a function)
-    records        examples/targets/records.py       object-heavy (GC-heavy dicts and lists)
+    pipeline       pgo/targets/pipeline.py      numpy-heavy  (48 MB temporaries)
+    small_arrays   pgo/targets/small_arrays.py  numpy-heavy  (many small arrays)
+    scoped_temps   pgo/targets/scoped_temps.py  numpy-heavy  (temporaries in a function)
+    records        pgo/targets/records.py       object-heavy (GC-heavy dicts and lists)
     numpy_stats    written below into a temp dir     numpy-heavy  (FFT, linear algebra,
                                                      sort, percentiles, reductions)
     objects_graph  written below into a temp dir     object-heavy (a graph of small class
@@ -93,7 +93,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TARGETS = ROOT / "examples" / "targets"
+TARGETS = ROOT / "pgo" / "targets"
 
 NUMPY, OBJECTS = "numpy-heavy", "object-heavy"
 TARGET_RATIO = {NUMPY: 1.5, OBJECTS: 2.5}
@@ -243,7 +243,7 @@ if __name__ == "__main__":
     main()
 '''
 
-# name -> (kind, source: a path under examples/targets or inline code, what it is)
+# name -> (kind, source: a path under pgo/targets or inline code, what it is)
 PROGRAMS = {
     "pipeline": (NUMPY, TARGETS / "pipeline.py", "pgo example: 48 MB numpy temporaries"),
     "small_arrays": (NUMPY, TARGETS / "small_arrays.py",

@@ -83,7 +83,7 @@ cdef extern from *:
 
     #define PGO_REC_BLOCK 4096
     #define PGO_REC_MAX_LEVEL 30
-    #define PGO_REC_MAX_PREFIX 16
+    #define PGO_REC_MAX_PREFIX 64
     #define PGO_REC_MAX_DEPTH 64
 
     enum { PGO_EV_ALLOC = 1, PGO_EV_CALLOC = 2, PGO_EV_REALLOC = 3, PGO_EV_FREE = 4 };
@@ -708,8 +708,8 @@ cdef extern from *:
         pgo_stream_t obj
         pgo_site_t* sites
         uint32_t nsites
-        char* prefix[16]
-        size_t prefix_len[16]
+        char* prefix[64]
+        size_t prefix_len[64]
         int nprefix
         PyObject* name_str
         uint32_t gen
@@ -888,7 +888,7 @@ def start(numpy_path=None, *, objects_path=None, max_events=1_000_000,
 
     ``max_events`` / ``objects_max_events`` bound each trace (sampling by
     address beyond half of it; see the module docstring).  ``exclude``:
-    path prefixes (at most 16) of code that is not a site.  ``seed`` makes
+    path prefixes (at most 64) of code that is not a site.  ``seed`` makes
     the object sampling repeatable.
 
     Raises:

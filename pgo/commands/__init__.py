@@ -16,9 +16,11 @@ from typing import Protocol
 from pgo._errors import PgoError
 from pgo._version import __version__
 from pgo.commands.analyze import AnalyzeCommand
+from pgo.commands.bench import BenchCommand
 from pgo.commands.demo import DemoCommand
 from pgo.commands.merge import MergeCommand
 from pgo.commands.profile import ProfileCommand
+from pgo.commands.report import ReportCommand
 from pgo.commands.run import RunCommand
 from pgo.commands.show import ShowCommand
 
@@ -37,7 +39,8 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
-_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, MergeCommand, RunCommand, DemoCommand]
+_COMMANDS: list[type[Command]] = [ProfileCommand, ShowCommand, AnalyzeCommand, MergeCommand, RunCommand, BenchCommand,
+                                 ReportCommand, DemoCommand]
 
 
 def _name(cls: type) -> str:

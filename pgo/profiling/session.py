@@ -56,14 +56,22 @@ MAX_PAUSES = 1_000_000
 
 
 def excluded_prefixes() -> list[str]:
-    """Code under these paths is not an allocation site: numpy, pgo, the
-    standard library (the innermost frame outside them is the site)."""
-    paths = {os.path.dirname(np.__file__), os.path.dirname(os.path.dirname(__file__))}
+    """Code under these paths is not an allocation site: numpy, pgo (but
+    not its example targets, pgo/targets), the standard library (the
+    innermost frame outside them is the site)."""
+    pgo_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = {os.path.dirname(np.__file__) + os.sep}
+    for name in os.listdir(pgo_dir):
+        if name != "targets":
+            full = os.path.join(pgo_dir, name)
+            paths.add(full + os.sep if os.path.isdir(full) else full)
     for key in ("stdlib", "platstdlib"):
         p = sysconfig.get_paths().get(key)
         if p:
-            paths.add(p)
-    return sorted(os.path.realpath(p) + os.sep for p in paths) + sorted(p + os.sep for p in paths)
+            paths.add(p + os.sep)
+    real = {os.path.realpath(p.rstrip(os.sep)) + (os.sep if p.endswith(os.sep) else "")
+            for p in paths}
+    return sorted(paths | real)
 
 
 _active: Profiler | None = None

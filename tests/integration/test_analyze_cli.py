@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+import pgo.targets
+
 from pgo import bundle, config
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 EXAMPLES = Path(__file__).resolve().parents[2] / "profiles" / "examples"
-TARGETS = Path(__file__).resolve().parents[2] / "examples" / "targets"
+TARGETS = Path(pgo.targets.__file__).resolve().parent
 
 
 def pgo(*args, cwd, timeout=180):

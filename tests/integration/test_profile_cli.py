@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+import pgo.targets
+
 from pgo import bundle
 
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "targets"
+EXAMPLES = Path(pgo.targets.__file__).resolve().parent
 
 
 def pgo(*args, cwd, timeout=180, env=None):

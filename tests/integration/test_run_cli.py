@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import pgo.targets
+
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-TARGETS = Path(__file__).resolve().parents[2] / "examples" / "targets"
+TARGETS = Path(pgo.targets.__file__).resolve().parent
 
 
 def pgo(*args, cwd, timeout=180):
@@ -126,7 +128,7 @@ def test_exceptions_look_as_under_python(project):
     assert proc.stderr.strip() == plain.stderr.strip()
 
 
-@pytest.mark.parametrize("name,args", [("scoped_temps.py", ["--tiles", "40"]),
+@pytest.mark.parametrize("name,args", [("scoped_temps.py", ["--tiles", "150"]),
                                        ("records.py", ["--records", "20000"])])
 def test_profile_analyze_run_on_example_targets(tmp_path, name, args):
     if not (TARGETS / name).is_file():
@@ -142,4 +144,4 @@ def test_profile_analyze_run_on_example_targets(tmp_path, name, args):
     assert proc.stdout == plain.stdout
     st = json.loads((tmp_path / "s.json").read_text())
     if name == "scoped_temps.py":
-        assert st["sites"]["calls"]["__main__:filter_tile"] == 40
+        assert st["sites"]["calls"]["__main__:filter_tile"] == 150

@@ -5,7 +5,7 @@ and keeps them all: millions of container objects, almost none of them
 garbage.  The cyclic GC keeps scanning the growing heap for cycles that are
 not there: the pattern GC thresholds (and gc.freeze) are for.
 
-    python examples/targets/records.py [--records N]
+    python pgo/targets/records.py [--records N]
 """
 
 import argparse

@@ -5,7 +5,7 @@ temporaries of 32-512 KiB (gradients, magnitudes, masks) that all die when
 it returns, and only a small result survives: the pattern an arena or a
 linear allocator serves (reset when the function returns).
 
-    python examples/targets/scoped_temps.py [--tiles N] [--tile PIXELS]
+    python pgo/targets/scoped_temps.py [--tiles N] [--tile PIXELS]
 """
 
 import argparse

@@ -5,7 +5,7 @@ particle, small numpy arrays (3-vectors, 16-element state) made and dropped
 in the inner loop.  Every allocation is one of a few small sizes and lives
 for microseconds: the pattern a slab allocator serves.
 
-    python examples/targets/small_arrays.py [--particles N] [--steps N]
+    python pgo/targets/small_arrays.py [--particles N] [--steps N]
 """
 
 import argparse

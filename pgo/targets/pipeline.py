@@ -5,7 +5,7 @@ reduce; every stage makes full-size temporaries that die at once.  Over
 glibc's mmap threshold (32 MiB), each temporary is a fresh mmap that page
 faults again: the pattern a caching allocator fixes.
 
-    python examples/targets/pipeline.py [--frames N] [--size ELEMENTS]
+    python pgo/targets/pipeline.py [--frames N] [--size ELEMENTS]
 """
 
 import argparse

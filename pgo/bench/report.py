@@ -1,0 +1,130 @@
+"""Bench results: the summary (every arm against the baseline, per metric),
+the JSON file, and an HTML report whose plots are embedded (no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from typing import Any
+
+from pgo.bench.stats import compare
+
+METRICS = (("wall_s", "wall time", "s"), ("cpu_s", "CPU time", "s"),
+           ("max_rss_kib", "peak RSS", "KiB"), ("minor_faults", "minor page faults", ""),
+           ("gc_pause_s", "GC pause", "s"), ("gc_pauses", "GC collections", ""))
+FORMAT = "pgo-bench"
+VERSION = 1
+
+
+def summarize(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
+    by_arm = {a: [r for r in runs if r["arm"] == a and not r.get("error")] for a in arms}
+    base = by_arm.get("baseline", [])
+    out: dict[str, Any] = {}
+    for arm in arms:
+        rows = by_arm[arm]
+        out[arm] = {"runs": len(rows), "failed": sum(1 for r in runs if r["arm"] == arm
+                                                     and r.get("error"))}
+        for key, _, _ in METRICS:
+            out[arm][key] = compare([float(r.get(key, 0) or 0) for r in base],
+                                    [float(r.get(key, 0) or 0) for r in rows])
+        allocator = [r["runtime"] for r in rows if "runtime" in r]
+        if allocator:
+            out[arm]["runtime_stats"] = allocator[-1]
+    return out
+
+
+def document(target: list[str], config: str | None, arms: list[str], runs: list[dict[str, Any]],
+             warnings: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "command": target, "config": config,
+            "arms": arms, "runs": runs, "summary": summarize(runs, arms),
+            "warnings": warnings, **meta}
+
+
+def load(path: str) -> dict[str, Any]:
+    from pgo._errors import ProfileFormatError
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ProfileFormatError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise ProfileFormatError(f"{path}: not a pgo bench file ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ProfileFormatError(f"{path}: not a pgo bench file (format {doc.get('format')!r})"
+                                 if isinstance(doc, dict) else f"{path}: not a pgo bench file")
+    if doc.get("version") != VERSION:
+        raise ProfileFormatError(f"{path}: bench file version {doc.get('version')} is not "
+                                 f"supported (this pgo reads {VERSION})")
+    if not isinstance(doc.get("runs"), list) or not isinstance(doc.get("arms"), list):
+        raise ProfileFormatError(f"{path}: runs and arms must be lists")
+    doc["summary"] = summarize(doc["runs"], doc["arms"])    # recomputed, not trusted
+    return doc
+
+
+def _plots(doc: dict[str, Any]) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = doc["arms"]
+    shown = [m for m in METRICS if m[0] in ("wall_s", "max_rss_kib", "minor_faults", "gc_pause_s")]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6))
+    for ax, (key, title, unit) in zip(axes, shown):
+        data = [[float(r.get(key, 0) or 0) for r in doc["runs"]
+                 if r["arm"] == a and not r.get("error")] for a in arms]
+        ax.boxplot(data, showfliers=False)
+        ax.set_xticks(range(1, len(arms) + 1), arms)
+        for i, ys in enumerate(data, 1):
+            ax.scatter([i] * len(ys), ys, s=10, alpha=0.6, color="tab:blue", zorder=3)
+        ax.set_title(title + (f" ({unit})" if unit else ""))
+        ax.tick_params(axis="x", rotation=30)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _cell(c: dict[str, Any]) -> str:
+    if c.get("ratio") is None:
+        return "&ndash;"
+    lo, hi = c["ci"]
+    sig = "" if c["significant"] else " <em>(not significant)</em>"
+    return (f"{c['median']:.4g}<br><b>{c['ratio']:.3f}x</b> "
+            f"[{lo:.3f}, {hi:.3f}], p={c['p']:.3g}{sig}")
+
+
+def write_html(doc: dict[str, Any], path: str) -> None:
+    png = _plots(doc)
+    s = doc["summary"]
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in METRICS)
+    rows = "".join(
+        f"<tr><td><b>{html.escape(a)}</b><br>{s[a]['runs']} runs</td>"
+        + "".join(f"<td>{_cell(s[a][k])}</td>" for k, _, _ in METRICS) + "</tr>"
+        for a in doc["arms"])
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in doc.get("warnings", []))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>pgo bench: {html.escape(' '.join(doc['command']))}</title>
+<style>body{{font-family:sans-serif;margin:2em;}} table{{border-collapse:collapse;}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:90%;}}
+th{{background:#f3f3f3;}} em{{color:#a60;}}</style></head><body>
+<h1>pgo bench</h1>
+<p><code>{html.escape(' '.join(doc['command']))}</code>; config
+<code>{html.escape(str(doc.get('config')))}</code>; {html.escape(str(doc.get('date', '')))};
+{html.escape(str(doc.get('machine', '')))}</p>
+<p>Each cell: the arm's median; its ratio to the baseline's median (&lt; 1: lower) with a
+bootstrap 95% confidence interval; the Mann-Whitney U test's p.</p>
+<table><tr><th>arm</th>{head}</tr>{rows}</table>
+{'<h3>Warnings</h3><ul>' + warn + '</ul>' if warn else ''}
+<h2>Distributions (every run)</h2>
+<img alt="per-arm distributions" src="data:image/png;base64,{png}">
+</body></html>
+"""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(tmp, path)
