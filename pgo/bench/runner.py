@@ -103,7 +103,8 @@ def run_once(arm: Arm, target: Target, workdir: str) -> dict[str, Any]:
         except OSError:
             pass
     if proc.returncode != 0:
-        run["error"] = run.get("error") or (err.strip().splitlines() or [""])[-1]
+        last = (err.strip().splitlines() or [""])[-1]
+        run["error"] = run.get("error") or last or f"exit status {proc.returncode}"
     return run
 
 

@@ -19,7 +19,8 @@ def compare(baseline: list[float], arm: list[float]) -> dict[str, Any]:
     from scipy import stats as sps
     b = np.asarray(baseline, dtype=np.float64)
     a = np.asarray(arm, dtype=np.float64)
-    out: dict[str, Any] = {"median": float(np.median(a)), "baseline_median": float(np.median(b)),
+    out: dict[str, Any] = {"median": float(np.median(a)) if len(a) else None,
+                           "baseline_median": float(np.median(b)) if len(b) else None,
                            "n": int(len(a))}
     if len(a) == 0 or len(b) == 0 or np.median(b) == 0:
         out.update(ratio=None, ci=[None, None], p=None, significant=False)

@@ -44,8 +44,8 @@ def test_unknown_command_is_an_error():
     assert "invalid choice" in proc.stderr
 
 
-def test_demo_quick_runs_every_allocator():
-    proc = run_pgo("demo", "--quick", "--repeat", "1")
+def test_demo_allocators_quick_runs_every_allocator():
+    proc = run_pgo("demo", "--allocators", "--quick", "--repeat", "1")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for name in ("StackAllocator", "LinearAllocator", "ArenaAllocator", "SlabAllocator"):
@@ -64,9 +64,23 @@ def test_demo_quick_runs_every_allocator():
 
 
 def test_demo_rejects_bad_repeat():
-    proc = run_pgo("demo", "--repeat", "0")
+    proc = run_pgo("demo", "--allocators", "--repeat", "0")
     assert proc.returncode == 2
     assert "--repeat" in proc.stderr
+    proc = run_pgo("demo", "--runs", "1")
+    assert proc.returncode == 2 and "--runs" in proc.stderr
+
+
+def test_demo_runs_the_whole_loop(tmp_path):
+    proc = run_pgo("demo", "--quick", "-n", "2", "-o", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    for step in ("1. Profile", "$ pgo profile", "2. Analyze", "$ pgo analyze",
+                 "Sites → pattern → strategy", "3. Benchmark", "$ pgo bench", "Before/after:",
+                 "Report:"):
+        assert step in out, step
+    assert (tmp_path / "pgo.toml").exists() and (tmp_path / "bench.html").exists()
+    assert "data:image/png;base64," in (tmp_path / "bench.html").read_text()
 
 
 def test_import_pgo_and_the_launchers_do_not_load_numpy():
