@@ -122,6 +122,9 @@ def print_table(doc: dict[str, Any]) -> None:
     for arm in doc["arms"]:
         row = s[arm]
         w = row["wall_s"]
+        if w["median"] is None:
+            t.add_row(arm, "-", "every run failed", "", "-", "-", "-")
+            continue
         ratio = ("1.000x" if arm == "baseline" else
                  f"{w['ratio']:.3f}x [{w['ci'][0]:.3f}-{w['ci'][1]:.3f}]" if w["ratio"] else "-")
         speed = ("" if arm == "baseline" or not w["ratio"] else
