@@ -207,3 +207,33 @@ def _exit_status(e: SystemExit) -> int:
         return code & 0xFF
     print(code, file=sys.stderr)
     return 1
+
+
+# -- the status line a child sends its launcher ------------------------------------
+
+def send_status(fd: int | None, **msg: object) -> None:
+    """One JSON line on the launcher's pipe: {"started": true} once the
+    target is about to run, or {"error": "..."} when it cannot."""
+    import json
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+    except OSError:
+        pass
+
+
+def read_status(fd: int) -> dict[str, Any]:
+    """The child's status line, or {} when it died before saying anything."""
+    import json
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        out = json.loads(data.decode() or "{}")
+        return out if isinstance(out, dict) else {}
+    except ValueError:
+        return {}

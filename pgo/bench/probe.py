@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import gc
 import json
-import os
 import sys
 import time
 from typing import Any

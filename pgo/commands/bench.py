@@ -10,6 +10,9 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from pgo.commands._program import add_arguments
+from pgo.commands._program import target as program_target
+
 
 class BenchCommand:
     """Measure a program without (baseline) and with a pgo config.
@@ -41,29 +44,16 @@ class BenchCommand:
                             help="results as JSON (default: bench.json)")
         parser.add_argument("--html", metavar="FILE",
                             help="the HTML report (default: the JSON's name with .html)")
-        parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS")
         parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-        parser.add_argument("program", nargs=argparse.REMAINDER,
-                            help="the program and its arguments (after --)")
+        add_arguments(parser, "measure")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from pgo import _target, config
+        from pgo import config
         from pgo.bench import report, runner
         from pgo.commands import CommandError
         if args.runs < 2:
             parser.error("--runs must be at least 2")
-        program = list(args.program)
-        if program and program[0] == "--":
-            program = program[1:]
-        module = None
-        if args.module is not None:
-            if not args.module:
-                parser.error("-m needs a module name")
-            module, program = args.module[0], args.module[1:] + program
-        try:
-            target = _target.parse(program, module=module)
-        except _target.TargetError as e:
-            raise CommandError(str(e), exit_code=2) from None
+        target = program_target(args, parser)
         if args.config:
             try:
                 config.load(args.config)

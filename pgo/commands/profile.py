@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from pgo import _target
+from pgo.commands._program import add_arguments
+from pgo.commands._program import target as program_target
 from pgo._errors import PgoError
 from pgo.profiling import cpu
 from pgo.profiling.options import Options
@@ -35,8 +36,6 @@ class ProfileCommand:
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--output", metavar="DIR",
                             help="bundle directory to create (default: profiles/NAME-TIMESTAMP)")
-        parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
-                            help="profile `python -m MODULE`; the remaining arguments are its own")
         g = parser.add_argument_group("collectors")
         g.add_argument("--sample-bytes", type=int, default=32768, metavar="N",
                        help="sample a Python object allocation about once per N bytes "
@@ -75,8 +74,7 @@ class ProfileCommand:
                             help="allow unpickling --from-tracemalloc (runs code from the file: "
                                  "only for files you made yourself)")
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
-        parser.add_argument("program", nargs=argparse.REMAINDER,
-                            help="the program and its arguments (after --)")
+        add_arguments(parser, "profile")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo.commands import CommandError
@@ -107,15 +105,7 @@ class ProfileCommand:
                 raise CommandError(str(e), exit_code=2) from None
             log(f"wrote {out}")
             return 0
-        module = None
-        if args.module is not None:
-            if not args.module:
-                parser.error("-m needs a module name")
-            module, program = args.module[0], args.module[1:] + program
-        try:
-            target = _target.parse(program, module=module)
-        except _target.TargetError as e:
-            raise CommandError(str(e), exit_code=2) from None
+        target = program_target(args, parser)
         from pgo.profiling import launcher
         options = Options(tracemalloc=args.tracemalloc, nframes=args.frames,
                           snapshot_interval=args.snapshot_interval, events=not args.no_events,

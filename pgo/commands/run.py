@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pgo.commands._program import add_arguments
+from pgo.commands._program import target as program_target
+
 
 class RunCommand:
     """Run a program with a pgo config applied.
@@ -29,28 +32,14 @@ class RunCommand:
         parser.add_argument("-c", "--config", required=True, metavar="FILE",
                             help="the config (from `pgo analyze`)")
         parser.add_argument("--stats", metavar="FILE", help="write runtime statistics here at exit")
-        parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
-                            help="run `python -m MODULE`; the remaining arguments are its own")
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
-        parser.add_argument("program", nargs=argparse.REMAINDER,
-                            help="the program and its arguments (after --)")
+        add_arguments(parser, "run")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from pgo import _target, config
+        from pgo import config
         from pgo.commands import CommandError
         from pgo.runtime.launcher import launch
-        program = list(args.program)
-        if program and program[0] == "--":
-            program = program[1:]
-        module = None
-        if args.module is not None:
-            if not args.module:
-                parser.error("-m needs a module name")
-            module, program = args.module[0], args.module[1:] + program
-        try:
-            target = _target.parse(program, module=module)
-        except _target.TargetError as e:
-            raise CommandError(str(e), exit_code=2) from None
+        target = program_target(args, parser)
         try:
             config.load(args.config)          # fails here, before the program runs
         except config.ConfigError as e:

@@ -15,16 +15,6 @@ from pgo import _target
 from pgo.profiling.options import Options
 from pgo.profiling.session import Profiler, _register_exit
 
-from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV  # noqa: F401  (the hook's names)
-
-
-def _status(fd: int | None, **msg) -> None:
-    if fd is None:
-        return
-    try:
-        os.write(fd, (json.dumps(msg) + "\n").encode())
-    except OSError:
-        pass
 
 
 def main() -> int:
@@ -35,7 +25,7 @@ def main() -> int:
         try:
             _target.check_module(target.name)
         except _target.TargetError as e:
-            _status(fd, error=str(e))
+            _target.send_status(fd, error=str(e))
             return 2
     profiler = Profiler(control["bundle"], Options.from_json(control["options"]),
                         command=target.command(), target=target.to_json())
@@ -43,7 +33,7 @@ def main() -> int:
     try:
         profiler.start()
     except Exception as e:
-        _status(fd, error=f"cannot start the profiler: {type(e).__name__}: {e}")
+        _target.send_status(fd, error=f"cannot start the profiler: {type(e).__name__}: {e}")
         return 2
     atexit.register(lambda: profiler.stop(exit_code=exit_code[0]))
     # pgo's own start-up objects (and numpy's, which the recorder needs)
@@ -51,7 +41,7 @@ def main() -> int:
     # to scan: frozen, the collector sees what it would without pgo.
     gc.collect()
     gc.freeze()
-    _status(fd, started=True, pid=os.getpid())
+    _target.send_status(fd, started=True, pid=os.getpid())
     if fd is not None:
         os.close(fd)
     code = _target.run(target)

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pgo._errors import ProfilerError
-from pgo._target import Target
+from pgo._target import Target, read_status
 from pgo.profiling import cpu
 from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV, Options
 
@@ -81,7 +81,7 @@ def profile(target: Target, directory: Path, options: Options, *,
             raise ProfilerError(f"cannot start {target.python[0]}: {e}") from None
         finally:
             os.close(write_fd)
-        status = _read_status(read_fd)
+        status = read_status(read_fd)
         sampler = None
         if status.get("started") and cpu_options.enabled:
             sampler = cpu.Sampler(child.pid, directory, cpu_options)
@@ -107,20 +107,6 @@ def profile(target: Target, directory: Path, options: Options, *,
         code = 128 - returncode
     _complete_manifest(directory, returncode, sig, cpu_info, warnings)
     return Result(directory, code, sig, warnings)
-
-
-def _read_status(fd: int) -> dict:
-    # One JSON line from the child, or EOF (it died before saying anything).
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    try:
-        return json.loads(data.decode() or "{}")
-    except ValueError:
-        return {}
 
 
 def _discard(directory: Path, created: Path | None) -> None:

@@ -14,14 +14,6 @@ from pgo import _target
 from pgo._errors import PgoError
 
 
-def _status(fd: int | None, **msg: object) -> None:
-    if fd is not None:
-        try:
-            os.write(fd, (json.dumps(msg) + "\n").encode())
-        except OSError:
-            pass
-
-
 def main() -> int:
     control = json.loads(sys.argv[1])
     fd = control.get("status_fd")
@@ -30,17 +22,17 @@ def main() -> int:
         try:
             _target.check_module(target.name)
         except _target.TargetError as e:
-            _status(fd, error=str(e))
+            _target.send_status(fd, error=str(e))
             return 2
     from pgo import runtime
     try:
         rt = runtime.apply(control["config"])
     except PgoError as e:
-        _status(fd, error=str(e))
+        _target.send_status(fd, error=str(e))
         return 2
     if control.get("stats"):
         atexit.register(runtime.write_stats, rt, control["stats"])
-    _status(fd, started=True, pid=os.getpid())
+    _target.send_status(fd, started=True, pid=os.getpid())
     if fd is not None:
         os.close(fd)
     return _target.run(target, compiler=rt.compiler(), init_globals=rt.init_globals())

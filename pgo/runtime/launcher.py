@@ -10,7 +10,7 @@ import signal
 import subprocess
 
 from pgo._errors import PgoError
-from pgo._target import Target
+from pgo._target import Target, read_status
 
 
 def launch(target: Target, config_path: str, *, stats: str | None = None,
@@ -27,7 +27,7 @@ def launch(target: Target, config_path: str, *, stats: str | None = None,
             raise PgoError(f"cannot start {target.python[0]}: {e}") from None
         finally:
             os.close(write_fd)
-        status = _read_status(read_fd)
+        status = read_status(read_fd)
         returncode = child.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -42,15 +42,3 @@ def launch(target: Target, config_path: str, *, stats: str | None = None,
     return returncode, None
 
 
-def _read_status(fd: int) -> dict[str, object]:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    try:
-        out = json.loads(data.decode() or "{}")
-        return out if isinstance(out, dict) else {}
-    except ValueError:
-        return {}
