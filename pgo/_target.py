@@ -237,3 +237,16 @@ def read_status(fd: int) -> dict[str, Any]:
         return out if isinstance(out, dict) else {}
     except ValueError:
         return {}
+
+
+def child_target(control: dict[str, Any]) -> Target | None:
+    """In a child process: the target its launcher sent, or None (and an
+    error on the status line) when a ``-m`` module cannot run."""
+    target = Target.from_json(control["target"])
+    if target.kind == "module":
+        try:
+            check_module(target.name)
+        except TargetError as e:
+            send_status(control.get("status_fd"), error=str(e))
+            return None
+    return target

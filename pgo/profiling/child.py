@@ -20,13 +20,9 @@ from pgo.profiling.session import Profiler, _register_exit
 def main() -> int:
     control = json.loads(sys.argv[1])
     fd = control.get("status_fd")
-    target = _target.Target.from_json(control["target"])
-    if target.kind == "module":
-        try:
-            _target.check_module(target.name)
-        except _target.TargetError as e:
-            _target.send_status(fd, error=str(e))
-            return 2
+    target = _target.child_target(control)
+    if target is None:
+        return 2
     profiler = Profiler(control["bundle"], Options.from_json(control["options"]),
                         command=target.command(), target=target.to_json())
     exit_code: list[int | None] = [None]

@@ -17,13 +17,9 @@ from pgo._errors import PgoError
 def main() -> int:
     control = json.loads(sys.argv[1])
     fd = control.get("status_fd")
-    target = _target.Target.from_json(control["target"])
-    if target.kind == "module":
-        try:
-            _target.check_module(target.name)
-        except _target.TargetError as e:
-            _target.send_status(fd, error=str(e))
-            return 2
+    target = _target.child_target(control)
+    if target is None:
+        return 2
     from pgo import runtime
     try:
         rt = runtime.apply(control["config"])
