@@ -12,7 +12,7 @@ config gives the same bytes):
     python = "3.11.7"                        # the GC plan was made for this Python
 
     [gc]
-    thresholds = [50000, 20, 100]            # gc.set_threshold
+    thresholds = [50000, 20, 100]            # gc.set_threshold (0 first: no automatic GC)
     freeze_after_startup = true              # gc.freeze() once start-up is over ...
     startup_s = 0.8                          # ... at this time after start
     full_collection = "growth"               # "default", or: a full collection

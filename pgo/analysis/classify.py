@@ -219,11 +219,11 @@ def classify(sites: list[Site]) -> tuple[list[Decision], list[Cluster]]:
                 reason = (f"like the rest of cluster {cl.index} ({cl.pattern}); its own numbers "
                           f"lean {own}: {why}")
             strategy = STRATEGY[pattern] if domain == NUMPY else "system"
-            if strategy == "slab" and s.max_size < NUMPY_SMALL_CACHE:
+            if strategy in ("slab", "arena", "stack") and s.max_size < NUMPY_SMALL_CACHE:
                 # numpy's default handler keeps freed blocks under 1 KiB
-                # per size already: a slab behind a handler only adds a
-                # lock (0.99x measured on small arrays; 0.87x on
-                # small_arrays.py).
+                # per size already: any allocator behind a handler only adds
+                # a lock and a routing step (a slab measured 0.87x and an
+                # arena for a whole function 0.81x on small_arrays.py).
                 strategy = "system"
                 reason += "; numpy's own small-block cache already serves blocks under 1 KiB"
             decisions.append(Decision(site=s, cluster=cl.index, pattern=pattern,

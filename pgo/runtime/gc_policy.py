@@ -9,7 +9,13 @@
   (Go's GOGC): the heap is measured by ``sys.getallocatedblocks()`` (a walk
   over pymalloc's arenas: microseconds) at the end of each young
   collection, and the full collection is run by a small daemon thread,
-  since a collection cannot start from inside a gc callback.  Cyclic
+  since a collection cannot start from inside a gc callback.  A full
+  collection that freed under 1% of the heap doubles the factor for the
+  next (up to 64x: scanning a heap with no garbage buys nothing); one that
+  freed more brings the planned factor back.  With a first
+  threshold of 0 (CPython: no automatic collection at all) the heap is
+  looked at every 5 ms instead, and these are the only collections: Go's
+  collector exactly, for heaps whose collections free nothing.  Cyclic
   garbage is still collected, and held under that factor of the live heap.
 - ``freeze_after_startup``: ``gc.freeze()`` at ``startup_s`` after start
   (a timer thread): what start-up built is never scanned again.
@@ -31,6 +37,8 @@ from pgo.config import GCPlan
 
 UNREACHABLE = 1_000_000_000   # a third threshold no program reaches
 MIN_HEAP_BLOCKS = 100_000     # never trigger below this many blocks (start-up noise)
+POLL_S = 0.005                # with automatic collections off: how often to look
+MAX_FACTOR = 64.0             # the backoff's bound
 
 
 class GCPolicy:
@@ -39,12 +47,14 @@ class GCPolicy:
         self.full_collections = 0
         self.full_collection_s = 0.0
         self.frozen = 0
+        self.factor = plan.growth_factor
         self._limit = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._timer: threading.Timer | None = None
         self._previous: tuple[int, int, int] | None = None
+        self._poller: threading.Thread | None = None
 
     def start(self) -> None:
         p = self.plan
@@ -62,6 +72,12 @@ class GCPolicy:
             gc.callbacks.append(self._on_gc)
             self._thread = threading.Thread(target=self._collector, name="pgo-gc", daemon=True)
             self._thread.start()
+            # With automatic collections off (a first threshold of 0) no
+            # callback ever runs: the heap is also looked at every few ms.
+            if gc.get_threshold()[0] == 0:
+                self._poller = threading.Thread(target=self._poll, name="pgo-gc-poll",
+                                                daemon=True)
+                self._poller.start()
         if p.freeze_after_startup:
             self._timer = threading.Timer(p.startup_s or 0.0, self._freeze)
             self._timer.daemon = True
@@ -73,18 +89,33 @@ class GCPolicy:
         if sys.getallocatedblocks() > self._limit:
             self._wake.set()
 
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            if sys.getallocatedblocks() > self._limit:
+                self._wake.set()
+
     def _collector(self) -> None:
-        factor = self.plan.growth_factor or 2.0
+        base = self.plan.growth_factor or 2.0
+        factor = base
         while True:
             self._wake.wait()
             if self._stop.is_set():
                 return
             self._wake.clear()
+            before = sys.getallocatedblocks()
             t = time.perf_counter()
             gc.collect()
             self.full_collection_s += time.perf_counter() - t
             self.full_collections += 1
-            self._limit = int(max(sys.getallocatedblocks(), MIN_HEAP_BLOCKS) * factor)
+            after = sys.getallocatedblocks()
+            # A collection that freed (almost) nothing was not worth its
+            # scan: wait twice as long for the next; one that freed
+            # something brings the planned factor back.
+            factor = min(factor * 2, MAX_FACTOR) if before - after < 0.01 * before else base
+            self.factor = factor
+            self._limit = int(max(after, MIN_HEAP_BLOCKS) * factor)
+            # A wake-up that came during the collection was for the old limit.
+            self._wake.clear()
 
     def _freeze(self) -> None:
         gc.freeze()
@@ -106,5 +137,6 @@ class GCPolicy:
                 "growth_factor": self.plan.growth_factor,
                 "policy_full_collections": self.full_collections,
                 "policy_full_collection_s": round(self.full_collection_s, 6),
+                "growth_factor_now": self.factor,
                 "frozen_objects": self.frozen,
                 "collections": [s["collections"] for s in gc.get_stats()]}

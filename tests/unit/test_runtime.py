@@ -74,6 +74,25 @@ def test_cyclic_garbage_stays_bounded_under_the_growth_policy():
         policy.stop()
 
 
+def test_no_automatic_collections_but_full_ones_on_heap_growth():
+    policy = GCPolicy(GCPlan(thresholds=(0, 0, 0), full_collection="growth", growth_factor=2.0))
+    policy.start()
+    try:
+        assert gc.get_threshold()[0] == 0          # CPython: no automatic collection
+        young = gc.get_stats()[0]["collections"]
+        keep = [[[i] for i in range(20_000)] for _ in range(30)]
+        deadline = time.monotonic() + 5
+        while policy.full_collections < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert policy.full_collections >= 1          # the poller saw the heap grow
+        assert gc.get_stats()[0]["collections"] == young
+        # It freed nothing: the next one waits for more growth than planned.
+        assert policy.stats()["growth_factor_now"] >= 4.0
+        del keep
+    finally:
+        policy.stop()
+
+
 def test_freeze_after_startup():
     policy = GCPolicy(GCPlan(freeze_after_startup=True, startup_s=0.05))
     policy.start()
