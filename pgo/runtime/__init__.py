@@ -9,6 +9,7 @@ and installs things: it never imports the profiler or the analysis.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -82,9 +83,14 @@ class Runtime:
                 owner: Any = mod
                 for p in parts[:-1]:
                     owner = getattr(owner, p, None)
-                fn = getattr(owner, parts[-1], None) if owner is not None else None
+                if owner is None:
+                    continue
+                raw = inspect.getattr_static(owner, parts[-1], None)
+                kind = type(raw) if isinstance(raw, (staticmethod, classmethod)) else None
+                fn = raw.__func__ if kind is not None else raw
                 if callable(fn):
-                    setattr(owner, parts[-1], self.sites.decorator(module, qualname)(fn))
+                    wrapped = self.sites.decorator(module, qualname)(fn)
+                    setattr(owner, parts[-1], kind(wrapped) if kind is not None else wrapped)
 
     def compiler(self) -> Any:
         """For the runner: compiles ``__main__`` with its routed functions

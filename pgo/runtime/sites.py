@@ -97,7 +97,9 @@ class SiteRouter:
 
 
 class _Decorate(ast.NodeTransformer):
-    """Adds ``@__pgo_route__(module, qualname)`` (outermost) to the targets."""
+    """Adds ``@__pgo_route__(module, qualname)`` to the targets, innermost
+    (next to the function), so that staticmethod, classmethod, property
+    and other decorators wrap the routed function as they wrapped it."""
 
     def __init__(self, module: str, targets: set[str]) -> None:
         self.module = module
@@ -111,7 +113,7 @@ class _Decorate(ast.NodeTransformer):
                             args=[ast.Constant(self.module), ast.Constant(qualname)],
                             keywords=[])
             ast.copy_location(call, node)
-            node.decorator_list.insert(0, call)
+            node.decorator_list.append(call)
         self.scope += [node.name, "<locals>"] if not isinstance(node, ast.ClassDef) \
             else [node.name]
         self.generic_visit(node)
