@@ -14,6 +14,7 @@ def start(
     objects_max_events: int = 1000000,
     sample_bytes: int = 32768,
     exclude: Iterable[str] = (),
+    exceptions: Iterable[str] = (),
     seed: int = 0x5EED,
 ) -> None: ...
 def flush() -> None: ...

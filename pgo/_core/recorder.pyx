@@ -135,6 +135,7 @@ cdef extern from *:
         uint32_t code_cap, ncodes;
         char *prefix[PGO_REC_MAX_PREFIX];
         size_t prefix_len[PGO_REC_MAX_PREFIX];
+        int prefix_include[PGO_REC_MAX_PREFIX];   /* 1: a site after all (the longest match wins) */
         int nprefix;
         PyObject *name_str;    /* "__name__" */
         uint32_t gen;          /* recordings started: tags the lasti cache */
@@ -337,9 +338,16 @@ cdef extern from *:
         } else if (len > 0 && fn[0] == '<') {
             ex = strncmp(fn, "<stdin>", 7) != 0 && strncmp(fn, "<string>", 8) != 0;
         } else {
+            /* The longest matching prefix decides: site-packages/ is a site
+               (include) inside the standard library's lib/ (exclude), and
+               numpy/ (exclude) inside site-packages/. */
+            size_t best = 0;
             for (int i = 0; i < r->nprefix; i++)
-                if ((size_t)len >= r->prefix_len[i] && memcmp(fn, r->prefix[i], r->prefix_len[i]) == 0)
-                    ex = 1;
+                if ((size_t)len >= r->prefix_len[i] && r->prefix_len[i] > best
+                        && memcmp(fn, r->prefix[i], r->prefix_len[i]) == 0) {
+                    best = r->prefix_len[i];
+                    ex = !r->prefix_include[i];
+                }
         }
         /* The code object is keyed by address: keep it alive so that the
            address is never reused by another one while we record. */
@@ -710,6 +718,7 @@ cdef extern from *:
         uint32_t nsites
         char* prefix[64]
         size_t prefix_len[64]
+        int prefix_include[64]
         int nprefix
         PyObject* name_str
         uint32_t gen
@@ -878,7 +887,8 @@ def checksum(const unsigned char[::1] data not None):
 
 
 def start(numpy_path=None, *, objects_path=None, max_events=1_000_000,
-          objects_max_events=1_000_000, sample_bytes=32768, exclude=(), seed=0x5EED):
+          objects_max_events=1_000_000, sample_bytes=32768, exclude=(), exceptions=(),
+          seed=0x5EED):
     """Record into new trace files (each must not exist; None: not recorded):
 
     - ``numpy_path``: every numpy data allocation, realloc and free;
@@ -888,7 +898,9 @@ def start(numpy_path=None, *, objects_path=None, max_events=1_000_000,
 
     ``max_events`` / ``objects_max_events`` bound each trace (sampling by
     address beyond half of it; see the module docstring).  ``exclude``:
-    path prefixes (at most 64) of code that is not a site.  ``seed`` makes
+    path prefixes of code that is not a site; ``exceptions``: prefixes inside
+    those that are sites after all (the longest matching prefix decides;
+    at most 64 in all).  ``seed`` makes
     the object sampling repeatable.
 
     Raises:
@@ -903,9 +915,11 @@ def start(numpy_path=None, *, objects_path=None, max_events=1_000_000,
             raise ValueError(f"{name} must be an int >= 2, got {value!r}")
     if isinstance(sample_bytes, bool) or not isinstance(sample_bytes, int) or sample_bytes < 1:
         raise ValueError(f"sample_bytes must be an int >= 1, got {sample_bytes!r}")
-    prefixes = [os.fsencode(p) for p in exclude]
+    prefixes = ([(os.fsencode(p), 0) for p in exclude]
+                + [(os.fsencode(p), 1) for p in exceptions])
     if len(prefixes) > PGO_REC_MAX_PREFIX:
-        raise ValueError(f"at most {PGO_REC_MAX_PREFIX} exclude prefixes, got {len(prefixes)}")
+        raise ValueError(f"at most {PGO_REC_MAX_PREFIX} exclude and exception prefixes, "
+                         f"got {len(prefixes)}")
     with _lock:
         if _state is not None or pgo_rec.np.on or pgo_rec.obj.on:
             raise RuntimeError("a recorder is already running in this process")
@@ -947,13 +961,14 @@ def start(numpy_path=None, *, objects_path=None, max_events=1_000_000,
 
 cdef _set_prefixes(list prefixes):
     cdef bytes p
+    cdef int inc
     cdef char* c
     if pgo_rec.name_str == NULL:
         name = "__name__"
         Py_INCREF(name)
         pgo_rec.name_str = <PyObject*>name
     pgo_rec.nprefix = 0
-    for p in prefixes:
+    for p, inc in prefixes:
         c = <char*>calloc(len(p) + 1, 1)
         if c == NULL:
             raise MemoryError()
@@ -961,6 +976,7 @@ cdef _set_prefixes(list prefixes):
             c[i] = p[i]
         pgo_rec.prefix[pgo_rec.nprefix] = c
         pgo_rec.prefix_len[pgo_rec.nprefix] = len(p)
+        pgo_rec.prefix_include[pgo_rec.nprefix] = inc
         pgo_rec.nprefix += 1
 
 

@@ -55,23 +55,34 @@ NUMPY_DOMAIN = 389047
 MAX_PAUSES = 1_000_000
 
 
-def excluded_prefixes() -> list[str]:
-    """Code under these paths is not an allocation site: numpy, pgo (but
-    not its example targets, pgo/targets), the standard library (the
-    innermost frame outside them is the site)."""
+def site_prefixes() -> tuple[list[str], list[str]]:
+    """(exclude, include): code under an exclude prefix is not an allocation
+    site (numpy, pgo, the standard library: the innermost frame outside
+    them is), unless a longer include prefix holds it (site-packages inside
+    the standard library's folder; pgo's example targets inside pgo)."""
+    import site
     pgo_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = {os.path.dirname(np.__file__) + os.sep}
-    for name in os.listdir(pgo_dir):
-        if name != "targets":
-            full = os.path.join(pgo_dir, name)
-            paths.add(full + os.sep if os.path.isdir(full) else full)
+    exclude = {os.path.dirname(np.__file__), pgo_dir}
+    paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib"):
-        p = sysconfig.get_paths().get(key)
-        if p:
-            paths.add(p + os.sep)
-    real = {os.path.realpath(p.rstrip(os.sep)) + (os.sep if p.endswith(os.sep) else "")
-            for p in paths}
-    return sorted(paths | real)
+        if paths.get(key):
+            exclude.add(paths[key])
+    include = {os.path.join(pgo_dir, "targets")}
+    for key in ("purelib", "platlib"):
+        if paths.get(key):
+            include.add(paths[key])
+    include.update(site.getsitepackages())
+    if site.ENABLE_USER_SITE and site.getusersitepackages():
+        include.add(site.getusersitepackages())
+
+    def both(ps: set[str]) -> list[str]:
+        return sorted({p.rstrip(os.sep) + os.sep for p in ps}
+                      | {os.path.realpath(p) + os.sep for p in ps})
+    return both(exclude), both(include)
+
+
+def excluded_prefixes() -> list[str]:
+    return site_prefixes()[0]
 
 
 _active: Profiler | None = None
@@ -171,7 +182,8 @@ class Profiler:
             recorder.start(os.fspath(self.dir / fmt.EVENTS) if o.events else None,
                            objects_path=os.fspath(self.dir / fmt.OBJECTS) if o.objects else None,
                            max_events=o.max_events, objects_max_events=o.objects_max_events,
-                           sample_bytes=o.sample_bytes, exclude=excluded_prefixes(),
+                           sample_bytes=o.sample_bytes, exclude=site_prefixes()[0],
+                           exceptions=site_prefixes()[1],
                            seed=os.getpid())
         if o.tracemalloc:
             if tracemalloc.is_tracing():
