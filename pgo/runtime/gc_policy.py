@@ -104,7 +104,8 @@ class GCPolicy:
             self._wake.clear()
             before = sys.getallocatedblocks()
             t = time.perf_counter()
-            gc.collect()
+            if not self._collect_full():
+                continue
             self.full_collection_s += time.perf_counter() - t
             self.full_collections += 1
             after = sys.getallocatedblocks()
@@ -116,6 +117,19 @@ class GCPolicy:
             self._limit = int(max(after, MIN_HEAP_BLOCKS) * factor)
             # A wake-up that came during the collection was for the old limit.
             self._wake.clear()
+
+    def _collect_full(self) -> bool:
+        # The wake-up comes from a callback, which runs while the young
+        # collection that called it is still on: gc.collect() then returns
+        # at once without collecting.  Try again until one really ran.
+        for _ in range(1000):
+            done = gc.get_stats()[2]["collections"]
+            gc.collect()
+            if gc.get_stats()[2]["collections"] > done:
+                return True
+            if self._stop.wait(0.001):
+                return False
+        return False
 
     def _freeze(self) -> None:
         gc.freeze()
