@@ -49,7 +49,10 @@ needs_thp = pytest.mark.skipif(thp_mode() not in ("always", "madvise"),
 def test_big_buffers_are_huge_page_eligible(make):
     a = make()
     block = a.alloc(1024)
-    assert vma_fields(block.address).get("THPeligible") == "1"
+    # "hg" in VmFlags: the mapping was advised MADV_HUGEPAGE, which is what
+    # pgo controls.  (THPeligible also depends on the kernel's state at the
+    # moment, outside pgo: it read 0 once in ~10 CI runs of the test build.)
+    assert "hg" in vma_fields(block.address).get("VmFlags", "").split()
 
 
 @needs_thp
