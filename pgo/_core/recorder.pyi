@@ -3,8 +3,6 @@ from typing import Any, Iterable
 HEADER_SIZE: int
 RECORD_SIZE: int
 BLOCK_RECORDS: int
-MAX_LEVEL: int
-KINDS: dict[int, str]
 
 def start(
     numpy_path: str | None = None,

@@ -750,9 +750,6 @@ if pgo_rec_init() != 0:
 HEADER_SIZE = 40
 RECORD_SIZE = 48
 BLOCK_RECORDS = PGO_REC_BLOCK
-MAX_LEVEL = PGO_REC_MAX_LEVEL
-KINDS = {PGO_EV_ALLOC: "alloc", PGO_EV_CALLOC: "calloc", PGO_EV_REALLOC: "realloc",
-         PGO_EV_FREE: "free"}
 
 
 # -- numpy's callbacks ------------------------------------------------------------

@@ -84,13 +84,16 @@ class Traced:
     births_before: np.ndarray
 
 
+Collected = tuple[dict[str, Traced], dict[int, str], dict[int, str],
+                  dict[int, tuple[str, str]], float, np.ndarray]
+
+
 def runs_of(bundle: Bundle) -> list[Bundle]:
     """The runs a bundle holds: itself, or those ``pgo merge`` put in it."""
     return bundle.runs or [bundle]
 
 
-def collect(bundle: Bundle) -> tuple[dict[str, Traced], dict[int, str], dict[int, str],
-                                     dict[int, tuple[str, str]], float, np.ndarray]:
+def collect(bundle: Bundle) -> Collected:
     """Per domain the blocks of every run, with one site table for all of
     them (sites matched by module, qualname and line).  Returns (traced by
     domain, names, functions, (qualname, file) by site, run length, full
@@ -181,10 +184,11 @@ def _concat(parts: list[Blocks]) -> Blocks:
     return Blocks(**merged)
 
 
-def extract(bundle: Bundle) -> list[Site]:
+def extract(bundle: Bundle, collected: Collected | None = None) -> list[Site]:
     """Every site of both traces (of every run of a merged bundle), in a
-    stable order (domain, site id)."""
-    traced, names, funcs, qual_file, run_s, gen2 = collect(bundle)
+    stable order (domain, site id).  ``collected``: ``collect(bundle)``,
+    when the caller has it already."""
+    traced, names, funcs, qual_file, run_s, gen2 = collected or collect(bundle)
     cpu = _cpu_by_function(bundle)
     out: list[Site] = []
     for domain in (NUMPY, OBJECTS):

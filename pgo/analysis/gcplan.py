@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgo.analysis.lifetimes import pair
+from pgo.analysis.features import OBJECTS, Collected, collect
+from pgo.analysis.lifetimes import Blocks
+from pgo.analysis.summary import live_curve
 from pgo.bundle import Bundle
 from pgo.config import GCPlan
 
 MIN_SHARE = 0.05
 
 
-def plan(bundle: Bundle) -> GCPlan | None:
+def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
+    """``traces``: ``features.collect(bundle)``, when the caller has it
+    (the sampled objects of every run come from there)."""
     g = bundle.gc
     if not g:
         return None
@@ -49,8 +53,10 @@ def plan(bundle: Bundle) -> GCPlan | None:
             f"{full} full ones taking {full_s:.3g} s; {collected:,} objects freed)")
     if share < MIN_SHARE:
         return GCPlan(reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
-    allocated = _objects_allocated(bundle)
-    freeze, startup = _startup(bundle, wall)
+    objects = (traces or collect(bundle))[0].get(OBJECTS)
+    blocks = objects.blocks if objects is not None else None
+    allocated = float(blocks.weight.sum()) if blocks is not None else 0.0
+    freeze, startup = _startup(blocks, wall)
     if allocated > 0 and collected < allocated / 1000:
         return GCPlan(
             thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
@@ -69,31 +75,13 @@ def plan(bundle: Bundle) -> GCPlan | None:
                 + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
 
 
-def _objects_allocated(bundle: Bundle) -> float:
-    trace = bundle.objects
-    rate = bundle.manifest["collectors"].get("objects", {}).get("sample_bytes")
-    if trace is None or not rate or len(trace.events) == 0:
-        return 0.0
-    blocks = pair(trace.events, trace.t0_ns, sample_bytes=rate)
-    return float(blocks.weight.sum())
-
-
-def _startup(bundle: Bundle, wall: float) -> tuple[bool, float | None]:
+def _startup(b: Blocks | None, wall: float) -> tuple[bool, float | None]:
     """(freeze?, when): the object heap reaches 90% of its peak in the
     first half of the run and keeps 80% of it to the end."""
-    trace = bundle.objects
-    rate = bundle.manifest["collectors"].get("objects", {}).get("sample_bytes")
-    if trace is None or not rate or len(trace.events) == 0 or wall <= 0:
+    if b is None or len(b) == 0 or wall <= 0:
         return False, None
-    b = pair(trace.events, trace.t0_ns, sample_bytes=rate)
-    wb = b.weight * b.size.astype(np.float64)
     grid = np.linspace(0, wall, 65)
-    dead = np.where(np.isnan(b.death), np.inf, b.death)
-    ob, od = np.argsort(b.birth), np.argsort(dead)
-    cb = np.concatenate([[0.0], np.cumsum(wb[ob])])
-    cd = np.concatenate([[0.0], np.cumsum(wb[od])])
-    live = cb[np.searchsorted(b.birth[ob], grid, side="right")] - \
-        cd[np.searchsorted(dead[od], grid, side="right")]
+    live = live_curve(b, None, 65, wall)
     peak = float(live.max())
     if peak <= 0:
         return False, None

@@ -55,13 +55,14 @@ class ProfileGuidedOptimizer:
 
     def analyze(self) -> Plan:
         b = self.bundle
-        sites = features.extract(b)
+        collected = features.collect(b)          # the traces, paired once
+        sites = features.extract(b, collected)
         decisions, clusters = cls.classify(sites)
         m = b.manifest
         cfg = Config(
             profile=str(b.path), profile_started_at=str(m.get("started_at", "")),
             pgo=__version__, python=str(m.get("python", "")),
-            gc=gcplan.plan(b),
+            gc=gcplan.plan(b, collected),
             size_classes=_size_classes(decisions),
             sites=_site_rules(decisions))
         return Plan(config=cfg, decisions=decisions, clusters=clusters,

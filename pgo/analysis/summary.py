@@ -76,9 +76,10 @@ def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     return float(x[order][min(k, len(x) - 1)])
 
 
-def live_curve(blocks: Blocks, site: int, points: int, end: float) -> np.ndarray:
-    """Live bytes of one site at ``points`` evenly spaced times."""
-    m = blocks.site == site
+def live_curve(blocks: Blocks, site: int | None, points: int, end: float) -> np.ndarray:
+    """Live bytes of one site (None: of all) at ``points`` evenly spaced
+    times from 0 to ``end``."""
+    m = blocks.site == site if site is not None else np.ones(len(blocks), bool)
     grid = np.linspace(0, end, points)
     wb = blocks.weight[m] * blocks.size[m].astype(np.float64)
     born = blocks.birth[m]

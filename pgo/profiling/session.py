@@ -179,11 +179,12 @@ class Profiler:
             from pgo._core import recorder
             if recorder.running():
                 raise ProfilerError("the event recorder is already running in this process")
+            exclude, exceptions = site_prefixes()
             recorder.start(os.fspath(self.dir / fmt.EVENTS) if o.events else None,
                            objects_path=os.fspath(self.dir / fmt.OBJECTS) if o.objects else None,
                            max_events=o.max_events, objects_max_events=o.objects_max_events,
-                           sample_bytes=o.sample_bytes, exclude=site_prefixes()[0],
-                           exceptions=site_prefixes()[1],
+                           sample_bytes=o.sample_bytes, exclude=exclude,
+                           exceptions=exceptions,
                            seed=os.getpid())
         if o.tracemalloc:
             if tracemalloc.is_tracing():
