@@ -209,6 +209,20 @@ def _exit_status(e: SystemExit) -> int:
     return 1
 
 
+# -- starting pgo's own child processes ------------------------------------------
+
+def pgo_argv(python: list[str], module: str, *args: str) -> list[str]:
+    """A command running ``module.main()`` under ``python`` with the
+    installed pgo: ``python -m`` would put the working directory first on
+    sys.path, and in a checkout of pgo (README's ``pip install . && pgo
+    demo``) its source tree, without the compiled core, would shadow the
+    install.  The slot is put back (empty) for the target's runner to set,
+    as python would."""
+    boot = (f"import sys; sys.path.pop(0); from {module} import main; "
+            f"sys.path.insert(0, ''); sys.exit(main())")
+    return [*python, "-c", boot, *args]
+
+
 # -- the status line a child sends its launcher ------------------------------------
 
 def send_status(fd: int | None, **msg: object) -> None:

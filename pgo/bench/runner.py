@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pgo._errors import PgoError
-from pgo._target import Target
+from pgo._target import Target, pgo_argv
 
 PEERS = ("jemalloc", "mimalloc", "tcmalloc", "gc-freeze", "gc-off")
 LIBS = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
@@ -79,7 +79,7 @@ def run_once(arm: Arm, target: Target, workdir: str) -> dict[str, Any]:
     os.close(fd)
     spec = dict(arm.setup, target=target.to_json(), result=result)
     env = dict(os.environ, **arm.env)
-    argv = [*target.python, "-m", "pgo.bench.probe", json.dumps(spec)]
+    argv = pgo_argv(target.python, "pgo.bench.probe", json.dumps(spec))
     t = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(proc.pid, 0)

@@ -11,6 +11,8 @@ import sys
 import tempfile
 import time
 
+from pgo._target import pgo_argv
+
 
 class DemoCommand:
     """Run pgo's whole loop on a bundled example, printing each step.
@@ -71,7 +73,7 @@ class DemoCommand:
         ]
         for title, argv in steps:
             print(f"{title}\n   $ pgo {' '.join(shlex.quote(a) for a in argv)}", flush=True)
-            proc = subprocess.run([sys.executable, "-m", "pgo", *argv],
+            proc = subprocess.run(pgo_argv([sys.executable], "pgo.commands", *argv),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             print("   " + proc.stdout.rstrip().replace("\n", "\n   ") + "\n", flush=True)
             if proc.returncode != 0:

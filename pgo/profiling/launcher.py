@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pgo._errors import ProfilerError
-from pgo._target import Target, read_status
+from pgo._target import Target, pgo_argv, read_status
 from pgo.profiling import cpu
 from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV, Options
 
@@ -71,7 +71,7 @@ def profile(target: Target, directory: Path, options: Options, *,
         env[FOLLOW_ENV] = json.dumps({"root": os.fspath(children), "options": options.to_json()})
         env[SKIP_ENV] = "1"
         env["PYTHONPATH"] = os.pathsep.join([HOOK_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
-    argv = [*target.python, "-m", "pgo.profiling.child", json.dumps(control)]
+    argv = pgo_argv(target.python, "pgo.profiling.child", json.dumps(control))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # the child gets ^C and decides
     try:
         try:

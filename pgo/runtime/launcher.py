@@ -10,7 +10,7 @@ import signal
 import subprocess
 
 from pgo._errors import PgoError
-from pgo._target import Target, read_status
+from pgo._target import Target, pgo_argv, read_status
 
 
 def launch(target: Target, config_path: str, *, stats: str | None = None,
@@ -18,7 +18,7 @@ def launch(target: Target, config_path: str, *, stats: str | None = None,
     read_fd, write_fd = os.pipe()
     control = {"config": os.path.abspath(config_path), "target": target.to_json(),
                "status_fd": write_fd, "stats": os.path.abspath(stats) if stats else None}
-    argv = [*target.python, "-m", "pgo.runtime.child", json.dumps(control)]
+    argv = pgo_argv(target.python, "pgo.runtime.child", json.dumps(control))
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:

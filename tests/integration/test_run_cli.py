@@ -145,3 +145,19 @@ def test_profile_analyze_run_on_example_targets(tmp_path, name, args):
     st = json.loads((tmp_path / "s.json").read_text())
     if name == "scoped_temps.py":
         assert st["sites"]["calls"]["__main__:filter_tile"] == 150
+
+
+def test_children_use_the_installed_pgo_not_a_pgo_folder_in_the_working_directory(project):
+    # README's `pip install . && pgo demo` runs in a checkout, whose pgo/
+    # has no compiled core: pgo's child processes must not import it.
+    shadow = project / "pgo"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the working directory shadows pgo')\n")
+    console = ["-c", "import sys; sys.path.pop(0); from pgo.commands import main; sys.exit(main())"]
+    for argv in (["run", "-c", "pgo.toml", "job.py", "0"],
+                 ["profile", "-q", "--no-cpu", "-o", "b", "job.py", "0"],
+                 ["bench", "-n", "2", "-q", "-o", "b.json", "job.py", "0"]):
+        proc = subprocess.run([sys.executable, *console, *argv], cwd=project, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+        assert "shadows pgo" not in proc.stderr
