@@ -17,6 +17,9 @@ config gives the same bytes):
     startup_s = 0.8                          # ... at this time after start
     full_collection = "growth"               # "default", or: a full collection
     growth_factor = 2.0                      # when the heap grew by this factor
+    peak_heap_blocks = 6085835               # the profile's peak heap, where its
+                                             # collections found nothing: the first
+                                             # full one waits for growth_factor x it
     reason = "..."
 
     [[numpy.size_class]]                     # route numpy data by size
@@ -67,6 +70,7 @@ class GCPlan:
     startup_s: float | None = None
     full_collection: str = "default"
     growth_factor: float | None = None
+    peak_heap_blocks: int | None = None
     reason: str = ""
 
 
@@ -132,6 +136,8 @@ def dumps(cfg: Config) -> str:
         out.append(f"full_collection = {_value(g.full_collection)}")
         if g.growth_factor is not None:
             out.append(f"growth_factor = {_value(g.growth_factor)}")
+        if g.peak_heap_blocks is not None:
+            out.append(f"peak_heap_blocks = {g.peak_heap_blocks}")
         if g.reason:
             out.append(f"reason = {_value(g.reason)}")
     for sc in cfg.size_classes:
@@ -294,11 +300,14 @@ class _Reader:
         startup = self.typed("gc", None, d, "startup_s", float)
         if startup is not None and startup < 0:
             raise self.fail("gc", None, "startup_s", f"must be >= 0, got {startup}")
+        peak = self.typed("gc", None, d, "peak_heap_blocks", int)
+        if peak is not None and peak < 0:
+            raise self.fail("gc", None, "peak_heap_blocks", f"must be >= 0, got {peak}")
         return GCPlan(thresholds=th,
                       freeze_after_startup=self.typed("gc", None, d, "freeze_after_startup",
                                                       bool, False),
                       startup_s=startup, full_collection=full, growth_factor=growth,
-                      reason=self.typed("gc", None, d, "reason", str, ""))
+                      peak_heap_blocks=peak, reason=self.typed("gc", None, d, "reason", str, ""))
 
     def _notes(self, table: str, i: int, d: dict[str, Any]) -> dict[str, Any]:
         pattern = self.typed(table, i, d, "pattern", str, "")

@@ -93,6 +93,23 @@ def live_curve(blocks: Blocks, site: int | None, points: int, end: float) -> np.
     return curve
 
 
+def peak_live_count(blocks: Blocks) -> float:
+    """The most blocks (by sample weight) live at any one time.  Deaths
+    come before births at the same instant, so a block replaced in place
+    counts once, not twice.  A block the trace's sampling stopped following
+    counts as dead from then on: the peak is not overstated."""
+    death = np.where(blocks.censored, np.maximum(blocks.censor_t, blocks.birth), blocks.death)
+    ended = ~np.isnan(death)
+    dead = death[ended]
+    w_dead = blocks.weight[ended]
+    t = np.concatenate([blocks.birth, dead])
+    delta = np.concatenate([blocks.weight, -w_dead])
+    # Deaths first at equal times (lexsort's last key is the primary one).
+    order = np.lexsort((delta, t))
+    live = np.cumsum(delta[order])
+    return float(live.max()) if len(live) else 0.0
+
+
 def is_growing(curve: np.ndarray, total_live_end: float) -> bool:
     """Live bytes that keep rising: most steps go up (not a jump at start-up
     and then a plateau), the end is the peak, and the end is at least twice

@@ -9,14 +9,17 @@
   (Go's GOGC): the heap is measured by ``sys.getallocatedblocks()`` (a walk
   over pymalloc's arenas: microseconds) at the end of each young
   collection, and the full collection is run by a small daemon thread,
-  since a collection cannot start from inside a gc callback.  A full
-  collection that freed under 1% of the heap doubles the factor for the
+  since a collection cannot start from inside a gc callback.  The first
+  waits for ``growth_factor`` x the larger of the heap at start and the
+  plan's ``peak_heap_blocks`` (the profile's peak, where its collections
+  found nothing).  A full collection that freed under 1% of the heap doubles the factor for the
   next (up to 64x: scanning a heap with no garbage buys nothing); one that
   freed more brings the planned factor back.  With a first
   threshold of 0 (CPython: no automatic collection at all) the heap is
   looked at every 5 ms instead, and these are the only collections: Go's
   collector exactly, for heaps whose collections free nothing.  Cyclic
-  garbage is still collected, and held under that factor of the live heap.
+  garbage is still collected, and held under that factor of the live heap
+  (or of the profiled peak).
 - ``freeze_after_startup``: ``gc.freeze()`` at ``startup_s`` after start
   (a timer thread): what start-up built is never scanned again.
 
@@ -68,7 +71,10 @@ class GCPolicy:
             t0, t1, _ = gc.get_threshold()
             gc.set_threshold(t0, t1, UNREACHABLE)
         if p.full_collection == "growth" and p.growth_factor:
-            self._limit = int(max(sys.getallocatedblocks(), MIN_HEAP_BLOCKS) * p.growth_factor)
+            # The profile's peak counts as the last full collection: its
+            # collections scanned up to there and found nothing.
+            start = max(sys.getallocatedblocks(), MIN_HEAP_BLOCKS, p.peak_heap_blocks or 0)
+            self._limit = int(start * p.growth_factor)
             gc.callbacks.append(self._on_gc)
             self._thread = threading.Thread(target=self._collector, name="pgo-gc", daemon=True)
             self._thread.start()

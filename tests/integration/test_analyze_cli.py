@@ -105,3 +105,25 @@ def test_merge_refuses_mismatched_bundles_unless_forced(examples, tmp_path):
     assert any("another program" in w for w in bundle.load(out).manifest["warnings"])
     proc = pgo("merge", str(examples / "pipeline"), "-o", str(tmp_path / "one"), cwd=tmp_path)
     assert proc.returncode == 1 and "at least two" in proc.stderr
+
+
+def test_the_gc_plan_measures_the_peak_heap_as_the_runtime_counts_it(tmp_path):
+    # A heap of containers that never become garbage, then dropped: the plan
+    # counts the profile as a fruitless collection at the heap's peak, in
+    # the runtime's units (sys.getallocatedblocks()), which this program
+    # prints at its peak.  Sampling (one block per 32 KiB) is unbiased, so
+    # the estimate is close to the truth.
+    job = tmp_path / "heap.py"
+    job.write_text(
+        "import sys\n"
+        "keep = [{'i': i, 'l': [i, str(i)]} for i in range(400_000)]\n"
+        "print(sys.getallocatedblocks())\n"
+        "del keep\n")
+    proc = pgo("profile", "-q", "--no-cpu", "-o", str(tmp_path / "p"), str(job), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    truth = int(proc.stdout.split()[-1])
+    proc = pgo("analyze", "-q", str(tmp_path / "p"), "-o", str(tmp_path / "c.toml"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    plan = config.load(tmp_path / "c.toml").gc
+    assert plan.thresholds == (0, 0, 0) and plan.full_collection == "growth"
+    assert 0.8 * truth <= plan.peak_heap_blocks <= 1.2 * truth, (plan.peak_heap_blocks, truth)

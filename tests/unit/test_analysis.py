@@ -56,6 +56,9 @@ def test_example_targets_get_their_intended_strategy(name):
         # heap growth (Go's way).
         assert cfg.gc.full_collection == "growth" and cfg.gc.thresholds == (0, 0, 0)
         assert cfg.gc.growth_factor == 2.0
+        # The first full collection waits for 2x the profile's peak, which
+        # sys.getallocatedblocks() put at 6.05 M blocks when this ran.
+        assert 0.9 * 6.05e6 <= cfg.gc.peak_heap_blocks <= 1.1 * 6.05e6
         assert "GC took" in cfg.gc.reason
 
 

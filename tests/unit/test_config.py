@@ -13,7 +13,8 @@ FULL = Config(
     profile="profiles/job-1", profile_started_at="2026-11-27T10:00:00+00:00", pgo="0.1.0",
     python="3.11.7",
     gc=GCPlan(thresholds=(50000, 20, 100), freeze_after_startup=True, startup_s=0.75,
-              full_collection="growth", growth_factor=2.0, reason="GC took 55% of the run"),
+              full_collection="growth", growth_factor=2.0, peak_heap_blocks=6_086_835,
+              reason="GC took 55% of the run"),
     size_classes=(
         SizeClassRule(1 << 20, None, "cache", (("max_cached_bytes", 1 << 29),),
                       pattern="large-repeated", reason="48 MB temporaries", confidence=0.97),
@@ -54,6 +55,10 @@ BAD = [
     ("[pgo]\nversion = 1\n[gc]\nfull_collection = \"growth\"\n", "growth_factor"),
     ("[pgo]\nversion = 1\n[gc]\ngrowth_factor = 0.5\n", "must be > 1"),
     ("[pgo]\nversion = 1\n[gc]\nfreeze_after_startup = 1\n", "expected bool, got int 1"),
+    ("[pgo]\nversion = 1\n[gc]\npeak_heap_blocks = -5\n",
+     ":4: gc.peak_heap_blocks: must be >= 0, got -5"),
+    ("[pgo]\nversion = 1\n[gc]\npeak_heap_blocks = 1.5e6\n",
+     ":4: gc.peak_heap_blocks: expected int, got float"),
     ("[pgo]\nversion = 1\n\n[[numpy.size_class]]\nmin_bytes = 0\nallocator = \"tcmalloc\"\n",
      ":6: numpy.size_class[0].allocator: unknown allocator 'tcmalloc'; valid: arena, cache, "
      "linear, slab, stack"),
@@ -105,15 +110,16 @@ text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 @settings(max_examples=200, deadline=None)
 @given(th=st.none() | st.tuples(*[st.integers(0, 10**9)] * 3), freeze=st.booleans(),
-       growth=st.none() | st.floats(1.01, 100), reason=text,
+       growth=st.none() | st.floats(1.01, 100), peak=st.none() | st.integers(0, 1 << 40),
+       reason=text,
        sites=st.lists(st.tuples(names, st.sampled_from(cfgmod.SITE_ALLOCATORS), text,
                                 st.none() | st.floats(0, 1)), max_size=4),
        lo=st.integers(0, 1 << 40))
-def test_round_trip_property(th, freeze, growth, reason, sites, lo):
+def test_round_trip_property(th, freeze, growth, peak, reason, sites, lo):
     cfg = Config(
         gc=GCPlan(thresholds=th, freeze_after_startup=freeze,
                   full_collection="growth" if growth else "default", growth_factor=growth,
-                  reason=reason),
+                  peak_heap_blocks=peak, reason=reason),
         size_classes=(SizeClassRule(lo, lo + 5, "cache", reason=reason),),
         sites=tuple(SiteRule(fn, a, reason=r, confidence=c) for fn, a, r, c in sites))
     assert cfgmod.loads(cfgmod.dumps(cfg)) == cfg

@@ -34,13 +34,15 @@ def test_thresholds_and_growth_driven_full_collections():
         assert gc.get_threshold() == (1000, 5, UNREACHABLE)
         full_before = gc.get_stats()[2]["collections"]
         keep = []
-        # The heap grows past every limit twice, whatever this process holds:
-        target = 10 * sys.getallocatedblocks()   # 1.5x, then (nothing freed) 3x: two
-        while sys.getallocatedblocks() < target:
+        # The heap grows until it has passed two limits (1.5x, then, nothing
+        # freed, 3x the heap after the first), however late the collector
+        # thread got to the first: the growth stops at 40x, far past both.
+        cap = 40 * sys.getallocatedblocks()
+        deadline = time.monotonic() + 60
+        while (policy.full_collections < 2 and sys.getallocatedblocks() < cap
+               and time.monotonic() < deadline):
             keep.append([[i] for i in range(20_000)])
-        deadline = time.monotonic() + 30
-        while policy.full_collections < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.0005)                       # let the collector thread in
         assert policy.full_collections >= 2
         # (A request that finds a collection already running is not a new one.)
         assert 1 <= gc.get_stats()[2]["collections"] - full_before <= policy.full_collections
@@ -83,16 +85,41 @@ def test_no_automatic_collections_but_full_ones_on_heap_growth():
         assert gc.get_threshold()[0] == 0          # CPython: no automatic collection
         young = gc.get_stats()[0]["collections"]
         keep = []
-        target = 3 * sys.getallocatedblocks()        # past 2x, whatever this process holds
-        while sys.getallocatedblocks() < target:
+        cap = 20 * sys.getallocatedblocks()          # far past 2x, whatever this process holds
+        deadline = time.monotonic() + 60
+        while (policy.full_collections < 1 and sys.getallocatedblocks() < cap
+               and time.monotonic() < deadline):
             keep.append([[i] for i in range(20_000)])
-        deadline = time.monotonic() + 30
-        while policy.full_collections < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.0005)
         assert policy.full_collections >= 1          # the poller saw the heap grow
         assert gc.get_stats()[0]["collections"] == young
         # It freed nothing: the next one waits for more growth than planned.
         assert policy.stats()["growth_factor_now"] >= 4.0
+        del keep
+    finally:
+        policy.stop()
+
+
+def test_the_profiled_peak_delays_the_first_full_collection():
+    from pgo.runtime.gc_policy import MIN_HEAP_BLOCKS
+    start = max(sys.getallocatedblocks(), MIN_HEAP_BLOCKS)
+    # The profile saw 2x this heap and found nothing: the first full
+    # collection is due at 2 x 2x, not at 2x.
+    policy = GCPolicy(GCPlan(thresholds=(0, 0, 0), full_collection="growth", growth_factor=2.0,
+                             peak_heap_blocks=2 * start))
+    policy.start()
+    try:
+        keep = []
+        while sys.getallocatedblocks() < 3 * start:
+            keep.append([[i] for i in range(20_000)])
+        time.sleep(0.1)                              # 20 polls
+        assert policy.full_collections == 0
+        while sys.getallocatedblocks() < 4.5 * start:
+            keep.append([[i] for i in range(20_000)])
+        deadline = time.monotonic() + 30
+        while policy.full_collections < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert policy.full_collections == 1
         del keep
     finally:
         policy.stop()
