@@ -648,6 +648,13 @@ def _set_handler(capsule):
     PyDataMem_SetHandler(capsule)
 
 
+def _swap_handler(capsule):
+    """Sets numpy's handler in this context and returns the one before:
+    for a wrapper that keeps it in its own frame and puts it back (one C
+    call each way, no stack of saved handlers as ``use`` needs)."""
+    return PyDataMem_SetHandler(capsule)
+
+
 def _patch_threads():
     # numpy gives every new thread the default handler (its ContextVar
     # starts empty there), so a thread started after install() sets pgo's

@@ -5,13 +5,17 @@ applies).  Pure: no process, no handler, no printing.
 From decisions to config:
 Only sites that matter make rules: 1% of numpy's bytes, and for a slab
 or an arena a thousand blocks.
-- ``cache`` sites: one numpy size class from 1 MiB up to a CacheAllocator
-  (it keeps freed blocks mapped: no page faults on reuse);
+- ``cache`` sites of large repeated blocks: one numpy size class from
+  1 MiB up to a CacheAllocator (it keeps freed blocks mapped: no page
+  faults on reuse);
 - ``slab`` sites: one size class from 1 byte to the largest such block
   (rounded up to 16, at most 4 KiB) to a SlabAllocator of that block size;
-- ``arena`` / ``stack`` sites: one ``[[site]]`` rule per function (the
-  pattern with most bytes there wins), so allocations made while that
-  function runs go to the allocator;
+- ``cache`` sites of scoped temporaries, ``arena`` and ``stack`` sites: one
+  ``[[site]]`` rule per function (the strategy with most bytes there
+  wins), so allocations made while that function runs go to the
+  allocator: only its calls pay for the switch, and blocks that outlive
+  them are few (a process-wide cache would map every long-lived block of
+  that size on its own);
 - ``system``: nothing.
 Everything sorted, and nothing from the clock: the same bundle gives the
 same file, byte for byte.
@@ -105,7 +109,7 @@ def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
             confidence=_weighted_conf(slab),
             reason=(f"{len(slab)} site(s), {sum(d.site.count for d in slab):,.0f} blocks of at "
                     f"most {hi} B; largest: {top.site.name}: {top.reason}")))
-    cache = [d for d in numpy if d.strategy == "cache"]
+    cache = [d for d in numpy if d.strategy == "cache" and d.pattern == "large-repeated"]
     if cache:
         biggest = max(d.site.max_size for d in cache)
         top = max(cache, key=lambda d: (d.site.bytes, d.site.name))
@@ -122,7 +126,8 @@ def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
 def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
     by_fn: dict[str, list[cls.Decision]] = {}
     for d in _material(decisions):
-        if d.strategy in ("arena", "stack") and d.site.function:
+        scoped = d.strategy == "cache" and d.pattern != "large-repeated"
+        if (scoped or d.strategy in ("arena", "stack")) and d.site.function:
             by_fn.setdefault(d.site.function, []).append(d)
     rules = []
     for fn in sorted(by_fn):
@@ -136,7 +141,12 @@ def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
         mine = [d for d in ds if d.strategy == strategy]
         biggest = max(d.site.max_size for d in mine)
         top = max(mine, key=lambda d: (d.site.bytes, d.site.name))
-        if strategy == "arena":
+        if strategy == "cache":
+            # Room for a few calls' worth of freed blocks: a call's
+            # temporaries come back from the cache, never from the system.
+            settings = (("max_cached_bytes",
+                         int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16))))),)
+        elif strategy == "arena":
             settings = (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
         else:
             settings = (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)

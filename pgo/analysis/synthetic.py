@@ -26,7 +26,7 @@ from pgo.bundle import EVENT_DTYPE, Bundle, EventTrace
 
 KINDS = ("lifo-scratch", "scoped-temporaries", "fixed-size-churn", "large-repeated",
          "long-lived")
-INTENDED = {"lifo-scratch": "stack", "scoped-temporaries": "arena", "fixed-size-churn": "slab",
+INTENDED = {"lifo-scratch": "stack", "scoped-temporaries": "cache", "fixed-size-churn": "slab",
             "large-repeated": "cache", "long-lived": "system"}
 
 

@@ -7,8 +7,9 @@ compiled (an AST transform, so line numbers and tracebacks stay the
 program's own).  ``__main__`` (the script ``pgo run`` runs) is compiled by
 the runner itself; other modules through an import hook that wraps the
 source loader of the modules named in the config, and nothing else.  The
-decorator enters ``pgo.use(allocator)`` around each call: the cost is paid
-only by the routed functions' calls, never by code that is not routed.
+decorator sets numpy's handler to the allocator's around each call (as
+``pgo.use(allocator)``): the cost is paid only by the routed functions'
+calls, never by code that is not routed.
 
 Generators and coroutines run after their call returns, so they cannot be
 routed this way: they are left alone, and ``report()`` lists them.
@@ -26,6 +27,7 @@ from types import CodeType
 from typing import Any, Callable
 
 DECORATOR = "__pgo_route__"
+SMALL_BLOCK = 4096    # the handler's small-block cache serves requests under this
 
 
 class SiteRouter:
@@ -53,25 +55,39 @@ class SiteRouter:
                     or inspect.isasyncgenfunction(fn):
                 self.skipped[key] = "a generator or coroutine: it runs after the call returns"
                 return fn
-            use = self._use(key)
+            capsule = self._capsule(key)
             counts = self.routed
+            from pgo._core.numpy_bridge import _swap_handler as swap
 
+            # What pgo.use() does, without its stack of saved handlers: the
+            # handler before the call stays in this frame (0.3 µs a call
+            # against 0.85 µs for `with use`).
             @functools.wraps(fn)
             def routed(*args: Any, **kwargs: Any) -> Any:
                 counts[key] += 1
-                with use:
+                previous = swap(capsule)
+                try:
                     return fn(*args, **kwargs)
+                finally:
+                    swap(previous)
 
             self.wrapped.add(key)
             return routed
         return decorate
 
-    def _use(self, key: str) -> Any:
+    def _capsule(self, key: str) -> Any:
         u = self._uses.get(key)
         if u is None:
-            from pgo._core.numpy_bridge import use
-            u = self._uses[key] = use(self.rules[key])
-        return u
+            from pgo._core.cache import CacheAllocator
+            from pgo._core.numpy_bridge import Router, SizeClass, use
+            target = self.rules[key]
+            if isinstance(target, CacheAllocator):
+                # A cache's smallest class is a 4 KiB page: smaller requests
+                # keep the handler's per-thread small-block cache, as outside.
+                target = Router([SizeClass(SMALL_BLOCK, None, target)],
+                                name="pgo:site-cache")
+            u = self._uses[key] = use(target)
+        return u.capsule
 
     # -- compiling ---------------------------------------------------------------------
 

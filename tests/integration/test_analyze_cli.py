@@ -46,8 +46,8 @@ def test_analyze_explain_and_json(examples, tmp_path):
     proc = pgo("analyze", str(examples / "scoped_temps"), "-o", str(tmp_path / "c.toml"),
                "--explain", "--top", "5", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for text in ("Sites → pattern → strategy", "Clusters", "scoped-temporaries", "arena",
-                 "while __main__:filter_tile runs -> arena"):
+    for text in ("Sites → pattern → strategy", "Clusters", "scoped-temporaries", "cache",
+                 "while __main__:filter_tile runs -> cache"):
         assert text in proc.stdout
     proc = pgo("analyze", str(examples / "records"), "-o", str(tmp_path / "r.toml"), "--json",
                cwd=tmp_path)

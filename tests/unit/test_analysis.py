@@ -16,7 +16,7 @@ from pgo.analysis.synthetic import INTENDED, KINDS, make_bundle
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "profiles" / "examples"
 # What each example target is built to show, for its numpy data.
-EXAMPLE_STRATEGY = {"pipeline": "cache", "small_arrays": "system", "scoped_temps": "arena",
+EXAMPLE_STRATEGY = {"pipeline": "cache", "small_arrays": "system", "scoped_temps": "cache",
                     "records": None}
 
 
@@ -49,7 +49,7 @@ def test_example_targets_get_their_intended_strategy(name):
         churn = [d for d in numpy if d.pattern == "fixed-size-churn"]
         assert churn and all("small-block cache" in d.reason for d in churn)
     elif name == "scoped_temps":
-        assert [(s.function, s.allocator) for s in cfg.sites] == [("__main__:filter_tile", "arena")]
+        assert [(s.function, s.allocator) for s in cfg.sites] == [("__main__:filter_tile", "cache")]
     else:
         assert not cfg.size_classes and not cfg.sites
         # Collections freed nothing: no automatic collections, full ones on

@@ -194,6 +194,27 @@ def test_site_router_decorates_named_functions_only():
     assert rep["calls"]["__main__:K.static"] == 2
 
 
+def test_a_site_cache_serves_pages_and_leaves_small_arrays_to_the_small_block_cache():
+    from pgo.runtime.sites import SMALL_BLOCK
+    cache = pgo.CacheAllocator(1 << 24)
+    router = SiteRouter([("__main__:keep", cache)])
+    code = router.compile("import numpy as np\n\ndef keep(n):\n    return np.ones(n)\n",
+                          "<job>", "__main__")
+    ns = {"__name__": "__main__", DECORATOR: router.decorator}
+    exec(code, ns)
+    handler = pgo.current_handler()
+    big = ns["keep"](SMALL_BLOCK // 8)           # 4096 bytes: a page from the cache
+    small = ns["keep"](SMALL_BLOCK // 8 - 1)     # 4088 bytes: not the cache's
+    assert pgo.current_handler() is handler      # put back after each call
+    assert cache.stats()["allocations"] == 1
+    assert np.all(big == 1) and np.all(small == 1)
+    del big, small
+    # A call that raises puts the handler back too.
+    with pytest.raises(ValueError):
+        ns["keep"](-1)
+    assert pgo.current_handler() is handler
+
+
 def test_import_hook_routes_functions_of_named_modules_only(tmp_path, monkeypatch):
     (tmp_path / "routed_mod.py").write_text("import numpy as np\n\ndef f(n):\n"
                                             "    return np.ones(n).sum()\n")
