@@ -65,6 +65,8 @@ NOTE_KEYS = ("pattern", "reason", "confidence")
 
 @dataclass(frozen=True)
 class GCPlan:
+    """The ``[gc]`` table: what ``pgo run`` does to the cyclic GC."""
+
     thresholds: tuple[int, int, int] | None = None
     freeze_after_startup: bool = False
     startup_s: float | None = None
@@ -76,6 +78,8 @@ class GCPlan:
 
 @dataclass(frozen=True)
 class SizeClassRule:
+    """One ``[[numpy.size_class]]``: numpy data of these sizes to an allocator."""
+
     min_bytes: int
     max_bytes: int | None
     allocator: str
@@ -95,6 +99,8 @@ class SizeClassRule:
 
 @dataclass(frozen=True)
 class SiteRule:
+    """One ``[[site]]``: numpy data made while a function runs to an allocator."""
+
     function: str                                   # "module:qualname"
     allocator: str
     settings: tuple[tuple[str, Any], ...] = ()
@@ -105,6 +111,8 @@ class SiteRule:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole config file."""
+
     version: int = VERSION
     profile: str = ""
     profile_started_at: str = ""

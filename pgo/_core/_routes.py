@@ -45,14 +45,11 @@ def _int(source: str, index: int, key: str, value: Any, minimum: int = 0) -> int
 
 def _make_allocator(kind: str, settings: dict[str, Any], max_bytes: int | None,
                     source: str, index: int) -> Any:
-    from pgo._core.arena import ArenaAllocator
-    from pgo._core.cache import CacheAllocator
-    from pgo._core.linear import LinearAllocator
-    from pgo._core.slab import SlabAllocator
-    from pgo._core.stack import StackAllocator
-
+    # Each kind's module only when a config uses it: `pgo run` pays its
+    # imports before the program starts.
     try:
         if kind == "cache":
+            from pgo._core.cache import CacheAllocator
             return CacheAllocator(settings["max_cached_bytes"], hugepages=settings["hugepages"],
                                   prefault=settings["prefault"])
         if kind == "slab":
@@ -62,13 +59,17 @@ def _make_allocator(kind: str, settings: dict[str, Any], max_bytes: int | None,
             if max_bytes is not None and block < max_bytes:
                 raise _fail(source, index, f"block_size {block} is smaller than max_bytes "
                                            f"{max_bytes}")
+            from pgo._core.slab import SlabAllocator
             return SlabAllocator(block, align=16 if block < 16 else None,
                                  slots_per_slab=settings["slots_per_slab"],
                                  max_bytes=settings["limit_bytes"], threadsafe=True)
         if kind == "arena":
+            from pgo._core.arena import ArenaAllocator
             return ArenaAllocator(settings["chunk_size"], settings["limit_bytes"], threadsafe=True)
         if kind == "linear":
+            from pgo._core.linear import LinearAllocator
             return LinearAllocator(settings["capacity"], threadsafe=True)
+        from pgo._core.stack import StackAllocator
         return StackAllocator(settings["capacity"], threadsafe=True)
     except (ValueError, MemoryError) as e:
         raise _fail(source, index, f"cannot make the {kind} allocator: {e}") from None

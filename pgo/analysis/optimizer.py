@@ -4,7 +4,7 @@ applies).  Pure: no process, no handler, no printing.
 
 From decisions to config:
 Only sites that matter make rules: 1% of numpy's bytes, and for a slab
-or an arena a thousand blocks.
+or a per-function rule a thousand blocks.
 - ``cache`` sites of large repeated blocks: one numpy size class from
   1 MiB up to a CacheAllocator (it keeps freed blocks mapped: no page
   faults on reuse);
@@ -86,7 +86,7 @@ def _next_pow2(n: float) -> int:
 
 
 # A rule must matter: its sites hold at least this share of numpy's bytes
-# (and a slab or arena at least this many blocks), or it is left out.
+# (and a slab or a per-function rule at least this many blocks), or it is left out.
 MIN_BYTES_SHARE = 0.01
 MIN_BLOCKS = 1000
 
