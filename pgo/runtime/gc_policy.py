@@ -12,9 +12,10 @@
   since a collection cannot start from inside a gc callback.  The first
   waits for ``growth_factor`` x the larger of the heap at start and the
   plan's ``peak_heap_blocks`` (the profile's peak, where its collections
-  found nothing).  A full collection that freed under 1% of the heap doubles the factor for the
-  next (up to 64x: scanning a heap with no garbage buys nothing); one that
-  freed more brings the planned factor back.  With a first
+  found nothing).  A full collection that freed under 1% of the heap
+  doubles the factor for the next (up to 64x: scanning a heap with no
+  garbage buys nothing); one that freed more brings the planned factor
+  back.  With a first
   threshold of 0 (CPython: no automatic collection at all) the heap is
   looked at every 5 ms instead, and these are the only collections: Go's
   collector exactly, for heaps whose collections free nothing.  Cyclic
