@@ -14,7 +14,8 @@ as fast as tcmalloc on this work, and the pgo arms are compared with it:
 
 - ``glibc``: the function as it is (numpy's default handler);
 - ``arena`` / ``stack`` / ``cache``: the function decorated by the
-  runtime's ``SiteRouter`` with that allocator (as a ``[[site]]`` rule);
+  runtime's ``SiteRouter`` with that allocator (as a ``[[site]]`` rule),
+  with the settings ``pgo analyze`` writes for blocks of that size;
 - ``cache-process``: a cache for blocks of 4 KiB+ installed for the whole
   process (no per-call switch: what the routing costs).
 
@@ -37,6 +38,7 @@ import time
 import numpy as np
 
 import pgo
+from pgo.analysis.optimizer import site_settings
 from pgo.runtime.sites import SiteRouter
 from pgo.targets.scoped_temps import filter_tile
 
@@ -58,10 +60,12 @@ def main() -> int:
         tiles = [image[r * edge:(r + 1) * edge, c * edge:(c + 1) * edge]
                  for r in range(4) for c in range(4)]
         calls = max(600, int(600 * (128 / edge) ** 2)) if edge < 128 else 600
+        # Each with the settings `pgo analyze` would write for these blocks.
+        block = edge * edge * 8
         routers = {
-            "arena": pgo.ArenaAllocator(chunk_size=1 << 20, threadsafe=True),
-            "stack": pgo.StackAllocator(64 << 20, threadsafe=True),
-            "cache": pgo.CacheAllocator(64 << 20),
+            "arena": pgo.ArenaAllocator(site_settings("arena", block)[0][1], threadsafe=True),
+            "stack": pgo.StackAllocator(site_settings("stack", block)[0][1], threadsafe=True),
+            "cache": pgo.CacheAllocator(site_settings("cache", block)[0][1]),
         }
         arms: dict[str, tuple[object, object]] = {"glibc": (contextlib.nullcontext(), filter_tile)}
         for name, allocator in routers.items():

@@ -31,7 +31,8 @@ config gives the same bytes):
 
     [[site]]                                 # route by allocation site
     function = "mypkg.pipeline:normalize"
-    allocator = "arena"
+    allocator = "cache"
+    max_cached_bytes = 8388608
     pattern = "scoped-temporaries"
     confidence = 0.93
     reason = "98% of 12,400 arrays freed before normalize returns; sizes 8-64 KiB"

@@ -13,6 +13,12 @@ from pgo._errors import ConfigError
 
 MiB = 1 << 20
 
+# A [[site]] cache serves requests from here up (its smallest class is a
+# 4 KiB page); smaller ones made while the function runs keep the handler's
+# per-thread small-block cache.  `pgo analyze` makes no site cache for
+# blocks all smaller than this: such a rule would route nothing.
+SITE_CACHE_MIN_BYTES = 4096
+
 # allocator name -> {setting: (type, default)}; the class is looked up lazily.
 CONFIG_KEYS: dict[str, dict[str, tuple[type, Any]]] = {
     "cache": {"max_cached_bytes": (int, 512 * MiB), "hugepages": (bool, True),

@@ -33,8 +33,10 @@ for, not fitted to any program):
   a call walks through all the bytes it allocates; a cache hands back the
   block just freed, still in the CPU's caches.  Measured per function on
   scoped_temps.py's tiles (arrays of 2-512 KiB), against glibc with its
-  trimming off: arena 1.006-1.081x the time, stack 1.005-1.059x, cache
-  0.995-1.021x (``benchmarks/bench_scoped.py``).
+  trimming off: arena 1.032-1.085x the time, stack 1.007-1.075x, cache
+  0.995-1.051x, the cache fastest at every size
+  (``benchmarks/bench_scoped.py``).  Not for blocks all under 4 KiB: a
+  function's cache starts at a page.
 - irregular: anything else      -> system
 
 Python objects cannot move to a pgo allocator: their sites get a pattern
@@ -48,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.cluster import hierarchy, vq  # type: ignore[import-untyped]
 
+from pgo._core._routes import SITE_CACHE_MIN_BYTES
 from pgo.analysis.features import NUMPY, Site
 
 NUMPY_SMALL_CACHE = 1024      # numpy's default handler caches blocks under this size
@@ -233,6 +236,13 @@ def classify(sites: list[Site]) -> tuple[list[Decision], list[Cluster]]:
                 # arena for a whole function 0.81x on small_arrays.py).
                 strategy = "system"
                 reason += "; numpy's own small-block cache already serves blocks under 1 KiB"
+            elif strategy == "cache" and pattern != "large-repeated" \
+                    and s.max_size < SITE_CACHE_MIN_BYTES:
+                # A function's cache starts at a 4 KiB page; smaller blocks
+                # made while it runs keep the handler's small-block cache,
+                # so a rule would only cost the switch on every call.
+                strategy = "system"
+                reason += "; blocks under 4 KiB: a function's cache starts at a page"
             decisions.append(Decision(site=s, cluster=cl.index, pattern=pattern,
                                       strategy=strategy, confidence=round(conf, 2),
                                       reason=reason, own_pattern=own))

@@ -13,8 +13,9 @@ profile measured.
   counts as the last of those: its collections scanned the heap up to its
   peak and found nothing there, so the first full one waits until the heap
   has doubled past that peak (``peak_heap_blocks``, the sampled objects'
-  most live at once; it matches ``sys.getallocatedblocks()``, 6.09 M
-  against 6.05 M on records.py).  A run like the profiled one then scans
+  most live at once, in ``sys.getallocatedblocks()``'s units: 6.09 M
+  against 6.05 M on records.py; it misses what was allocated before the
+  profiler started, a few percent at most).  A run like the profiled one then scans
   nothing at all (records.py: two fruitless full collections, 0.10-0.13 s,
   without it); a bigger one is collected as Go would from there.  Cyclic
   garbage is still collected, and held to at most twice the larger of the
@@ -34,8 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgo.analysis.features import OBJECTS, Collected, collect
-from pgo.analysis.lifetimes import Blocks
+from pgo.analysis.features import OBJECTS, Collected, collect, runs_of
+from pgo.analysis.lifetimes import Blocks, pair
 from pgo.analysis.summary import live_curve, peak_live_count
 from pgo.bundle import Bundle
 from pgo.config import GCPlan
@@ -66,7 +67,7 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
     allocated = float(blocks.weight.sum()) if blocks is not None else 0.0
     freeze, startup = _startup(blocks, wall)
     if blocks is not None and allocated > 0 and collected < allocated / 1000:
-        peak = round(peak_live_count(blocks))
+        peak = round(_peak_blocks(bundle, blocks))
         return GCPlan(
             thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
             full_collection="growth", growth_factor=2.0, peak_heap_blocks=peak,
@@ -83,6 +84,23 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
         reason=(f"{head}: collections free cycles, so young collections only 14x rarer and "
                 f"full ones at 1.5x heap growth (garbage held under 1.5x the live heap)"
                 + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
+
+
+def _peak_blocks(bundle: Bundle, blocks: Blocks) -> float:
+    """The profile's peak live heap, in blocks.  A merged bundle lays its
+    runs end to end, and what a run leaves alive at its end would stay
+    alive through the runs after it: there, the largest of each run's own
+    peak."""
+    runs = runs_of(bundle)
+    if len(runs) <= 1:
+        return peak_live_count(blocks)
+    peaks = [0.0]
+    for run in runs:
+        rate = run.manifest["collectors"].get("objects", {}).get("sample_bytes")
+        if run.objects is not None and len(run.objects.events) and rate:
+            peaks.append(peak_live_count(pair(run.objects.events, run.objects.t0_ns,
+                                              sample_bytes=rate)))
+    return max(peaks)
 
 
 def _startup(b: Blocks | None, wall: float) -> tuple[bool, float | None]:

@@ -141,21 +141,24 @@ def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
         mine = [d for d in ds if d.strategy == strategy]
         biggest = max(d.site.max_size for d in mine)
         top = max(mine, key=lambda d: (d.site.bytes, d.site.name))
-        if strategy == "cache":
-            # Room for a few calls' worth of freed blocks: a call's
-            # temporaries come back from the cache, never from the system.
-            settings = (("max_cached_bytes",
-                         int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16))))),)
-        elif strategy == "arena":
-            settings = (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
-        else:
-            settings = (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)
+        settings = site_settings(strategy, biggest)
         lines = ", ".join(sorted(d.site.name.rsplit(":", 1)[-1] for d in mine))
         rules.append(SiteRule(
             function=fn, allocator=strategy, settings=settings, pattern=top.pattern,
             confidence=_weighted_conf(mine),
             reason=f"lines {lines}: {top.reason}"))
     return tuple(rules)
+
+
+def site_settings(strategy: str, biggest: float) -> tuple[tuple[str, int], ...]:
+    """A ``[[site]]`` allocator's settings from the largest block it serves."""
+    if strategy == "cache":
+        # Room for a few calls' worth of freed blocks: a call's temporaries
+        # come back from the cache, never from the system.
+        return (("max_cached_bytes", int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16))))),)
+    if strategy == "arena":
+        return (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
+    return (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)
 
 
 def suggestions(sites: list[features.Site]) -> list[str]:

@@ -61,7 +61,7 @@ class Runtime:
             install(self.router)
         if cfg.sites:
             self.sites = SiteRouter([(s.function, _site_allocator(s, self.source, i))
-                                     for i, s in enumerate(cfg.sites)])
+                                     for i, s in enumerate(cfg.sites)], self.router)
             self.sites.install_import_hook()
             self._wrap_loaded()
         if self.gc is not None:

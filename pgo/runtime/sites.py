@@ -26,16 +26,21 @@ import sys
 from types import CodeType
 from typing import Any, Callable
 
+from pgo._core._routes import SITE_CACHE_MIN_BYTES
+
 DECORATOR = "__pgo_route__"
-SMALL_BLOCK = 4096    # the handler's small-block cache serves requests under this
+SMALL_BLOCK = SITE_CACHE_MIN_BYTES
 
 
 class SiteRouter:
     """The ``[[site]]`` rules of one config: function -> allocator."""
 
-    def __init__(self, rules: list[tuple[str, Any]]) -> None:
+    def __init__(self, rules: list[tuple[str, Any]], installed: Any = None) -> None:
         # "module:qualname" -> the allocator to enter while it runs
         self.rules: dict[str, Any] = dict(rules)
+        # The process-wide Router (``[[numpy.size_class]]``), if any: a site
+        # cache leaves it the sizes it serves.
+        self.installed = installed
         self.by_module: dict[str, set[str]] = {}
         for fn in self.rules:
             module, _, qualname = fn.partition(":")
@@ -78,16 +83,31 @@ class SiteRouter:
     def _capsule(self, key: str) -> Any:
         u = self._uses.get(key)
         if u is None:
-            from pgo._core.cache import CacheAllocator
-            from pgo._core.numpy_bridge import Router, SizeClass, use
+            from pgo._core.numpy_bridge import use
             target = self.rules[key]
-            if isinstance(target, CacheAllocator):
-                # A cache's smallest class is a 4 KiB page: smaller requests
-                # keep the handler's per-thread small-block cache, as outside.
-                target = Router([SizeClass(SMALL_BLOCK, None, target)],
-                                name="pgo:site-cache")
+            cache = sys.modules.get("pgo._core.cache")     # loaded if a rule made one
+            if cache is not None and isinstance(target, cache.CacheAllocator):
+                target = self._site_cache_router(target)
             u = self._uses[key] = use(target)
         return u.capsule
+
+    def _site_cache_router(self, cache: Any) -> Any:
+        """While the function runs, the sizes the process-wide router has
+        classes for stay with them (a 48 MiB block keeps the big cache that
+        was sized for it); the site's cache takes the range from 4 KiB (its
+        smallest class is a page) up to the first of them.  Smaller requests
+        keep the handler's per-thread small-block cache, as outside."""
+        from pgo._core.numpy_bridge import Router, SizeClass
+        classes = list(self.installed.size_classes) if self.installed is not None else []
+        lo: int | None = SMALL_BLOCK
+        for sc in sorted(classes, key=lambda sc: sc.min_bytes):
+            if lo is not None and sc.min_bytes <= lo and (sc.max_bytes is None
+                                                          or sc.max_bytes >= lo):
+                lo = None if sc.max_bytes is None else sc.max_bytes + 1
+        if lo is not None:
+            above = [sc.min_bytes for sc in classes if sc.min_bytes > lo]
+            classes.append(SizeClass(lo, min(above) - 1 if above else None, cache))
+        return Router(classes, name="pgo:site-cache")
 
     # -- compiling ---------------------------------------------------------------------
 

@@ -71,6 +71,11 @@ def test_synthetic_traces_get_the_intended_strategy(seed):
     # And by count of sites, not only by bytes (big sites could hide errors).
     right = sum(d.strategy == INTENDED[labels[d.site.site_id]] for d in decisions)
     assert right >= 0.9 * len(decisions)
+    # Two patterns share the strategy "cache" but not what it becomes (a
+    # function's cache, or a size class from 1 MiB): the pattern must be
+    # right too.
+    cached = [d for d in decisions if d.strategy == "cache"]
+    assert sum(d.pattern == labels[d.site.site_id] for d in cached) >= 0.95 * len(cached)
     assert all(0.0 < d.confidence <= 1.0 and d.reason for d in decisions)
     assert 1 <= len(clusters) <= cls.MAX_CLUSTERS
 
@@ -190,3 +195,15 @@ def test_suggestions_for_code_no_config_can_fix():
     realloc = Site(name="m:g:7", count=500, bytes=25e6, mean_size=50_000, life_median_s=1e-4,
                    alive_end=0.0, size_trend=0.99, realloc_share=0.95, **grow)
     assert suggestions([realloc]) == []        # a list growing in place, not a copy
+
+
+def test_a_merged_bundle_gets_the_peak_of_its_largest_run_not_their_sum(tmp_path):
+    # Runs are laid end to end; what one run leaves alive at its end must
+    # not count as alive through the next.
+    from pgo import bundle as fmt
+    from pgo.analysis import gcplan
+    records = EXAMPLES / "records"
+    merged, _ = fmt.merge([records, records], tmp_path / "m", force=True)
+    single = gcplan.plan(fmt.load(records)).peak_heap_blocks
+    both = gcplan.plan(fmt.load(merged)).peak_heap_blocks
+    assert both == single

@@ -109,6 +109,7 @@ def test_the_profiled_peak_delays_the_first_full_collection():
                              peak_heap_blocks=2 * start))
     policy.start()
     try:
+        assert policy._limit == 4 * start
         keep = []
         while sys.getallocatedblocks() < 3 * start:
             keep.append([[i] for i in range(20_000)])
@@ -213,6 +214,26 @@ def test_a_site_cache_serves_pages_and_leaves_small_arrays_to_the_small_block_ca
     with pytest.raises(ValueError):
         ns["keep"](-1)
     assert pgo.current_handler() is handler
+
+
+def test_a_site_cache_leaves_the_process_wide_classes_their_sizes():
+    # A big cache from 1 MiB and a slab up to 4 KiB are installed for the
+    # whole process: inside the routed function they keep those sizes, and
+    # the site's cache takes 4097 B .. 1 MiB - 1.
+    big = pgo.CacheAllocator(1 << 28)
+    slab = pgo.SlabAllocator(4096, threadsafe=True)
+    installed = pgo.Router([pgo.SizeClass(1, 4096, slab), pgo.SizeClass(1 << 20, None, big)])
+    site = pgo.CacheAllocator(1 << 24)
+    router = SiteRouter([("__main__:make", site)], installed)
+    code = router.compile("import numpy as np\n\ndef make(n):\n    return np.ones(n)\n",
+                          "<job>", "__main__")
+    ns = {"__name__": "__main__", DECORATOR: router.decorator}
+    exec(code, ns)
+    arrays = {n: ns["make"](n // 8) for n in (4096, 4104, (1 << 20) - 8, 1 << 20, 48 << 20)}
+    assert pgo.owner(arrays[4096]) is slab
+    assert pgo.owner(arrays[4104]) is site and pgo.owner(arrays[(1 << 20) - 8]) is site
+    assert pgo.owner(arrays[1 << 20]) is big and pgo.owner(arrays[48 << 20]) is big
+    assert all(np.all(a == 1) for a in arrays.values())
 
 
 def test_import_hook_routes_functions_of_named_modules_only(tmp_path, monkeypatch):
