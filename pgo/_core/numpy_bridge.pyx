@@ -644,10 +644,6 @@ _install_lock = threading.Lock()
 _thread_hook_done = False
 
 
-def _set_handler(capsule):
-    PyDataMem_SetHandler(capsule)
-
-
 def _swap_handler(capsule):
     """Sets numpy's handler in this context and returns the one before:
     for a wrapper that keeps it in its own frame and puts it back (one C

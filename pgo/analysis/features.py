@@ -82,6 +82,7 @@ class Traced:
     lifo: np.ndarray
     together: np.ndarray
     births_before: np.ndarray
+    run_starts: np.ndarray      # int64: the index of each run's first block
 
 
 Collected = tuple[dict[str, Traced], dict[int, str], dict[int, str],
@@ -158,7 +159,8 @@ def collect(bundle: Bundle) -> Collected:
             out[domain] = Traced(_concat([p[0] for p in parts]),
                                  np.concatenate([p[1] for p in parts]),
                                  np.concatenate([p[2] for p in parts]),
-                                 np.concatenate([p[3] for p in parts]))
+                                 np.concatenate([p[3] for p in parts]),
+                                 np.cumsum([0] + [len(p[0]) for p in parts[:-1]]))
     return out, names, funcs, qual_file, total_s, np.sort(np.concatenate(gen2)) if gen2 \
         else np.zeros(0)
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pgo.analysis.features import OBJECTS, Collected, collect, runs_of
-from pgo.analysis.lifetimes import Blocks, pair
+from pgo.analysis.features import OBJECTS, Collected, Traced, collect
+from pgo.analysis.lifetimes import Blocks
 from pgo.analysis.summary import live_curve, peak_live_count
 from pgo.bundle import Bundle
 from pgo.config import GCPlan
@@ -66,8 +66,8 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
     blocks = objects.blocks if objects is not None else None
     allocated = float(blocks.weight.sum()) if blocks is not None else 0.0
     freeze, startup = _startup(blocks, wall)
-    if blocks is not None and allocated > 0 and collected < allocated / 1000:
-        peak = round(_peak_blocks(bundle, blocks))
+    if objects is not None and allocated > 0 and collected < allocated / 1000:
+        peak = round(_peak_blocks(objects))
         return GCPlan(
             thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
             full_collection="growth", growth_factor=2.0, peak_heap_blocks=peak,
@@ -86,21 +86,14 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
                 + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
 
 
-def _peak_blocks(bundle: Bundle, blocks: Blocks) -> float:
+def _peak_blocks(objects: Traced) -> float:
     """The profile's peak live heap, in blocks.  A merged bundle lays its
     runs end to end, and what a run leaves alive at its end would stay
     alive through the runs after it: there, the largest of each run's own
     peak."""
-    runs = runs_of(bundle)
-    if len(runs) <= 1:
-        return peak_live_count(blocks)
-    peaks = [0.0]
-    for run in runs:
-        rate = run.manifest["collectors"].get("objects", {}).get("sample_bytes")
-        if run.objects is not None and len(run.objects.events) and rate:
-            peaks.append(peak_live_count(pair(run.objects.events, run.objects.t0_ns,
-                                              sample_bytes=rate)))
-    return max(peaks)
+    ends = [*objects.run_starts[1:], len(objects.blocks)]
+    return max(peak_live_count(objects.blocks, slice(a, b))
+               for a, b in zip(objects.run_starts, ends))
 
 
 def _startup(b: Blocks | None, wall: float) -> tuple[bool, float | None]:

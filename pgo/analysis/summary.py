@@ -93,17 +93,20 @@ def live_curve(blocks: Blocks, site: int | None, points: int, end: float) -> np.
     return curve
 
 
-def peak_live_count(blocks: Blocks) -> float:
-    """The most blocks (by sample weight) live at any one time.  Deaths
-    come before births at the same instant, so a block replaced in place
-    counts once, not twice.  A block the trace's sampling stopped following
-    counts as dead from then on: the peak is not overstated."""
-    death = np.where(blocks.censored, np.maximum(blocks.censor_t, blocks.birth), blocks.death)
+def peak_live_count(blocks: Blocks, rows: slice = slice(None)) -> float:
+    """The most blocks (by sample weight) live at any one time, among
+    ``rows`` (one run's, in a merged trace).  Deaths come before births at
+    the same instant, so a block replaced in place counts once, not twice.
+    A block the trace's sampling stopped following counts as dead from then
+    on: the peak is not overstated."""
+    birth, weight = blocks.birth[rows], blocks.weight[rows]
+    death = np.where(blocks.censored[rows], np.maximum(blocks.censor_t[rows], birth),
+                     blocks.death[rows])
     ended = ~np.isnan(death)
     dead = death[ended]
-    w_dead = blocks.weight[ended]
-    t = np.concatenate([blocks.birth, dead])
-    delta = np.concatenate([blocks.weight, -w_dead])
+    w_dead = weight[ended]
+    t = np.concatenate([birth, dead])
+    delta = np.concatenate([weight, -w_dead])
     # Deaths first at equal times (lexsort's last key is the primary one).
     order = np.lexsort((delta, t))
     live = np.cumsum(delta[order])

@@ -29,7 +29,6 @@ from typing import Any, Callable
 from pgo._core._routes import SITE_CACHE_MIN_BYTES
 
 DECORATOR = "__pgo_route__"
-SMALL_BLOCK = SITE_CACHE_MIN_BYTES
 
 
 class SiteRouter:
@@ -99,7 +98,7 @@ class SiteRouter:
         keep the handler's per-thread small-block cache, as outside."""
         from pgo._core.numpy_bridge import Router, SizeClass
         classes = list(self.installed.size_classes) if self.installed is not None else []
-        lo: int | None = SMALL_BLOCK
+        lo: int | None = SITE_CACHE_MIN_BYTES
         for sc in sorted(classes, key=lambda sc: sc.min_bytes):
             if lo is not None and sc.min_bytes <= lo and (sc.max_bytes is None
                                                           or sc.max_bytes >= lo):
