@@ -26,13 +26,14 @@ if TYPE_CHECKING:
     from pgo._core.containers import IntMap, StringBuilder, Vector
     from pgo._core.linear import LinearAllocator
     from pgo._core.numpy_bridge import (
-        Router, SizeClass, current_handler, handler_name, install, installed, owner,
+        SizeClass, current_handler, handler_name, install, installed, owner,
         uninstall, use,
     )
     from pgo._core.slab import SlabAllocator
     from pgo._core.stack import StackAllocator, StackFrame
     from pgo.analysis.optimizer import ProfileGuidedOptimizer
     from pgo.pools import BufferPool, ObjectPool
+    from pgo.runtime.allocators import Router
 
 _LAZY = {
     "pgo._core._base": ("DEBUG_BUILD", "Allocator", "Block"),
@@ -40,12 +41,15 @@ _LAZY = {
     "pgo._core.cache": ("CacheAllocator",),
     "pgo._core.containers": ("IntMap", "StringBuilder", "Vector"),
     "pgo._core.linear": ("LinearAllocator",),
-    "pgo._core.numpy_bridge": ("Router", "SizeClass", "current_handler", "handler_name",
-                               "install", "installed", "owner", "uninstall", "use"),
+    "pgo._core.numpy_bridge": ("SizeClass", "current_handler", "handler_name", "install",
+                               "installed", "owner", "uninstall", "use"),
     "pgo._core.slab": ("SlabAllocator",),
     "pgo._core.stack": ("StackAllocator", "StackFrame"),
     "pgo.analysis.optimizer": ("ProfileGuidedOptimizer",),
     "pgo.pools": ("BufferPool", "ObjectPool"),
+    # The C class, with from_config (which reads the config format _core
+    # does not know).
+    "pgo.runtime.allocators": ("Router",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -1,7 +1,7 @@
 """Exceptions raised by pgo.  Every one derives from PgoError."""
 
-__all__ = ["PgoError", "AllocatorError", "ConfigError", "PoolError", "ProfileFormatError",
-           "ProfilerError"]
+__all__ = ["PgoError", "AllocatorError", "CommandError", "ConfigError", "PoolError",
+           "ProfileFormatError", "ProfilerError"]
 
 
 class PgoError(Exception):
@@ -30,3 +30,12 @@ class PoolError(PgoError):
 class ProfilerError(PgoError):
     """The profiler cannot start: another one is running in this process,
     or the target to profile cannot be found."""
+
+
+class CommandError(PgoError):
+    """A ``pgo`` command failed in a way the user can fix; carries the exit
+    code ``pgo`` returns (only ``pgo.commands.main`` prints it)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -52,16 +52,42 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pgo._core._routes import COMMON_KEYS, CONFIG_KEYS
+from enum import StrEnum
+
 from pgo._errors import ConfigError
 
 VERSION = 1
-ALLOCATORS = tuple(sorted(CONFIG_KEYS))
+
+# allocator -> {setting: (type, least value)}.  A setting left out is the
+# allocator class's own default (its docstring says which): the classes are
+# the one home of those.  `pgo analyze` writes every size it chose.
+SETTINGS: dict[str, dict[str, tuple[type, int]]] = {
+    "cache": {"max_cached_bytes": (int, 0), "hugepages": (bool, 0), "prefault": (bool, 0)},
+    "slab": {"block_size": (int, 1), "slots_per_slab": (int, 0), "limit_bytes": (int, 0)},
+    "arena": {"chunk_size": (int, 1), "limit_bytes": (int, 0)},
+    "linear": {"capacity": (int, 1)},
+    "stack": {"capacity": (int, 1)},
+}
+ALLOCATORS = tuple(sorted(SETTINGS))
 SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache")
+SIZE_KEYS = ("min_bytes", "max_bytes", "allocator")
 FULL_COLLECTION = ("default", "growth")
-PATTERNS = ("lifo-scratch", "scoped-temporaries", "fixed-size-churn", "large-repeated",
-            "long-lived", "irregular")
 NOTE_KEYS = ("pattern", "reason", "confidence")
+MAX_SIZE = (1 << 63) - 1      # a size must fit the C layer's signed 64 bits
+
+
+class Pattern(StrEnum):
+    """What `pgo analyze` saw a site or size class do (``pattern = ...``)."""
+
+    LIFO_SCRATCH = "lifo-scratch"
+    SCOPED_TEMPORARIES = "scoped-temporaries"
+    FIXED_SIZE_CHURN = "fixed-size-churn"
+    LARGE_REPEATED = "large-repeated"
+    LONG_LIVED = "long-lived"
+    IRREGULAR = "irregular"
+
+
+PATTERNS = tuple(p.value for p in Pattern)
 
 
 @dataclass(frozen=True)
@@ -88,14 +114,6 @@ class SizeClassRule:
     pattern: str = ""
     reason: str = ""
     confidence: float | None = None
-
-    def entry(self) -> dict[str, Any]:
-        """As ``Router.from_config`` takes it."""
-        d: dict[str, Any] = {"min_bytes": self.min_bytes, "allocator": self.allocator}
-        if self.max_bytes is not None:
-            d["max_bytes"] = self.max_bytes
-        d.update(self.settings)
-        return d
 
 
 @dataclass(frozen=True)
@@ -223,6 +241,16 @@ def loads(text: str, source: str = "<config>") -> Config:
     return _Reader(text, source).config(doc)
 
 
+def size_classes(entries: Any, source: str = "<config>") -> tuple[SizeClassRule, ...]:
+    """``[[numpy.size_class]]`` tables given as Python data (a list of
+    dicts, as ``Router.from_config`` takes them), checked as a file's are.
+
+    Raises:
+        pgo.ConfigError: naming ``source`` and the entry.
+    """
+    return _Reader("", source).size_classes(entries)
+
+
 class _Reader:
     def __init__(self, text: str, source: str) -> None:
         self.source = source
@@ -256,6 +284,8 @@ class _Reader:
         if not ok:
             raise self.fail(table, index, key, f"expected {kind.__name__}, got "
                                                f"{type(v).__name__} {v!r}")
+        if kind is int and abs(v) > MAX_SIZE:
+            raise self.fail(table, index, key, f"must be at most 2**63 - 1, got {v}")
         return float(v) if kind is float else v
 
     def config(self, doc: dict[str, Any]) -> Config:
@@ -276,14 +306,12 @@ class _Reader:
         if not isinstance(numpy, dict):
             raise self.fail("numpy", None, None, "expected a table")
         self.check_keys("numpy", None, numpy, ("size_class",))
-        classes = numpy.get("size_class", [])
-        if not isinstance(classes, list):
-            raise self.fail("numpy.size_class", None, None, "expected [[numpy.size_class]] tables")
+        classes = self.size_classes(numpy.get("size_class", []))
         sites = doc.get("site", [])
         if not isinstance(sites, list):
             raise self.fail("site", None, None, "expected [[site]] tables")
         return Config(version=version, gc=gc_plan,
-                      size_classes=tuple(self.size_class(i, d) for i, d in enumerate(classes)),
+                      size_classes=classes,
                       sites=tuple(self.site(i, d) for i, d in enumerate(sites)), **strings)
 
     def gc(self, d: Any) -> GCPlan:
@@ -331,11 +359,12 @@ class _Reader:
 
     def _settings(self, table: str, i: int, d: dict[str, Any], allocator: str) -> tuple[Any, ...]:
         out = []
-        for key, (kind, _) in CONFIG_KEYS[allocator].items():
+        for key, (kind, least) in SETTINGS[allocator].items():
             if key in d:
-                out.append((key, self.typed(table, i, d, key, kind)))
-                if kind is int and out[-1][1] < 0:
-                    raise self.fail(table, i, key, f"must be >= 0 bytes, got {out[-1][1]}")
+                value = self.typed(table, i, d, key, kind)
+                if kind is int and value < least:
+                    raise self.fail(table, i, key, f"must be >= {least}, got {value}")
+                out.append((key, value))
         return tuple(sorted(out))
 
     def _allocator(self, table: str, i: int, d: dict[str, Any], valid: tuple[str, ...]) -> str:
@@ -345,32 +374,48 @@ class _Reader:
                             f"unknown allocator {a!r}; valid: {', '.join(valid)}")
         return str(a)
 
+    def size_classes(self, entries: Any) -> tuple[SizeClassRule, ...]:
+        if not isinstance(entries, (list, tuple)):
+            raise self.fail("numpy.size_class", None, None,
+                            f"expected [[numpy.size_class]] tables, got {type(entries).__name__}")
+        return tuple(self.size_class(i, d) for i, d in enumerate(entries))
+
     def size_class(self, i: int, d: Any) -> SizeClassRule:
         table = "numpy.size_class"
         if not isinstance(d, dict):
-            raise self.fail(table, i, None, "expected a table")
+            raise self.fail(table, i, None, f"expected a table, got {type(d).__name__}")
         a = self._allocator(table, i, d, ALLOCATORS)
-        self.check_keys(table, i, d, COMMON_KEYS + tuple(CONFIG_KEYS[a]) + NOTE_KEYS)
+        self.check_keys(table, i, d, SIZE_KEYS + tuple(SETTINGS[a]) + NOTE_KEYS)
         lo = self.typed(table, i, d, "min_bytes", int, required=True)
         hi = self.typed(table, i, d, "max_bytes", int)
         if lo < 0 or (hi is not None and hi < lo):
             raise self.fail(table, i, "max_bytes" if hi is not None and hi < lo else "min_bytes",
                             f"bad size range {lo}..{hi}: need 0 <= min_bytes <= max_bytes")
-        return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a,
-                             settings=self._settings(table, i, d, a), **self._notes(table, i, d))
+        settings = self._settings(table, i, d, a)
+        if a == "slab":
+            block = dict(settings).get("block_size")
+            if block is None and hi is None:
+                raise self.fail(table, i, None, "a slab needs max_bytes or block_size")
+            if block is not None and hi is not None and block < hi:
+                raise self.fail(table, i, "block_size",
+                                f"block_size {block} is smaller than max_bytes {hi}")
+        return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a, settings=settings,
+                             **self._notes(table, i, d))
 
     def site(self, i: int, d: Any) -> SiteRule:
         table = "site"
         if not isinstance(d, dict):
             raise self.fail(table, i, None, "expected a table")
         a = self._allocator(table, i, d, SITE_ALLOCATORS)
-        self.check_keys(table, i, d, ("function", "allocator") + tuple(CONFIG_KEYS[a]) + NOTE_KEYS)
+        self.check_keys(table, i, d, ("function", "allocator") + tuple(SETTINGS[a]) + NOTE_KEYS)
         fn = self.typed(table, i, d, "function", str, required=True)
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_<][\w.<>]*", fn):
             raise self.fail(table, i, "function",
                             f"expected 'module:qualname' (e.g. 'mypkg.io:load'), got {fn!r}")
-        return SiteRule(function=fn, allocator=a, settings=self._settings(table, i, d, a),
-                        **self._notes(table, i, d))
+        settings = self._settings(table, i, d, a)
+        if a == "slab" and "block_size" not in dict(settings):
+            raise self.fail(table, i, None, "a slab [[site]] needs block_size")
+        return SiteRule(function=fn, allocator=a, settings=settings, **self._notes(table, i, d))
 
 
 def _key_lines(text: str) -> dict[tuple[str, int | None, str | None], int]:

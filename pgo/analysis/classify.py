@@ -50,8 +50,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.cluster import hierarchy, vq  # type: ignore[import-untyped]
 
-from pgo._core._routes import SITE_CACHE_MIN_BYTES
-from pgo.analysis.features import NUMPY, Site
+from pgo._sizes import MiB, SMALL_BLOCK_BYTES, fmt_bytes, fmt_seconds
+from pgo.analysis.features import LARGE, NUMPY, Site
+from pgo.analysis.summary import LONG_LIVED_ALIVE_SHARE, LONG_LIVED_LIFE_SHARE
+from pgo.config import Pattern
 
 NUMPY_SMALL_CACHE = 1024      # numpy's default handler caches blocks under this size
 SHORT = 0.02                  # a short life: under 2% of the run, or ...
@@ -61,12 +63,9 @@ MAX_CLUSTERS = 8
 OVERRIDE = 0.5
 SEED = 20261127
 
-STRATEGY = {"lifo-scratch": "stack", "scoped-temporaries": "cache",
-            "fixed-size-churn": "slab", "large-repeated": "cache",
-            "long-lived": "system", "irregular": "system"}
-
-KiB = 1 << 10
-MiB = 1 << 20
+STRATEGY = {Pattern.LIFO_SCRATCH: "stack", Pattern.SCOPED_TEMPORARIES: "cache",
+            Pattern.FIXED_SIZE_CHURN: "slab", Pattern.LARGE_REPEATED: "cache",
+            Pattern.LONG_LIVED: "system", Pattern.IRREGULAR: "system"}
 
 
 @dataclass
@@ -94,30 +93,30 @@ def rule(s: Site) -> tuple[str, float, str]:
     life_share = s.life_median_s / s.run_s if s.run_s > 0 else 0.0
     n = f"{s.count:,.0f}"
     sizes = f"sizes {_size(s.min_size)}-{_size(s.max_size)}"
-    if s.alive_end >= 0.5 or life_share >= 0.25:
+    if s.alive_end >= LONG_LIVED_ALIVE_SHARE or life_share >= LONG_LIVED_LIFE_SHARE:
         m = max(s.alive_end, min(1.0, life_share * 2))
-        return ("long-lived", _clip(2 * m - 1 if m >= 0.5 else m),
+        return (Pattern.LONG_LIVED, _clip(2 * m - 1 if m >= 0.5 else m),
                 f"{s.alive_end:.0%} of {n} blocks alive at the end; median life "
                 f"{_secs(s.life_median_s)} of a {_secs(s.run_s)} run")
     short = (life_share < SHORT or s.life_median_s < SHORT_S) and s.life_allocs_median < 1000
     short_m = (1.0 - min(1.0, life_share / SHORT, s.life_median_s / SHORT_S)) if short else 0.0
     if s.large_share >= 0.5 and s.count >= 4:
-        return ("large-repeated", _clip(min(1.0, 2 * (s.large_share - 0.5) + 0.5)),
-                f"{s.large_share:.0%} of {_size(s.bytes)} in blocks of 1 MiB+ ({n} blocks, "
+        return (Pattern.LARGE_REPEATED, _clip(min(1.0, 2 * (s.large_share - 0.5) + 0.5)),
+                f"{s.large_share:.0%} of {_size(s.bytes)} in blocks of {_size(LARGE)}+ ({n} blocks, "
                 f"{sizes}), each living {_secs(s.life_median_s)} (median)")
-    if s.modal_share >= 0.8 and s.max_size <= 4 * KiB and short:
-        return ("fixed-size-churn", _clip(min(short_m, (s.modal_share - 0.8) / 0.2 * 0.5 + 0.5)),
+    if s.modal_share >= 0.8 and s.max_size <= SMALL_BLOCK_BYTES and short:
+        return (Pattern.FIXED_SIZE_CHURN, _clip(min(short_m, (s.modal_share - 0.8) / 0.2 * 0.5 + 0.5)),
                 f"{s.modal_share:.0%} of {n} blocks are {_size(s.modal_size)}; median life "
                 f"{_secs(s.life_median_s)}")
     if s.lifo >= 0.9 and s.threads == 1 and s.max_size <= MiB and short:
-        return ("lifo-scratch", _clip(min(short_m, (s.lifo - 0.9) / 0.1 * 0.5 + 0.5)),
+        return (Pattern.LIFO_SCRATCH, _clip(min(short_m, (s.lifo - 0.9) / 0.1 * 0.5 + 0.5)),
                 f"{s.lifo:.0%} of {n} frees release the newest block (LIFO); {sizes}")
     if short and s.max_size <= 16 * MiB:
-        return ("scoped-temporaries", _clip(max(short_m, s.together)),
+        return (Pattern.SCOPED_TEMPORARIES, _clip(max(short_m, s.together)),
                 f"{n} blocks ({sizes}) live {_secs(s.life_median_s)} (median, "
                 f"{s.life_allocs_median:.0f} allocations in between); {s.together:.0%} freed "
                 f"together as the function returns")
-    return ("irregular", 0.3, f"{n} blocks, {sizes}, median life {_secs(s.life_median_s)}: "
+    return (Pattern.IRREGULAR, 0.3, f"{n} blocks, {sizes}, median life {_secs(s.life_median_s)}: "
                               f"no pattern a pgo allocator serves better")
 
 
@@ -126,19 +125,11 @@ def _clip(x: float) -> float:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n} B"
+    return fmt_bytes(n, ".3g")
 
 
 def _secs(s: float) -> str:
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s:.3g} s"
+    return fmt_seconds(s, ".3g", ".3g")
 
 
 def cluster(sites: list[Site]) -> tuple[np.ndarray, np.ndarray]:
@@ -236,8 +227,8 @@ def classify(sites: list[Site]) -> tuple[list[Decision], list[Cluster]]:
                 # arena for a whole function 0.81x on small_arrays.py).
                 strategy = "system"
                 reason += "; numpy's own small-block cache already serves blocks under 1 KiB"
-            elif strategy == "cache" and pattern != "large-repeated" \
-                    and s.max_size < SITE_CACHE_MIN_BYTES:
+            elif strategy == "cache" and pattern != Pattern.LARGE_REPEATED \
+                    and s.max_size < SMALL_BLOCK_BYTES:
                 # A function's cache starts at a 4 KiB page; smaller blocks
                 # made while it runs keep the handler's small-block cache,
                 # so a rule would only cost the switch on every call.

@@ -30,9 +30,9 @@ from pgo import bundle as fmt
 from pgo._version import __version__
 from pgo.analysis import classify as cls
 from pgo.analysis import features, gcplan
-from pgo.config import Config, SiteRule, SizeClassRule
+from pgo._sizes import MiB, SMALL_BLOCK_BYTES
+from pgo.config import Config, Pattern, SiteRule, SizeClassRule
 
-MiB = 1 << 20
 
 
 @dataclass
@@ -102,21 +102,21 @@ def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
     numpy = _material(decisions)
     slab = [d for d in numpy if d.strategy == "slab"]
     if slab and sum(d.site.count for d in slab) >= MIN_BLOCKS:
-        hi = min(4096, (max(d.site.max_size for d in slab) + 15) // 16 * 16)
+        hi = min(SMALL_BLOCK_BYTES, (max(d.site.max_size for d in slab) + 15) // 16 * 16)
         top = max(slab, key=lambda d: (d.site.bytes, d.site.name))
         out.append(SizeClassRule(
-            1, hi, "slab", (("block_size", hi),), pattern="fixed-size-churn",
+            1, hi, "slab", (("block_size", hi),), pattern=Pattern.FIXED_SIZE_CHURN,
             confidence=_weighted_conf(slab),
             reason=(f"{len(slab)} site(s), {sum(d.site.count for d in slab):,.0f} blocks of at "
                     f"most {hi} B; largest: {top.site.name}: {top.reason}")))
-    cache = [d for d in numpy if d.strategy == "cache" and d.pattern == "large-repeated"]
+    cache = [d for d in numpy if d.strategy == "cache" and d.pattern == Pattern.LARGE_REPEATED]
     if cache:
         biggest = max(d.site.max_size for d in cache)
         top = max(cache, key=lambda d: (d.site.bytes, d.site.name))
         out.append(SizeClassRule(
-            MiB, None, "cache",
+            features.LARGE, None, "cache",
             (("max_cached_bytes", int(min(4 << 30, max(256 * MiB, _next_pow2(biggest * 8))))),),
-            pattern="large-repeated", confidence=_weighted_conf(cache),
+            pattern=Pattern.LARGE_REPEATED, confidence=_weighted_conf(cache),
             reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
                     f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
                     f"{top.reason}")))
@@ -126,7 +126,7 @@ def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
 def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
     by_fn: dict[str, list[cls.Decision]] = {}
     for d in _material(decisions):
-        scoped = d.strategy == "cache" and d.pattern != "large-repeated"
+        scoped = d.strategy == "cache" and d.pattern != Pattern.LARGE_REPEATED
         if (scoped or d.strategy in ("arena", "stack")) and d.site.function:
             by_fn.setdefault(d.site.function, []).append(d)
     rules = []

@@ -3,8 +3,9 @@ it as is): per-site allocation statistics with a lifetime class, GC
 collections and pauses, CPU hot spots, possible leaks, profiler overhead.
 
 Lifetime classes (of the blocks a site allocates, by weighted median):
-``short`` lives under 1% of the run and under 100 ms; ``long`` lives past
-the end of the run or more than half of it; ``medium`` in between.
+``short`` lives under 1% of the run and under 100 ms; ``long``: half of
+them live past the end of the run, or the median lives a quarter of it;
+``medium`` in between.
 A possible leak is a site whose live bytes rise through the run: between
 16 evenly spaced points at least 3/4 of the steps do not go down and half
 go up, it ends at its peak (within 10%) and at twice what it held a
@@ -13,16 +14,19 @@ quarter of the way in, holding at least 1 MiB or 10% of all live bytes.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from pgo.analysis.features import NUMPY, OBJECTS, collect
 from pgo.analysis.lifetimes import Blocks
 from pgo.bundle import NO_PYTHON_FRAME, Bundle
 
-NUMPY = "numpy"
-OBJECTS = "objects"
+# Long-lived: most of the blocks still alive at the end of the run, or a
+# median life of a quarter of the run (`pgo show`'s class and `pgo
+# analyze`'s pattern both).
+LONG_LIVED_ALIVE_SHARE = 0.5
+LONG_LIVED_LIFE_SHARE = 0.25
 
 
 def site_stats(blocks: Blocks, names: dict[int, str], domain: str,
@@ -49,7 +53,7 @@ def site_stats(blocks: Blocks, names: dict[int, str], domain: str,
         median = _wquantile(life, w, 0.5)
         p90 = _wquantile(life, w, 0.9)
         alive_share = float(w[alive].sum() / w[known].sum()) if known.any() else 0.0
-        if alive_share > 0.5 or (end > 0 and median > 0.5 * end):
+        if alive_share >= LONG_LIVED_ALIVE_SHARE or (end > 0 and median >= LONG_LIVED_LIFE_SHARE * end):
             cls = "long"
         elif median < 0.1 and (end <= 0 or median < 0.01 * end):
             cls = "short"
@@ -130,7 +134,6 @@ def is_growing(curve: np.ndarray, total_live_end: float) -> bool:
 
 
 def summarize(bundle: Bundle, top: int = 10) -> dict[str, Any]:
-    from pgo.analysis.features import collect
     m = bundle.manifest
     traced, names, _, _, run_s, _ = collect(bundle)
     run_s = max(run_s, float(m.get("duration_s") or 0.0))
@@ -248,23 +251,3 @@ def _cpu_summary(bundle: Bundle, top: int) -> dict[str, Any] | None:
     return {"samples": total,
             "hot": [{"function": f, "self_samples": n, "self_share": n / total if total else 0.0,
                      "total_share": incl.get(f, 0) / total if total else 0.0} for f, n in hot]}
-
-
-def fmt_bytes(n: float) -> str:
-    if not math.isfinite(n):
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def fmt_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"

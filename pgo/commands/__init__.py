@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Protocol
 
-from pgo._errors import PgoError
+from pgo._errors import CommandError, PgoError
 from pgo._version import __version__
 from pgo.commands.analyze import AnalyzeCommand
 from pgo.commands.bench import BenchCommand
@@ -23,14 +23,6 @@ from pgo.commands.profile import ProfileCommand
 from pgo.commands.report import ReportCommand
 from pgo.commands.run import RunCommand
 from pgo.commands.show import ShowCommand
-
-
-class CommandError(PgoError):
-    """A command failed in a way the user can fix; carries the exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Command(Protocol):

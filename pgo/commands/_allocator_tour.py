@@ -10,6 +10,7 @@ import sys
 import time
 
 import pgo
+from pgo._sizes import fmt_bytes
 
 
 class AllocatorTour:
@@ -114,14 +115,6 @@ _PATTERNS = [
 ]
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def _print_stats(rows, out) -> None:
     header = ("allocator", "allocs", "frees", "resets", "peak", "capacity", "frag", "live")
     print("   " + "  ".join(f"{h:>10}" if i else f"{h:<16}" for i, h in enumerate(header)), file=out)
@@ -131,8 +124,8 @@ def _print_stats(rows, out) -> None:
             f"{st['allocations']:>10,}",
             f"{st['frees']:>10,}",
             f"{st['resets']:>10,}",
-            f"{_fmt_bytes(st['peak']):>10}",
-            f"{_fmt_bytes(st['capacity']):>10}",
+            f"{fmt_bytes(st['peak']):>10}",
+            f"{fmt_bytes(st['capacity']):>10}",
             f"{st['fragmentation']:>10.1%}",
             f"{st['live_blocks']:>10}",
         ]

@@ -18,7 +18,7 @@ def target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     """The Target of ``args``; a CommandError (exit status 2) when there is
     none to run."""
     from pgo import _target
-    from pgo.commands import CommandError
+    from pgo._errors import CommandError
     program = list(args.program)
     if program and program[0] == "--":
         program = program[1:]

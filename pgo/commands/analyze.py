@@ -84,7 +84,7 @@ def _explain(con, plan, top: int) -> None:
     from rich import box
     from rich.table import Table
 
-    from pgo.analysis.summary import fmt_bytes, fmt_seconds
+    from pgo._sizes import fmt_bytes, fmt_seconds
     t = Table(title="Sites → pattern → strategy (by bytes)", box=box.SIMPLE,
               title_justify="left")
     t.add_column("site", overflow="fold", min_width=22, ratio=1)
@@ -110,7 +110,7 @@ def _explain(con, plan, top: int) -> None:
 
 
 def _summary(con, plan, out: Path) -> None:
-    from pgo.analysis.summary import fmt_bytes
+    from pgo._sizes import fmt_bytes
     cfg = plan.config
     shares = plan.bytes_by_strategy()
     numpy_total = sum(v for k, v in shares.items() if k.startswith("numpy:")) or 0.0

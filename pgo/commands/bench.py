@@ -50,7 +50,7 @@ class BenchCommand:
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import config
         from pgo.bench import report, runner
-        from pgo.commands import CommandError
+        from pgo._errors import CommandError
         if args.runs < 2:
             parser.error("--runs must be at least 2")
         target = program_target(args, parser)

@@ -77,7 +77,7 @@ class ProfileCommand:
         add_arguments(parser, "profile")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from pgo.commands import CommandError
+        from pgo._errors import CommandError
         program = list(args.program)
         if program and program[0] == "--":
             program = program[1:]

@@ -37,7 +37,7 @@ class RunCommand:
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import config
-        from pgo.commands import CommandError
+        from pgo._errors import CommandError
         from pgo.runtime.launcher import launch
         target = program_target(args, parser)
         try:

@@ -45,7 +45,7 @@ def _render(s: dict) -> None:
     from rich import box
     from rich.table import Table
 
-    from pgo.analysis.summary import fmt_bytes, fmt_seconds
+    from pgo._sizes import fmt_bytes, fmt_seconds
     from pgo.commands._render import console
 
     con = console()

@@ -55,12 +55,13 @@ class Runtime:
             self.warnings.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if cfg.size_classes:
-            from pgo._core.numpy_bridge import Router, install
-            self.router = Router.from_config([sc.entry() for sc in cfg.size_classes],
-                                             source=self.source, name="pgo-run")
+            from pgo._core.numpy_bridge import install
+            from pgo.runtime import allocators
+            self.router = allocators.router(cfg.size_classes, source=self.source, name="pgo-run")
             install(self.router)
         if cfg.sites:
-            self.sites = SiteRouter([(s.function, _site_allocator(s, self.source, i))
+            from pgo.runtime.allocators import make
+            self.sites = SiteRouter([(s.function, make(s, f"{self.source}: site[{i}]"))
                                      for i, s in enumerate(cfg.sites)], self.router)
             self.sites.install_import_hook()
             self._wrap_loaded()
@@ -128,13 +129,6 @@ class Runtime:
                 uninstall()
         if _active is self:
             _active = None
-
-
-def _site_allocator(rule: Any, source: str, index: int) -> Any:
-    from pgo._core._routes import CONFIG_KEYS, _make_allocator
-    settings = {k: default for k, (_, default) in CONFIG_KEYS[rule.allocator].items()}
-    settings.update(dict(rule.settings))
-    return _make_allocator(rule.allocator, settings, None, f"{source} site[{index}]", index)
 
 
 def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None) -> Runtime:

@@ -26,7 +26,7 @@ import sys
 from types import CodeType
 from typing import Any, Callable
 
-from pgo._core._routes import SITE_CACHE_MIN_BYTES
+from pgo._sizes import SMALL_BLOCK_BYTES
 
 DECORATOR = "__pgo_route__"
 
@@ -98,7 +98,7 @@ class SiteRouter:
         keep the handler's per-thread small-block cache, as outside."""
         from pgo._core.numpy_bridge import Router, SizeClass
         classes = list(self.installed.size_classes) if self.installed is not None else []
-        lo: int | None = SITE_CACHE_MIN_BYTES
+        lo: int | None = SMALL_BLOCK_BYTES
         for sc in sorted(classes, key=lambda sc: sc.min_bytes):
             if lo is not None and sc.min_bytes <= lo and (sc.max_bytes is None
                                                           or sc.max_bytes >= lo):

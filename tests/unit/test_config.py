@@ -40,7 +40,8 @@ def test_minimal_config():
 
 
 def test_size_classes_build_a_router():
-    router = pgo.Router.from_config([sc.entry() for sc in FULL.size_classes])
+    from pgo.runtime import allocators
+    router = allocators.router(FULL.size_classes)
     assert [type(sc.allocator).__name__ for sc in router.size_classes] == \
         ["SlabAllocator", "CacheAllocator"]
 
@@ -79,7 +80,19 @@ BAD = [
     ("[pgo]\nversion = 1\n[[site]]\nfunction = \"a:b\"\nallocator = \"arena\"\nconfidence = 2\n",
      "must be in [0, 1]"),
     ("[pgo]\nversion = 1\n[[site]]\nfunction = \"a:b\"\nallocator = \"arena\"\nchunk_size = -4\n",
-     "must be >= 0 bytes"),
+     "site[0].chunk_size: must be >= 1, got -4"),
+    ("[pgo]\nversion = 1\n[[site]]\nfunction = \"a:b\"\nallocator = \"slab\"\n",
+     ":3: site[0]: a slab [[site]] needs block_size"),
+    ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = 0\nallocator = \"slab\"\n",
+     ":3: numpy.size_class[0]: a slab needs max_bytes or block_size"),
+    ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = 0\nmax_bytes = 100\n"
+     "allocator = \"slab\"\nblock_size = 64\n",
+     ":7: numpy.size_class[0].block_size: block_size 64 is smaller than max_bytes 100"),
+    ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = 0\nallocator = \"cache\"\n"
+     "max_cached_bytes = 9223372036854775808\n",
+     ":6: numpy.size_class[0].max_cached_bytes: must be at most 2**63 - 1"),
+    ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = 0\nallocator = \"linear\"\n"
+     "capacity = 0\n", ":6: numpy.size_class[0].capacity: must be >= 1, got 0"),
     ("[pgo]\nversion = 1\n[gc\n", "<config>:3:4: not valid TOML"),
     ("[pgo]\nversion = 1\nsite = 3\n", "unknown key 'site'"),
     ("[pgo]\nversion = 1\n[numpy]\nsize_class = 3\n", "expected [[numpy.size_class]] tables"),
@@ -121,5 +134,6 @@ def test_round_trip_property(th, freeze, growth, peak, reason, sites, lo):
                   full_collection="growth" if growth else "default", growth_factor=growth,
                   peak_heap_blocks=peak, reason=reason),
         size_classes=(SizeClassRule(lo, lo + 5, "cache", reason=reason),),
-        sites=tuple(SiteRule(fn, a, reason=r, confidence=c) for fn, a, r, c in sites))
+        sites=tuple(SiteRule(fn, a, (("block_size", 64),) if a == "slab" else (), reason=r,
+                             confidence=c) for fn, a, r, c in sites))
     assert cfgmod.loads(cfgmod.dumps(cfg)) == cfg

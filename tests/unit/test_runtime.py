@@ -196,7 +196,7 @@ def test_site_router_decorates_named_functions_only():
 
 
 def test_a_site_cache_serves_pages_and_leaves_small_arrays_to_the_small_block_cache():
-    from pgo._core._routes import SITE_CACHE_MIN_BYTES as SMALL_BLOCK
+    from pgo._sizes import SMALL_BLOCK_BYTES as SMALL_BLOCK
     cache = pgo.CacheAllocator(1 << 24)
     router = SiteRouter([("__main__:keep", cache)])
     code = router.compile("import numpy as np\n\ndef keep(n):\n    return np.ones(n)\n",

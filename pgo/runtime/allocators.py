@@ -1,0 +1,89 @@
+"""The allocators a config names, made from its already-checked rules.
+
+``pgo.config`` checks every key, type and size when it reads a config (or
+``Router.from_config``'s tables); what can still fail here is the machine:
+an allocator that cannot be made (a capacity it cannot map, ranges the
+Router refuses).  That is a ``ConfigError`` naming the rule too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgo import config as cfgmod
+from pgo._core.numpy_bridge import Router as _CoreRouter
+from pgo._core.numpy_bridge import SizeClass
+from pgo._errors import ConfigError
+from pgo.config import SiteRule, SizeClassRule
+
+# config key -> the allocator class's argument, where they differ
+_ARGUMENT = {"limit_bytes": "max_bytes"}
+
+
+def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
+    """The allocator of one rule; ``where`` names the rule in an error."""
+    kwargs = {_ARGUMENT.get(k, k): v for k, v in rule.settings}
+    kind = rule.allocator
+    # Each kind's module only when a config uses it: `pgo run` pays its
+    # imports before the program starts.
+    try:
+        if kind == "cache":
+            from pgo._core.cache import CacheAllocator
+            return CacheAllocator(**kwargs)
+        if kind == "slab":
+            from pgo._core.slab import SlabAllocator
+            # The config reader made sure one of the two is there.
+            block = kwargs.pop("block_size", None)
+            if block is None:
+                assert isinstance(rule, SizeClassRule) and rule.max_bytes is not None
+                block = rule.max_bytes
+            return SlabAllocator(block, align=16 if block < 16 else None, threadsafe=True,
+                                 **kwargs)
+        if kind == "arena":
+            from pgo._core.arena import ArenaAllocator
+            return ArenaAllocator(threadsafe=True, **kwargs)
+        if kind == "linear":
+            from pgo._core.linear import LinearAllocator
+            return LinearAllocator(threadsafe=True, **kwargs)
+        from pgo._core.stack import StackAllocator
+        return StackAllocator(threadsafe=True, **kwargs)
+    except (ValueError, MemoryError, OverflowError) as e:
+        raise ConfigError(f"{where}: cannot make the {kind} allocator: {e}") from None
+
+
+class _RouterType(type):
+    # NOTE: pgo's own code (pgo.use(allocator), pgo.install(allocator))
+    # makes Routers of the C class; they are pgo.Routers all the same.
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, _CoreRouter)
+
+
+class Router(_CoreRouter, metaclass=_RouterType):
+    __doc__ = _CoreRouter.__doc__
+
+    @classmethod
+    def from_config(cls, entries: Any, *, source: str = "<config>", name: str = "pgo") -> Router:
+        """A Router from ``[[numpy.size_class]]`` tables given as Python data:
+        a list of dicts with ``min_bytes``, optional ``max_bytes``,
+        ``allocator`` (``cache``, ``slab``, ``arena``, ``linear`` or
+        ``stack``) and that allocator's settings (``pgo.config.SETTINGS``;
+        one left out is the allocator class's default).
+
+        Raises:
+            pgo.ConfigError: a bad table, key, type or size, or an allocator
+                that cannot be made; the message names ``source`` and the
+                entry.
+        """
+        made: Router = router(cfgmod.size_classes(entries, source), source=source, name=name)
+        return made
+
+
+def router(rules: tuple[SizeClassRule, ...], *, source: str = "<config>",
+           name: str = "pgo") -> Router:
+    """A Router of ``rules`` (``[[numpy.size_class]]``), one allocator each."""
+    classes = [SizeClass(r.min_bytes, r.max_bytes, make(r, f"{source}: numpy.size_class[{i}]"))
+               for i, r in enumerate(rules)]
+    try:
+        return Router(classes, name=name)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: numpy.size_class: {e}") from None
