@@ -12,7 +12,6 @@ import math
 
 KiB = 1 << 10
 MiB = 1 << 20
-GiB = 1 << 30
 
 # Blocks under this size stay in the handler's per-thread small-block cache
 # (pgo's Router keeps numpy's own below it): no allocator of a size class or

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent

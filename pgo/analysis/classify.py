@@ -63,9 +63,10 @@ MAX_CLUSTERS = 8
 OVERRIDE = 0.5
 SEED = 20261127
 
-STRATEGY = {Pattern.LIFO_SCRATCH: "stack", Pattern.SCOPED_TEMPORARIES: "cache",
-            Pattern.FIXED_SIZE_CHURN: "slab", Pattern.LARGE_REPEATED: "cache",
-            Pattern.LONG_LIVED: "system", Pattern.IRREGULAR: "system"}
+STRATEGY: dict[str, str] = {
+    Pattern.LIFO_SCRATCH: "stack", Pattern.SCOPED_TEMPORARIES: "cache",
+    Pattern.FIXED_SIZE_CHURN: "slab", Pattern.LARGE_REPEATED: "cache",
+    Pattern.LONG_LIVED: "system", Pattern.IRREGULAR: "system"}
 
 
 @dataclass

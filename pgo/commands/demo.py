@@ -28,20 +28,22 @@ class DemoCommand:
     """
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--target", default="pipeline",
-                            choices=("pipeline", "scoped_temps", "records", "small_arrays"),
+        from pgo import targets
+
+        parser.add_argument("--target", default="pipeline", choices=targets.NAMES,
                             help="the example program (default: pipeline)")
         parser.add_argument("-n", "--runs", type=int, default=5,
                             help="bench runs per arm (default: 5)")
         parser.add_argument("-o", "--output", metavar="DIR",
                             help="where to keep the bundle, config and report (default: a "
                                  "new folder under the system's temp dir)")
-        parser.add_argument("--allocators", action="store_true",
-                            help="show the allocators at work instead (a few seconds)")
-        parser.add_argument("--repeat", type=int, default=5, metavar="N",
-                            help="with --allocators: repetitions per timing")
         parser.add_argument("--quick", action="store_true",
                             help="smaller runs, for a smoke test")
+        tour = parser.add_argument_group("the allocator tour")
+        tour.add_argument("--allocators", action="store_true",
+                          help="show the allocators at work instead (a few seconds)")
+        tour.add_argument("--repeat", type=int, default=5, metavar="N",
+                          help="with --allocators: repetitions per timing")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.allocators:

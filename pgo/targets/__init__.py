@@ -6,3 +6,5 @@
 - scoped_temps: temporaries that die when a function returns
 - records: an object-heavy record-building job that makes the GC work
 """
+
+NAMES = ("pipeline", "scoped_temps", "records", "small_arrays")

@@ -27,7 +27,7 @@ def filter_tile(tile):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiles", type=int, default=1500)
+    parser.add_argument("--tiles", type=int, default=1500, help="tiles to filter")
     parser.add_argument("--tile", type=int, default=128, help="tile edge in pixels")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(2)
