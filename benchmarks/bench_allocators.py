@@ -6,10 +6,11 @@
 Two sections, each a set of *rows*; a row compares one pgo arm with a
 baseline arm measured in the same repetition, right next to it:
 
-C level (``benchmarks/c_level.pyx``, built at run time by ``build.py``):
+C level (``benchmarks/c_level.pyx.tp``, expanded and built at run time by
+``build.py``):
 ``nogil`` loops calling the inline ``.pxd`` paths vs glibc ``malloc``/
 ``free`` doing the same pattern in the same loop shape, at 16 B, 256 B,
-4 KiB and 64 KiB.  Value: ns per operation (see c_level.pyx for what an
+4 KiB and 64 KiB.  Value: ns per operation (see c_level.pyx.tp for what an
 operation is in each pattern).
 
 Python level: ``alloc()`` + ``free()`` / ``del`` pairs vs ``bytearray(64)``,
@@ -29,25 +30,18 @@ target.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import itertools
-import json
-import os
 import platform
-import statistics
-import subprocess
 import sys
 import sysconfig
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Callable
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
-
-import build as _build  # noqa: E402  (benchmarks/build.py)
+import _common as common
+import build as _build  # benchmarks/build.py
+from _common import median, size_label, spread_iqr
 
 C_SIZES = (16, 256, 4096, 65536)
 TARGET_SIZES_FAST = (16, 256)             # stack / linear targets apply here
@@ -62,36 +56,24 @@ PY_BATCH = 100                            # statements per inner loop
 
 
 # ---------------------------------------------------------------------------
-# Statistics helpers
-
-def _median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _spread(xs):
-    """Interquartile range over the median (0.05 = 5 %); 0 with < 4 samples."""
-    if len(xs) < 4:
-        return (max(xs) - min(xs)) / _median(xs) if xs and _median(xs) else 0.0
-    q = statistics.quantiles(xs, n=4)
-    return (q[2] - q[0]) / _median(xs)
-
-
-# ---------------------------------------------------------------------------
 # Arms: something that, given a size of work, returns ns per operation.
 
+@dataclass(eq=False)
 class Arm:
     """One measured thing.  `run(work)` returns ns/op; `calibrate` picks `work`."""
 
-    def __init__(self, key, label, run, *, min_work, max_work, ops_per_work=1, describe=""):
-        self.key = key
-        self.ops_per_work = ops_per_work
-        self.label = label
-        self._run = run
-        self.min_work = min_work
-        self.max_work = max_work
-        self.work = min_work
-        self.describe = describe
-        self.samples: list[float] = []
+    key: str
+    label: str
+    _run: Callable[[int], float]
+    min_work: int
+    max_work: int
+    ops_per_work: int = 1
+    describe: str = ""
+    work: int = field(init=False)           # units of work per sample: calibrate() sets it
+    samples: list[float] = field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        self.work = self.min_work
 
     def calibrate(self, target_s):
         self._run(self.min_work)                   # warm: first-touch, code paths
@@ -106,36 +88,35 @@ class Arm:
         return {
             "key": self.key,
             "label": self.label,
-            "median_ns": round(_median(self.samples), 4),
+            "median_ns": round(median(self.samples), 4),
             "repeats_ns": [round(x, 4) for x in self.samples],
-            "spread_iqr": round(_spread(self.samples), 4),
+            "spread_iqr": round(spread_iqr(self.samples), 4),
             "ops_per_sample": self.work * self.ops_per_work,
             "describe": self.describe,
         }
 
 
+@dataclass(eq=False)
 class Row:
     """A pgo arm against a baseline arm (both shared by reference)."""
 
-    def __init__(self, section, group, name, arm, baseline, *, size=None, pattern="",
-                 target=None, reference=None, note="", show_ratio=True):
-        self.section = section
-        self.group = group
-        self.name = name
-        self.arm = arm
-        self.baseline = baseline
-        self.reference = reference
-        self.size = size
-        self.pattern = pattern
-        self.target = target            # callable(row) -> dict or None
-        self.note = note
-        self.show_ratio = show_ratio
+    section: str
+    group: str
+    name: str
+    arm: Arm
+    baseline: Arm
+    size: int | None = None
+    pattern: str = ""
+    target: Callable[[Row], dict | None] | None = None
+    reference: Arm | None = None
+    note: str = ""
+    show_ratio: bool = True
 
     def speedup(self):
-        return _median(self.baseline.samples) / _median(self.arm.samples)
+        return median(self.baseline.samples) / median(self.arm.samples)
 
     def speedup_paired(self):
-        return _median([b / a for a, b in zip(self.arm.samples, self.baseline.samples)])
+        return median(common.paired_ratios(self.baseline.samples, self.arm.samples))
 
     def to_json(self):
         out = {
@@ -153,7 +134,7 @@ class Row:
         if self.reference is not None:
             out["reference"] = self.reference.to_json()
             out["arm_over_reference"] = round(
-                _median(self.arm.samples) / _median(self.reference.samples), 4)
+                median(self.arm.samples) / median(self.reference.samples), 4)
         tgt = self.target(self) if self.target else None
         if tgt is not None:
             out["target"] = tgt
@@ -170,7 +151,7 @@ def run_groups(groups, repeat, target_s, log):
     for rep in range(repeat):
         t0 = time.perf_counter()
         for g in groups:
-            for arm in (g if rep % 2 == 0 else reversed(g)):
+            for arm in common.round_order(g, rep):
                 arm.sample()
         log(f"  repetition {rep + 1}/{repeat}: {time.perf_counter() - t0:.1f} s")
 
@@ -188,8 +169,8 @@ def _speedup_target(threshold, text):
 
 def _pair_target(bytearray_arm):
     def check(row):
-        ns = _median(row.arm.samples)
-        ba = _median(bytearray_arm.samples)
+        ns = median(row.arm.samples)
+        ba = median(bytearray_arm.samples)
         return {"text": "alloc+free pair < 60 ns and faster than bytearray(64)",
                 "metric": "ns", "threshold": min(60.0, ba), "value": round(ns, 2),
                 "bytearray_ns": round(ba, 2), "met": bool(ns < 60.0 and ns < ba)}
@@ -412,49 +393,21 @@ def py_level_rows():
 # ---------------------------------------------------------------------------
 # Machine info
 
-def _cmd_out(cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001  -- informational only
-        return ""
-
-
 def machine_info():
     import Cython
-    import numpy
 
     import pgo
 
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    git = _cmd_out(["git", "-C", str(ROOT), "rev-parse", "HEAD"])
-    dirty = bool(_cmd_out(["git", "-C", str(ROOT), "status", "--porcelain", "--", "pgo"]))
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "python_impl": platform.python_implementation(),
-        "numpy": numpy.__version__,
-        "cython": Cython.__version__,
-        "libc": " ".join(platform.libc_ver()),
-        "compiler": _cmd_out([cc, "--version"]).splitlines()[0] if _cmd_out([cc, "--version"]) else cc,
-        "c_level_cflags": _build.compile_args(),
-        "pgo_version": pgo.__version__,
-        "pgo_debug_build": bool(pgo.DEBUG_BUILD),
-        "git_commit": git,
-        "pgo_tree_dirty": dirty,
-        "loadavg_start": list(os.getloadavg()),
-    }
+    version = common.cmd_out([cc, "--version"])
+    return common.machine_info(
+        python_impl=platform.python_implementation(),
+        cython=Cython.__version__,
+        compiler=version.splitlines()[0] if version else cc,
+        c_level_cflags=_build.compile_args(),
+        pgo_version=pgo.__version__,
+        pgo_debug_build=bool(pgo.DEBUG_BUILD),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -462,15 +415,6 @@ def machine_info():
 
 def _fmt_ns(x):
     return f"{x:8.2f}" if x < 1000 else f"{x:8.0f}"
-
-
-def _size(n):
-    if n is None:
-        return ""
-    for unit, div in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= div and n % div == 0:
-            return f"{n // div} {unit}"
-    return f"{n} B"
 
 
 def render(rows, info, args):
@@ -498,15 +442,15 @@ def render(rows, info, args):
         t = ""
         if tgt is not None:
             t = ("MET   " if tgt["met"] else "MISSED") + "  " + tgt["text"]
-        a = _median(r.arm.samples)
-        b = _median(r.baseline.samples)
-        spread = f"{100 * _spread(r.arm.samples):5.1f}%"
+        a = median(r.arm.samples)
+        b = median(r.baseline.samples)
+        spread = f"{100 * spread_iqr(r.arm.samples):5.1f}%"
         if r.section == "c":
-            ref = _fmt_ns(_median(r.reference.samples)) if r.reference else " " * 8
-            w(f"{r.group:<8} {_size(r.size):>7}  {r.name:<20} {_fmt_ns(a)} {_fmt_ns(b)} "
+            ref = _fmt_ns(median(r.reference.samples)) if r.reference else " " * 8
+            w(f"{r.group:<8} {size_label(r.size):>7}  {r.name:<20} {_fmt_ns(a)} {_fmt_ns(b)} "
               f"{r.speedup():7.2f}x {r.speedup_paired():6.2f}x {ref} {spread}  {t}")
         else:
-            size = f"n={r.size}" if r.group in ("empty", "touch") else _size(r.size)
+            size = f"n={r.size}" if r.group in ("empty", "touch") else size_label(r.size)
             ratio = (f"{_fmt_ns(b)} {r.speedup():7.2f}x {r.speedup_paired():6.2f}x"
                      if r.show_ratio else f"{'':8} {'':8} {'':7}")
             w(f"{r.group:<6} {size:>9}  {r.name:<26} {_fmt_ns(a)} {ratio} {spread}  {t}")
@@ -523,7 +467,7 @@ def render(rows, info, args):
         n_all += len(items)
         vals = ", ".join(
             f"{r.name}{' ' + r.group if r.section == 'c' else ''} "
-            f"{_size(r.size) if r.group != 'empty' else 'n=' + str(r.size)}: "
+            f"{size_label(r.size) if r.group != 'empty' else 'n=' + str(r.size)}: "
             f"{t['value']}{'x' if t['metric'] == 'speedup' else ' ns'}"
             f"{'' if t['met'] else ' (missed)'}" for r, t in items)
         w(f"  [{met}/{len(items)} met] {text}: {vals}")
@@ -540,16 +484,16 @@ def main(argv=None):
     ap.add_argument("--sample-ms", type=float, default=None,
                     help="target duration of one sample (default 40, --quick 15)")
     ap.add_argument("--only", choices=("c", "py"), help="run one section only")
-    ap.add_argument("-o", "--output", default=str(HERE / "results" / "allocators.json"),
+    ap.add_argument("-o", "--output", default=str(common.RESULTS / "allocators.json"),
                     help="JSON output path (default benchmarks/results/allocators.json)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild c_level even if up to date")
     args = ap.parse_args(argv)
     if args.repeat is None:
         args.repeat = 3 if args.quick else 7
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
     sample_s = (args.sample_ms if args.sample_ms is not None else (15 if args.quick else 40)) / 1e3
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    log = common.log
 
     t_start = time.perf_counter()
     info = machine_info()
@@ -569,29 +513,21 @@ def main(argv=None):
         groups, prows, keep = py_level_rows()
         run_groups(groups, args.repeat, sample_s, log)
         rows += prows
-    info["loadavg_end"] = list(os.getloadavg())
-    info["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    common.finish_machine_info(info, t_start)
 
-    doc = {
-        "benchmark": "pgo allocators vs standard",
-        "format_version": 1,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {
-            "repeat": args.repeat, "quick": args.quick, "sample_ms": sample_s * 1e3,
-            "c_sizes": list(C_SIZES), "lifo_depth": LIFO_DEPTH, "bulk_batch": BULK_BATCH,
-            "churn_live": CHURN_LIVE, "empty_n": list(EMPTY_NS), "py_batch": PY_BATCH,
-            "speedup": "baseline median ns / arm median ns (> 1: pgo faster)",
-            "speedup_paired": "median over repetitions of baseline_i / arm_i",
-            "spread_iqr": "interquartile range of the repeats / median",
-        },
-        "machine": info,
-        "rows": [r.to_json() for r in rows],
+    settings = {
+        "repeat": args.repeat, "quick": args.quick, "sample_ms": sample_s * 1e3,
+        "c_sizes": list(C_SIZES), "lifo_depth": LIFO_DEPTH, "bulk_batch": BULK_BATCH,
+        "churn_live": CHURN_LIVE, "empty_n": list(EMPTY_NS), "py_batch": PY_BATCH,
+        "speedup": "baseline median ns / arm median ns (> 1: pgo faster)",
+        "speedup_paired": "median over repetitions of baseline_i / arm_i",
+        "spread_iqr": "interquartile range of the repeats / median",
     }
+    doc = common.document("pgo allocators vs standard", settings, info,
+                          rows=[r.to_json() for r in rows])
     judged = [r["target"] for r in doc["rows"] if "target" in r]
     doc["summary"] = {"targets": len(judged), "met": sum(t["met"] for t in judged)}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    out = common.write_json(args.output, doc)
     print(render(rows, info, args))
     print(f"\nwrote {out}  ({info['elapsed_s']} s)")
     del keep

@@ -20,13 +20,11 @@ under 1 GiB on this machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
-from datetime import datetime, timezone
+
+import _common as common
 
 CHILD = r"""
 import json, resource, sys, time
@@ -57,23 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = []
     for i in range(args.repeat):
-        print(f"repetition {i + 1}/{args.repeat}: {args.sites:,} sites ...", file=sys.stderr)
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(args.sites), str(i)],
-                              capture_output=True, text=True, check=True)
-        runs.append(json.loads(proc.stdout))
-    seconds = statistics.median(r["seconds"] for r in runs)
+        common.log(f"repetition {i + 1}/{args.repeat}: {args.sites:,} sites ...")
+        runs.append(common.run_child_json(["-c", CHILD, str(args.sites), str(i)]))
+    seconds = common.median(r["seconds"] for r in runs)
     rss = max(r["maxrss_mib"] for r in runs)
     result = {
         "benchmark": "analyze", "command": " ".join([sys.executable] + sys.argv),
-        "date": datetime.now(timezone.utc).isoformat(),
+        "date": common.utc_now(),
         "machine": {"host": platform.node(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
         "sites": args.sites, "runs": runs, "median_seconds": seconds, "max_rss_mib": rss,
         "targets": {"under_10_s": seconds < 10, "under_1_gib": rss < 1024},
     }
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    common.write_json(args.output, result)
     r0 = runs[0]
     each = ", ".join(f"{r['seconds']:.2f}" for r in runs)
     print(f"{args.sites:,} sites, {r0['events']:,} events, {r0['clusters']} clusters: "

@@ -25,14 +25,16 @@ import subprocess
 import sys
 import tempfile
 
-from scipy.stats import mannwhitneyu
+import _common as common  # first: puts this checkout's pgo on sys.path
+
+from pgo.bench.runner import PEERS as BENCH_PEERS
 
 TARGETS = ("pipeline", "small_arrays", "scoped_temps", "records")
-PEERS = "jemalloc,mimalloc,tcmalloc,gc-freeze,gc-off"
+PEERS = ",".join(BENCH_PEERS)             # every peer pgo bench has
 
 
 def pgo(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "pgo", *args], capture_output=True, text=True)
+    proc = common.run_python(["-m", "pgo", *args])
     if proc.returncode != 0:
         raise SystemExit(f"pgo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -47,7 +49,7 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="pgo-e2e-") as tmp:
         for name in args.targets.split(","):
-            print(f"== {name}", file=sys.stderr, flush=True)
+            common.log(f"== {name}")
             d = os.path.join(tmp, name)
             target = ["-m", f"pgo.targets.{name}"]
             pgo("profile", "-q", "-o", os.path.join(d, "profile"), *target)
@@ -88,8 +90,7 @@ def main() -> int:
             # (one-sided Mann-Whitney, p < 0.05), as pgo bench says
             # "not significant" against the baseline.
             vs = cfg["median"] / s[best]["wall_s"]["median"]
-            p = float(mannwhitneyu(r["wall_runs"]["config"], r["wall_runs"][best],
-                                   alternative="greater").pvalue)
+            p = common.p_greater(r["wall_runs"]["config"], r["wall_runs"][best])
             v["vs_best_peer"] = round(vs, 4)
             v["vs_best_peer_p"] = round(p, 4)
             # With 3 runs a side the smallest p is 0.05: no verdict below 4.
@@ -108,9 +109,7 @@ def main() -> int:
                                       if not isinstance(x, float) or k.startswith("vs_")
                                       else f"{k}={x:.2f}x"
                                       for k, x in v.items()))
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({"results": results, "verdicts": verdicts, "runs": args.runs}, f, indent=1)
+    common.write_json(args.output, {"results": results, "verdicts": verdicts, "runs": args.runs})
     print(f"wrote {args.output}")
     return 0
 

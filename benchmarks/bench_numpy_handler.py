@@ -12,9 +12,11 @@ memory:
   pgo          pgo.install(Router([SizeClass(1 MiB, None, CacheAllocator)])):
                arrays of 1 MiB and more come from pgo's cache, the rest
                falls back to numpy's default
-  jemalloc     LD_PRELOAD of Debian's libjemalloc.so.2
-  mimalloc     LD_PRELOAD of Debian's libmimalloc.so.2
-  tcmalloc     LD_PRELOAD of Debian's libtcmalloc_minimal.so.4
+  jemalloc     LD_PRELOAD of libjemalloc.so.2 (Debian's)
+  mimalloc     LD_PRELOAD of libmimalloc.so.2
+  tcmalloc     LD_PRELOAD of libtcmalloc_minimal.so.4
+               (each found where ``pgo bench`` finds it:
+               ``pgo.bench.runner.find_library``)
   glibc-tuned  glibc with MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
                raised to 4 GiB: big blocks stay on the heap, nothing is
                given back to the system
@@ -40,26 +42,20 @@ failed arm never changes the exit status.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+import _common as common
+from _common import MIB, PRELOAD_PEERS, ROOT, median
 
-MIB = 1 << 20
 DEFAULT_MAX_CACHED = 512 * MIB
 WARMUP = 2
 QUICK_DIVISOR = 4
 RUN_TIMEOUT_S = 180
 RESULT_TAG = "PGO_NUMPY_BENCH_RESULT "
-LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
 TUNED_THRESHOLD = 4294967296              # 4 GiB; glibc 2.36 accepts it (0 faults on `big`)
 
 
@@ -115,13 +111,8 @@ CASES = {
 # ---------------------------------------------------------------------------
 # Arms
 
-PRELOADS = {
-    "jemalloc": "libjemalloc.so.2",
-    "mimalloc": "libmimalloc.so.2",
-    "tcmalloc": "libtcmalloc_minimal.so.4",
-}
-ARMS = ("default", "pgo", "jemalloc", "mimalloc", "tcmalloc", "glibc-tuned")
-PEERS = ("jemalloc", "mimalloc", "tcmalloc", "glibc-tuned")
+ARMS = ("default", "pgo", *PRELOAD_PEERS, "glibc-tuned")
+PEERS = (*PRELOAD_PEERS, "glibc-tuned")
 
 PGO_SETUP = """\
 import pgo
@@ -147,16 +138,16 @@ def arm_plan(name, max_cached):
         plan["describe"] = ("pgo.install(Router([SizeClass(1 MiB, None, "
                             f"CacheAllocator(max_cached_bytes={max_cached}))]))")
         plan["setup"] = PGO_SETUP.format(max_cached=max_cached)
-    elif name in PRELOADS:
-        lib = LIBDIR / PRELOADS[name]
-        plan["describe"] = f"LD_PRELOAD={lib}"
-        if lib.exists():
-            plan["preload"] = str(lib)
+    elif name in PRELOAD_PEERS:
+        lib = common.preload_library(name)
+        if lib:
+            plan["describe"] = f"LD_PRELOAD={lib}"
+            plan["preload"] = lib
             plan["preload_real"] = os.path.realpath(lib)
-            plan["env"]["LD_PRELOAD"] = str(lib)
+            plan["env"]["LD_PRELOAD"] = lib
         else:
-            plan["skip"] = f"{lib} not found (apt-get install libjemalloc2 libmimalloc2.0 " \
-                           f"libtcmalloc-minimal4)"
+            plan["describe"] = f"LD_PRELOAD={common.PRELOAD_LIBS[name][0]} (not found here)"
+            plan["skip"] = common.preload_missing(name)
     elif name == "glibc-tuned":
         plan["env"] = {"MALLOC_MMAP_THRESHOLD_": str(TUNED_THRESHOLD),
                        "MALLOC_TRIM_THRESHOLD_": str(TUNED_THRESHOLD)}
@@ -238,33 +229,19 @@ _emit(0)
 '''
 
 
-def child_env(plan):
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
-    pp = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + pp if pp else "")
-    env.update(plan["env"])
-    return env
-
-
 def run_one(case, plan, iterations):
     """One fresh child for (case, arm).  Returns the run's dict; `error` is set
     when it failed, `setup_failed` when the arm itself could not be set up."""
     spec = {"tag": RESULT_TAG, "case": case, "arm": plan["arm"], "arm_setup": plan["setup"],
             "setup": CASES[case]["setup"], "body": CASES[case]["body"],
             "iterations": iterations, "warmup": WARMUP}
-    cmd = [sys.executable, "-c", CHILD_SRC, json.dumps(spec)]
     try:
-        p = subprocess.run(cmd, env=child_env(plan), cwd=str(ROOT), capture_output=True,
-                           text=True, timeout=RUN_TIMEOUT_S)
+        p = common.run_python(["-c", CHILD_SRC, json.dumps(spec)],
+                              env=common.child_env(_CLEARED_ENV, **plan["env"]), cwd=str(ROOT),
+                              timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {RUN_TIMEOUT_S} s"}
-    res = None
-    for line in p.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            try:
-                res = json.loads(line[len(RESULT_TAG):])
-            except ValueError:
-                pass
+    res = common.json_line(p.stdout, RESULT_TAG)
     err_tail = "\n".join(p.stderr.strip().splitlines()[-5:])
     if res is None:
         return {"error": f"exit status {p.returncode}, no result line"
@@ -289,18 +266,14 @@ def run_one(case, plan, iterations):
 # ---------------------------------------------------------------------------
 # Statistics
 
-def _median(xs):
-    return statistics.median(xs) if xs else None
-
-
 def summarize(runs):
     ok = [r for r in runs if "error" not in r]
     s = {
         "runs_ok": len(ok),
         "runs_failed": len(runs) - len(ok),
-        "median_wall_s": _median([r["wall_s"] for r in ok]),
-        "median_minflt": _median([r["minflt"] for r in ok]),
-        "median_peak_rss_bytes": _median([r["peak_rss_bytes"] for r in ok]),
+        "median_wall_s": median([r["wall_s"] for r in ok]),
+        "median_minflt": median([r["minflt"] for r in ok]),
+        "median_peak_rss_bytes": median([r["peak_rss_bytes"] for r in ok]),
         "wall_s": [r["wall_s"] for r in ok],
         "minflt": [r["minflt"] for r in ok],
         "peak_rss_bytes": [r["peak_rss_bytes"] for r in ok],
@@ -308,11 +281,11 @@ def summarize(runs):
     hr = [r["cache_stats"]["hit_rate"] for r in ok
           if isinstance(r.get("cache_stats"), dict) and "hit_rate" in r["cache_stats"]]
     if hr:
-        s["median_cache_hit_rate"] = _median(hr)
+        s["median_cache_hit_rate"] = median(hr)
     fb = [r["router_stats"]["fallback"] for r in ok
           if isinstance(r.get("router_stats"), dict) and "fallback" in r["router_stats"]]
     if fb:
-        s["median_router_fallback"] = _median(fb)
+        s["median_router_fallback"] = median(fb)
     errs = [r["error"] for r in runs if "error" in r]
     if errs:
         s["errors"] = sorted(set(errs))
@@ -397,31 +370,8 @@ def checks(results):
 # ---------------------------------------------------------------------------
 # Machine info
 
-def _cmd_out(cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001  -- informational only
-        return ""
-
-
-def _read(path):
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
-
-
 def machine_info(plans):
-    import numpy
-
-    cpu = ""
-    for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    pgo_info = {}
     try:                                 # informational; the children import it themselves
-        sys.path.insert(0, str(ROOT))
         import pgo
         pgo_info = {"version": pgo.__version__, "file": pgo.__file__,
                     "debug_build": bool(getattr(pgo, "DEBUG_BUILD", False)),
@@ -429,28 +379,14 @@ def machine_info(plans):
                                        ("install", "Router", "SizeClass", "CacheAllocator"))}
     except Exception as e:  # noqa: BLE001
         pgo_info = {"import_error": repr(e)}
-    finally:
-        sys.path.remove(str(ROOT))
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "numpy": numpy.__version__,
-        "libc": " ".join(platform.libc_ver()),
-        "thp_enabled": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
-        "thp_defrag": _read("/sys/kernel/mm/transparent_hugepage/defrag"),
-        "libraries": {p["arm"]: p.get("preload_real") or p["preload"] for p in plans
-                      if p["arm"] in PRELOADS},
-        "pgo": pgo_info,
-        "git_commit": _cmd_out(["git", "-C", str(ROOT), "rev-parse", "HEAD"]),
-        "pgo_tree_dirty": bool(_cmd_out(["git", "-C", str(ROOT), "status", "--porcelain",
-                                         "--", "pgo"])),
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return common.machine_info(
+        python_executable=sys.executable,
+        thp_enabled=common.read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
+        thp_defrag=common.read_text("/sys/kernel/mm/transparent_hugepage/defrag"),
+        libraries={p["arm"]: p.get("preload_real") or p["preload"] for p in plans
+                   if p["arm"] in PRELOAD_PEERS},
+        pgo=pgo_info,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -552,7 +488,7 @@ def main(argv=None):
     ap.add_argument("--max-cached", type=_parse_bytes, default=DEFAULT_MAX_CACHED,
                     help="pgo CacheAllocator max_cached_bytes (bytes, or e.g. 512MiB; "
                          "default 512 MiB)")
-    ap.add_argument("-o", "--output", default=str(HERE / "results" / "numpy-handler.json"),
+    ap.add_argument("-o", "--output", default=str(common.RESULTS / "numpy-handler.json"),
                     help="JSON output path (default benchmarks/results/numpy-handler.json)")
     args = ap.parse_args(argv)
     if args.repeat < 1:
@@ -560,9 +496,7 @@ def main(argv=None):
     arms = list(args.arms)
     if "default" not in arms:
         arms.insert(0, "default")
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    log = common.log
 
     if args.repeat < 5 and not args.quick:
         log(f"note: --repeat {args.repeat} < 5: not a real run")
@@ -611,38 +545,31 @@ def main(argv=None):
             m = s.get("median_wall_s")
             s["speedup_vs_default"] = round(d / m, 4) if d and m else None
             s["time_ratio_to_default"] = round(m / d, 4) if d and m else None
-    info["loadavg_end"] = list(os.getloadavg())
-    info["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    common.finish_machine_info(info, t_start)
 
-    doc = {
-        "benchmark": "numpy under different allocators",
-        "format_version": 1,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {
-            "repeat": args.repeat, "quick": args.quick, "warmup": WARMUP,
-            "max_cached_bytes": args.max_cached, "cases": args.cases, "arms": arms,
-            "real_run": args.repeat >= 5 and not args.quick,
-            "order": "for each repeat, for each case, every arm in order; nothing randomized",
-            "speedup_vs_default": "default median wall / arm median wall (> 1: faster)",
-            "time_ratio_to_default": "arm median wall / default median wall",
-            "wall_s": "perf_counter around the timed loop only, in the child",
-            "minflt": "ru_minflt delta around the timed loop",
-            "peak_rss_bytes": "child's ru_maxrss * 1024 at the end of the run",
-        },
-        "machine": info,
-        "arms": [{k: v for k, v in p.items() if k != "setup"} | {"setup_code": p["setup"],
-                 "setup_failed": dead.get(p["arm"])} for p in plans],
-        "cases": {c: {**CASES[c], "iterations": iters[c]} for c in args.cases},
-        "results": results,
+    settings = {
+        "repeat": args.repeat, "quick": args.quick, "warmup": WARMUP,
+        "max_cached_bytes": args.max_cached, "cases": args.cases, "arms": arms,
+        "real_run": args.repeat >= 5 and not args.quick,
+        "order": "for each repeat, for each case, every arm in order; nothing randomized",
+        "speedup_vs_default": "default median wall / arm median wall (> 1: faster)",
+        "time_ratio_to_default": "arm median wall / default median wall",
+        "wall_s": "perf_counter around the timed loop only, in the child",
+        "minflt": "ru_minflt delta around the timed loop",
+        "peak_rss_bytes": "child's ru_maxrss * 1024 at the end of the run",
     }
+    doc = common.document(
+        "numpy under different allocators", settings, info,
+        arms=[{k: v for k, v in p.items() if k != "setup"} | {"setup_code": p["setup"],
+              "setup_failed": dead.get(p["arm"])} for p in plans],
+        cases={c: {**CASES[c], "iterations": iters[c]} for c in args.cases},
+        results=results)
     doc["targets"] = judge(results, args)
     doc["checks"] = checks(results)
     judged = [t for t in doc["targets"] if t["met"] is not None]
     doc["summary"] = {"targets": len(doc["targets"]), "judged": len(judged),
                       "met": sum(t["met"] for t in judged)}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, default=repr) + "\n")
+    out = common.write_json(args.output, doc, default=repr)
     print(render(doc, args))
     print(f"\nwrote {out}  ({info['elapsed_s']} s)")
     return 0

@@ -34,33 +34,22 @@ JSON; this is a measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
-import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+import _common as common
+from _common import KIB, MIB, median
 
-import pgo  # noqa: E402
+import pgo
 
-KIB = 1 << 10
-MIB = 1 << 20
 SIZES = (4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, 1 * MIB, 4 * MIB)
 HIT_RATE_TARGET = 0.95
 SPEEDUP_TARGET = 2.0
 SPEEDUP_MIN_SIZE = 64 * KIB
-
-
-def _fmt_size(n):
-    return f"{n // MIB} MiB" if n >= MIB else f"{n // KIB} KiB"
 
 
 def _minflt():
@@ -68,38 +57,41 @@ def _minflt():
 
 
 # ---------------------------------------------------------------------------
-# The loops: each runs `iters` iterations and returns elapsed seconds.
+# The loops: each runs `iters` iterations; Arm.run times it.
 
 def loop_pool(pool, data, n, iters):
     get, put = pool.get_buffer, pool.put_buffer
     last = n - 1
-    t0 = time.perf_counter()
     for _ in range(iters):
         view = get(n)
         view[:] = data
         view[last]
         put(view)
-    return time.perf_counter() - t0
 
 
 def loop_fresh(data, n, iters):
     last = n - 1
-    t0 = time.perf_counter()
     for _ in range(iters):
         buf = bytearray(n)
         buf[:] = data
         buf[last]
         del buf
-    return time.perf_counter() - t0
 
 
 class Arm:
-    def __init__(self, name, run):
+    def __init__(self, name, loop):
         self.name = name
-        self.run = run            # run(iters) -> seconds
+        self.loop = loop          # loop(iters): the iterations alone
         self.iters = 1
         self.ns = []
         self.faults = []
+
+    def run(self, iters):
+        """Seconds for `iters` iterations."""
+        loop = self.loop
+        t0 = time.perf_counter()
+        loop(iters)
+        return time.perf_counter() - t0
 
     def calibrate(self, target_s):
         iters = 1
@@ -131,27 +123,26 @@ def bench_size(n, repeat, target_s):
 
     before = pool.stats()
     for r in range(repeat):
-        arms = (pool_arm, fresh_arm) if r % 2 == 0 else (fresh_arm, pool_arm)
-        for arm in arms:
+        for arm in common.round_order((pool_arm, fresh_arm), r):
             arm.sample()
     after = pool.stats()
     hits = after["hits"] - before["hits"]
     misses = after["misses"] - before["misses"]
     hit_rate = hits / (hits + misses) if hits + misses else 0.0
 
-    pool_ns = statistics.median(pool_arm.ns)
-    fresh_ns = statistics.median(fresh_arm.ns)
+    pool_ns = median(pool_arm.ns)
+    fresh_ns = median(fresh_arm.ns)
     speedup = fresh_ns / pool_ns
-    paired = statistics.median(f / p for f, p in zip(fresh_arm.ns, pool_arm.ns))
+    paired = median(common.paired_ratios(fresh_arm.ns, pool_arm.ns))
     row = {
         "size": n,
-        "label": _fmt_size(n),
+        "label": common.size_label(n),
         "pool_ns": pool_ns,
         "fresh_ns": fresh_ns,
         "speedup": speedup,
         "speedup_paired": paired,
-        "pool_faults_per_op": statistics.median(pool_arm.faults),
-        "fresh_faults_per_op": statistics.median(fresh_arm.faults),
+        "pool_faults_per_op": median(pool_arm.faults),
+        "fresh_faults_per_op": median(fresh_arm.faults),
         "hit_rate": hit_rate,
         "hits": hits,
         "misses": misses,
@@ -186,7 +177,7 @@ def print_table(rows, out=sys.stdout):
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description="BufferPool vs fresh bytearray allocation, steady-state loop.")
-    ap.add_argument("-o", "--output", default=str(HERE / "results" / "pools.json"),
+    ap.add_argument("-o", "--output", default=str(common.RESULTS / "pools.json"),
                     help="JSON results file (default: benchmarks/results/pools.json)")
     ap.add_argument("--repeat", type=int, default=5,
                     help="timed runs per arm; medians are reported (default 5)")
@@ -203,7 +194,7 @@ def main(argv=None):
     rows = []
     for n in SIZES:
         rows.append(bench_size(n, repeat, target_s))
-        print(f"  {_fmt_size(n)} done", file=sys.stderr)
+        print(f"  {common.size_label(n)} done", file=sys.stderr)
 
     print_table(rows)
     met = sum(v == "MET" for r in rows for v in r["targets"].values())
@@ -212,7 +203,7 @@ def main(argv=None):
 
     result = {
         "benchmark": "pools",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "date": common.utc_now(),
         "python": sys.version,
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -224,10 +215,7 @@ def main(argv=None):
                     "speedup_min_size": SPEEDUP_MIN_SIZE},
         "rows": rows,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    common.save_json(args.output, result, indent=2)
     return 0
 
 

@@ -77,13 +77,11 @@ This is a measurement, not a test: the script exits 0 whatever it finds
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,8 +89,9 @@ import textwrap
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+import _common as common
+from _common import ROOT, median, paired
+
 TARGETS = ROOT / "pgo" / "targets"
 
 NUMPY, OBJECTS = "numpy-heavy", "object-heavy"
@@ -357,17 +356,6 @@ def run_once(prog_path, arm, flags, workdir, env):
 # ---------------------------------------------------------------------------
 # Statistics.
 
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def _paired(num, den):
-    """Per-repetition ratios num[i] / den[i]: (median, min, max, list)."""
-    ratios = [a / b for a, b in zip(num, den)]
-    return statistics.median(ratios), min(ratios), max(ratios), ratios
-
-
 def summarize(prog, kind, runs, arms):
     """runs[arm] = list of run records (timed repetitions only)."""
     wall = {a: [r["wall_s"] for r in runs[a]] for a in arms}
@@ -375,36 +363,36 @@ def summarize(prog, kind, runs, arms):
     base = wall["baseline"]
     res = {"kind": kind, "arms": {}, "collectors": {}}
     for a in arms:
-        med, lo, hi, ratios = _paired(wall[a], base)
+        med, lo, hi, ratios = paired(wall[a], base)
         res["arms"][a] = {
-            "median_wall_s": statistics.median(wall[a]),
-            "median_cpu_s": statistics.median(cpu[a]),
-            "median_minflt": statistics.median(r["minflt"] for r in runs[a]),
+            "median_wall_s": median(wall[a]),
+            "median_cpu_s": median(cpu[a]),
+            "median_minflt": median(r["minflt"] for r in runs[a]),
             "ratio_paired": med, "ratio_min": lo, "ratio_max": hi,
-            "ratio_of_medians": statistics.median(wall[a]) / statistics.median(base),
+            "ratio_of_medians": median(wall[a]) / median(base),
             "ratios": ratios,
-            "cpu_ratio_paired": _paired(cpu[a], cpu["baseline"])[0],
+            "cpu_ratio_paired": paired(cpu[a], cpu["baseline"])[0],
             "wall_s": wall[a], "cpu_s": cpu[a], "minflt": [r["minflt"] for r in runs[a]],
         }
         du = [r.get("bundle_du_bytes") for r in runs[a]]
         if a != "baseline" and any(d is not None for d in du):
-            res["arms"][a]["median_bundle_du_bytes"] = _median(du)
-            res["arms"][a]["median_bundle_bytes"] = _median(
+            res["arms"][a]["median_bundle_du_bytes"] = median(du)
+            res["arms"][a]["median_bundle_bytes"] = median(
                 [r.get("bundle_bytes") for r in runs[a]])
     for c in COLLECTORS:
         entry = {}
         if "default" in arms and f"no-{c}" in arms:
-            med, lo, hi, _ = _paired(wall["default"], wall[f"no-{c}"])
+            med, lo, hi, _ = paired(wall["default"], wall[f"no-{c}"])
             entry["default_over_without"] = med
             entry["default_over_without_min"] = lo
             entry["default_over_without_max"] = hi
-            entry["default_over_without_cpu"] = _paired(cpu["default"], cpu[f"no-{c}"])[0]
+            entry["default_over_without_cpu"] = paired(cpu["default"], cpu[f"no-{c}"])[0]
         if f"only-{c}" in arms and "none" in arms:
-            med, lo, hi, _ = _paired(wall[f"only-{c}"], wall["none"])
+            med, lo, hi, _ = paired(wall[f"only-{c}"], wall["none"])
             entry["only_over_none"] = med
             entry["only_over_none_min"] = lo
             entry["only_over_none_max"] = hi
-            entry["only_over_none_cpu"] = _paired(cpu[f"only-{c}"], cpu["none"])[0]
+            entry["only_over_none_cpu"] = paired(cpu[f"only-{c}"], cpu["none"])[0]
         if entry:
             res["collectors"][c] = entry
     d = res["arms"].get("default")
@@ -502,39 +490,21 @@ def print_report(results, arms, out=sys.stdout):
 
 # ---------------------------------------------------------------------------
 
-def _git(*args):
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _machine():
     info = {"platform": platform.platform(), "python": sys.version,
             "executable": sys.executable, "cpu_count": os.cpu_count(),
             "loadavg_start": os.getloadavg()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = common.cpu_model()
+    if cpu:
+        info["cpu"] = cpu
     try:
         import numpy
         info["numpy"] = numpy.__version__
     except ImportError:
         info["numpy"] = None
-    for exe, key in (("py-spy", "py_spy"),):
-        try:
-            info[key] = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                                       timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            info[key] = None
-    info["git_commit"] = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--", "pgo")
-    info["pgo_dirty"] = bool(status) if status is not None else None
+    info["py_spy"] = common.cmd_out(["py-spy", "--version"]) or None
+    info["git_commit"] = common.git_commit()
+    info["pgo_dirty"] = common.pgo_tree_dirty()
     info["blas_env"] = {k: os.environ.get(k) for k in BLAS_ENV}
     return info
 
@@ -555,7 +525,7 @@ def main(argv=None):
                     help="leave PYTHONDONTWRITEBYTECODE / PYTHONPYCACHEPREFIX as they are "
                          "(default: children cache bytecode in a temp dir, as an installed "
                          "pgo would have its .pyc files)")
-    ap.add_argument("--out", "-o", default=str(HERE / "results" / "profile_overhead.json"),
+    ap.add_argument("--out", "-o", default=str(common.RESULTS / "profile_overhead.json"),
                     help="JSON results (default: benchmarks/results/profile_overhead.json)")
     args = ap.parse_args(argv)
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 5)
@@ -567,11 +537,8 @@ def main(argv=None):
         ap.error(f"unknown program(s) {unknown}; choose from {', '.join(PROGRAMS)}")
     arms = list(QUICK_ARMS) if args.quick else list(ARMS)
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.pop("PYTHONTRACEMALLOC", None)
-    if not args.bytecode_as_env:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = common.child_env(["PYTHONTRACEMALLOC"] +
+                           ([] if args.bytecode_as_env else ["PYTHONDONTWRITEBYTECODE"]))
     if args.blas_threads > 0:
         for k in BLAS_ENV:
             env[k] = str(args.blas_threads)
@@ -608,8 +575,7 @@ def main(argv=None):
                     print(f"  [{prog}] warm-up {a}", file=sys.stderr, flush=True)
                     warm[a] = run_once(prog_path, a, ARMS[a], workdir, env)
                 for r in range(repeat):
-                    order = arms if r % 2 == 0 else arms[::-1]
-                    for a in order:
+                    for a in common.round_order(arms, r):
                         rec = run_once(prog_path, a, ARMS[a], workdir, env)
                         runs[a].append(rec)
                         print(f"  [{prog}] rep {r + 1}/{repeat} {a:<13} "
@@ -629,11 +595,9 @@ def main(argv=None):
     machine["loadavg_end"] = os.getloadavg()
     print_report(results, arms)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "profile_overhead",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "date": common.utc_now(),
         "command": [sys.executable, *sys.argv],
         "settings": {"repeat": repeat, "quick": args.quick, "arms": arms,
                      "blas_threads": args.blas_threads or "environment",
@@ -648,8 +612,7 @@ def main(argv=None):
         "results": results,
         "raw": raw,
     }
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    common.save_json(args.out, doc, indent=2)
     return 0
 
 

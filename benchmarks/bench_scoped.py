@@ -29,11 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
-import os
-import statistics
 import sys
 import time
+
+import _common as common  # first: puts this checkout's pgo on sys.path
 
 import numpy as np
 
@@ -82,25 +81,22 @@ def main() -> int:
 
         times: dict[str, list[float]] = {a: [] for a in arms}
         for rnd in range(args.rounds):
-            order = list(arms) if rnd % 2 == 0 else list(reversed(arms))
-            for arm in order:
+            for arm in common.round_order(list(arms), rnd):
                 ctx, fn = arms[arm]
                 with ctx:
                     run(fn, 32)
                     t0 = time.perf_counter()
                     run(fn, calls)
                     times[arm].append(time.perf_counter() - t0)
-        base = statistics.median(times["glibc"])
-        row = {arm: {"median_s": statistics.median(v), "ratio": statistics.median(v) / base,
+        base = common.median(times["glibc"])
+        row = {arm: {"median_s": common.median(v), "ratio": common.median(v) / base,
                      "runs_s": v} for arm, v in times.items()}
         results[f"{edge}x{edge}"] = {"array_bytes": edge * edge * 8, "calls": calls, "arms": row}
-        print(f"tile {edge}x{edge} ({edge * edge * 8 // 1024} KiB arrays, {calls} calls): "
-              + "  ".join(f"{a} {r['median_s'] * 1e3:.0f} ms x{r['ratio']:.3f}"
-                          for a, r in row.items()), file=sys.stderr, flush=True)
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({"benchmark": "scoped", "rounds": args.rounds, "results": results}, f, indent=1)
-    print(f"wrote {args.output}", file=sys.stderr)
+        common.log(f"tile {edge}x{edge} ({edge * edge * 8 // 1024} KiB arrays, {calls} calls): "
+                   + "  ".join(f"{a} {r['median_s'] * 1e3:.0f} ms x{r['ratio']:.3f}"
+                               for a, r in row.items()))
+    common.save_json(args.output, {"benchmark": "scoped", "rounds": args.rounds,
+                                   "results": results})
     return 0
 
 

@@ -1,19 +1,23 @@
-"""Compile ``benchmarks/c_level.pyx`` at run time and import it.
+"""Expand ``benchmarks/c_level.pyx.tp``, compile it at run time, import it.
 
-The module cimports pgo's ``.pxd`` files, so the hot paths of the
-allocators are inlined into its loops exactly as they would be in a user's
-Cython code.  It is built with Cython + setuptools, ``-O2`` and numpy's
-include directory, into ``benchmarks/build/<key>/`` (ignored by git), where
-``<key>`` hashes everything the result depends on: the ``.pyx``, pgo's
-``.pxd`` files, the Cython, Python and numpy versions and the flags.  An
-unchanged tree reuses the last build.
+``c_level.pyx.tp`` is a Tempita template (``Cython.Tempita``, as
+scikit-learn's ``.pyx.tp`` files): one kernel per pattern, expanded per
+allocator.  The expanded ``c_level.pyx`` cimports pgo's ``.pxd`` files, so
+the hot paths of the allocators are inlined into its loops exactly as they
+would be in a user's Cython code.  It is written to
+``benchmarks/build/<key>/`` (ignored by git) and built there with Cython +
+setuptools, ``-O2`` and numpy's include directory.  ``<key>`` hashes
+everything the result depends on: the template, pgo's ``.pxd`` files and
+the C headers they include, the Cython (and so Tempita), Python and numpy
+versions and the flags.  An unchanged tree reuses the last build.
 
 Usage from code::
 
     from build import load_c_level
     c_level = load_c_level()          # imports pgo._core.* as a side effect
 
-or ``python3 benchmarks/build.py`` to build (and report where) only.
+or ``python3 benchmarks/build.py`` to build (and report where) only; the
+expanded ``c_level.pyx`` is beside the ``.so`` it prints.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SOURCE = HERE / "c_level.pyx"
+TEMPLATE = HERE / "c_level.pyx.tp"
 BUILD_ROOT = HERE / "build"
 MODULE = "c_level"
 
@@ -39,6 +43,8 @@ ENV_CFLAGS = "PGO_BENCH_CFLAGS"
 
 def compile_args() -> list[str]:
     return EXTRA_COMPILE_ARGS + os.environ.get(ENV_CFLAGS, "").split()
+
+
 DEFINE_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")]
 DIRECTIVES = {
     "language_level": 3,
@@ -60,10 +66,13 @@ def build_key() -> str:
     import numpy
 
     h = hashlib.sha256()
-    h.update(SOURCE.read_bytes())
-    for pxd in sorted((ROOT / "pgo" / "_core").glob("*.pxd")):
-        h.update(pxd.name.encode())
-        h.update(pxd.read_bytes())
+    h.update(TEMPLATE.read_bytes())
+    core = ROOT / "pgo" / "_core"
+    # Every .pxd the template cimports, and the C headers their extern
+    # blocks include (pgo/_core/_c/*.h): an edit to any gives a fresh build.
+    for dep in sorted([*core.rglob("*.pxd"), *core.rglob("*.h")]):
+        h.update(dep.relative_to(core).as_posix().encode())
+        h.update(dep.read_bytes())
     h.update(repr((Cython.__version__, numpy.__version__, sys.version, compile_args(),
                    DEFINE_MACROS, sorted(DIRECTIVES.items()),
                    sysconfig.get_config_var("EXT_SUFFIX"))).encode())
@@ -74,6 +83,16 @@ def _find_built(out: Path) -> Path | None:
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     path = out / f"{MODULE}{suffix}"
     return path if path.exists() else None
+
+
+def generate(out: Path) -> Path:
+    """Expand the template into ``out/c_level.pyx`` and return its path."""
+    from Cython import Tempita
+
+    template = Tempita.Template(TEMPLATE.read_text(), name=TEMPLATE.name)
+    pyx = out / f"{MODULE}.pyx"
+    pyx.write_text(template.substitute())
+    return pyx
 
 
 def build(force: bool = False, verbose: bool = False) -> Path:
@@ -87,15 +106,16 @@ def build(force: bool = False, verbose: bool = False) -> Path:
     if built is not None:
         return built
     out.mkdir(parents=True, exist_ok=True)
+    source = generate(out)
     tmp = out / "tmp"
     ext = Extension(
         MODULE,
-        [str(SOURCE)],
+        [str(source)],
         include_dirs=[numpy.get_include()],
         define_macros=DEFINE_MACROS,
         extra_compile_args=compile_args(),
     )
-    # The generated .c goes next to the build, not next to the .pyx.
+    # The generated .c goes under the build too.
     exts = cythonize(
         [ext],
         include_path=[str(ROOT)],
@@ -117,7 +137,7 @@ def build(force: bool = False, verbose: bool = False) -> Path:
     cmd.run()
     built = _find_built(out)
     if built is None:
-        raise RuntimeError(f"build of {SOURCE} finished but no {MODULE} extension in {out}")
+        raise RuntimeError(f"build of {source} finished but no {MODULE} extension in {out}")
     return built
 
 
