@@ -7,8 +7,8 @@ A bundle is a directory that ``pgo profile`` writes and ``pgo show`` /
     allocations.json       tracemalloc sites (Python objects and numpy data)
                            and their live bytes over time (snapshots), when
                            tracemalloc was on
-    events.trace           numpy data events from the recording handler (binary,
-                           format in pgo._core.recorder)
+    events.trace           numpy data events from the recording handler (binary:
+                           header, blocks of records, footer; see read_events)
     objects.trace          sampled Python object allocations and their frees
                            (same format)
     event_sites.json       the table resolving both traces' site ids
@@ -19,7 +19,10 @@ A bundle is a directory that ``pgo profile`` writes and ``pgo show`` /
     runs/N/                a merged bundle (``pgo merge``): the runs it
                            combines; its own gc.json and cpu.txt sum theirs
 
-Every reader checks the format name and version and raises
+Every writer builds its JSON parts with the ``*_document`` functions here
+and writes them with ``write_json``; the traces are written by the recorder
+(C, in pgo._core) to the layout named here (tests/unit/test_format_pins.py
+pins the two).  Every reader checks the format name and version and raises
 ``ProfileFormatError`` naming the file, the byte offset and the record for
 anything it cannot trust: truncation, bad magic, flipped bits (the trace's
 blocks carry a checksum), absurd counts, wrong JSON types.  Nothing is ever
@@ -33,19 +36,23 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from pgo._errors import ProfileFormatError
 
 __all__ = [
-    "FORMAT", "VERSION", "Bundle", "load", "read_json", "write_json", "read_events",
-    "read_cpu_raw", "speedscope_from_samples", "EVENT_DTYPE", "EVENT_KINDS",
+    "ALLOC", "CALLOC", "EVENT_DTYPE", "EVENT_KINDS", "FORMAT", "FREE", "REALLOC", "VERSION",
+    "Bundle", "EventTrace", "allocations_document", "block_checksum", "event_sites_document",
+    "gc_document", "in_memory", "load", "manifest_document", "pass_level", "read_cpu_raw",
+    "read_events", "read_json", "speedscope_from_samples", "write_json",
 ]
 
+# The bundle's own format: its manifest's name and version.
 FORMAT = "pgo-profile"
 VERSION = 1
 
@@ -60,25 +67,36 @@ CPU_SPEEDSCOPE = "cpu.speedscope.json"
 CHILDREN = "children"
 RUNS = "runs"
 
-# Formats of the JSON parts: (format name, version).
+# Formats of the JSON parts: (format name, version).  Writers build their
+# documents with the *_document functions below, readers check against these.
 JSON_FORMATS = {
-    MANIFEST: ("pgo-profile", 1),
+    MANIFEST: (FORMAT, VERSION),
     ALLOCATIONS: ("pgo-allocations", 1),
     EVENT_SITES: ("pgo-event-sites", 1),
     GC: ("pgo-gc", 1),
 }
+# gc.json: the counts of each generation, the columns of the pauses.
+GC_COUNTS = ("collections", "collected", "uncollectable")
+GC_PAUSE_COLUMNS = ("t_s", "generation", "duration_ns", "collected", "uncollectable")
 
+# The event trace, written by the recorder (C, in pgo._core): a header, blocks
+# of records, a footer.  tests/unit/test_format_pins.py pins the recorder's
+# values to these.
 TRACE_MAGIC = b"PGOTRACE"
 TRACE_VERSION = 1
 TRACE_HEADER = struct.Struct("<8sIIIIQII")   # magic, version, header, record, block max, t0,
                                              # checksum of the 32 bytes before it, zero
-BLOCK_HEADER = struct.Struct("<4sIII")       # b"PGOB", count, seq, checksum
-FOOTER = struct.Struct("<4sIQ")              # b"PGOE", blocks, records
+TRACE_SIGNED = 32                            # the header bytes its checksum covers
+BLOCK_MAGIC = b"PGOB"
+BLOCK_HEADER = struct.Struct("<4sIII")       # BLOCK_MAGIC, count, seq, checksum
+FOOTER_MAGIC = b"PGOE"
+FOOTER = struct.Struct("<4sIQ")              # FOOTER_MAGIC, blocks, records
 EVENT_DTYPE = np.dtype([
     ("t_ns", "<u8"), ("addr", "<u8"), ("size", "<u8"), ("old", "<u8"),
     ("site", "<u4"), ("tid", "<u4"), ("kind", "u1"), ("level", "u1"), ("pad", "V6"),
 ])
-EVENT_KINDS = {1: "alloc", 2: "calloc", 3: "realloc", 4: "free"}
+ALLOC, CALLOC, REALLOC, FREE = 1, 2, 3, 4
+EVENT_KINDS = {ALLOC: "alloc", CALLOC: "calloc", REALLOC: "realloc", FREE: "free"}
 # The recorder writes at most 4096 records per block; a reader accepts up to
 # this many so that a bit flip in a count cannot ask for gigabytes.
 MAX_BLOCK_RECORDS = 1 << 16
@@ -109,6 +127,53 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         f.write(data)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def _document(part: str, fields: dict[str, Any]) -> dict[str, Any]:
+    name, version = JSON_FORMATS[part]
+    return {"format": name, "version": version, **fields}
+
+
+def manifest_document(*, complete: bool, command: list[str], cwd: str, python: str, pid: int,
+                      started_at: str, duration_s: float | None, collectors: dict[str, Any],
+                      warnings: list[str], **more: Any) -> dict[str, Any]:
+    """``manifest.json``: what ran, where, how long, with which collectors
+    (the fields every reader needs), and ``more`` (exit, overhead, versions,
+    host, ...)."""
+    return _document(MANIFEST, {
+        "complete": complete, "command": command, "cwd": cwd, "python": python, "pid": pid,
+        "started_at": started_at, "duration_s": duration_s, "collectors": collectors,
+        "warnings": warnings, **more})
+
+
+def allocations_document(*, nframes: int, sites: list[dict[str, Any]],
+                         snapshots: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    """``allocations.json``: tracemalloc's sites (id, domain, frames, peak and
+    final bytes and counts) and snapshots (t_s, traced_bytes, live rows
+    [site, bytes, count])."""
+    return _document(ALLOCATIONS, {"nframes": nframes, "sites": sites, "snapshots": snapshots,
+                                   **more})
+
+
+def event_sites_document(table: Iterable[tuple[int, str | None, str, str, int]]
+                         ) -> dict[str, Any]:
+    """``event_sites.json`` from the recorder's site table: rows of (id,
+    module, qualname, file, line)."""
+    return _document(EVENT_SITES, {
+        "sites": [{"id": sid, "module": module, "qualname": qualname, "file": file,
+                   "line": line} for sid, module, qualname, file, line in table]})
+
+
+def gc_document(*, thresholds: list[int], generations: list[dict[str, int]],
+                pauses: dict[str, list[Any]], pauses_dropped: int, total_pause_ns: int,
+                wall_s: float, **more: Any) -> dict[str, Any]:
+    """``gc.json``: the thresholds in force, per generation its collections,
+    collected and uncollectable, and every pause as columns (t_s,
+    generation, duration_ns, collected, uncollectable)."""
+    return _document(GC, {
+        "thresholds": thresholds, "generations": generations, "pauses": pauses,
+        "pauses_dropped": pauses_dropped, "total_pause_ns": total_pause_ns, "wall_s": wall_s,
+        **more})
 
 
 def _read_bytes(path: Path, limit: int | None = None) -> bytes:
@@ -211,6 +276,14 @@ class _Checker:
         items: list[Any] = self.get(obj, key, list, where)
         return items
 
+    def row(self, value: Any, kinds: tuple[Any, ...], where: str, shape: str) -> None:
+        """A list of ``len(kinds)`` items of these kinds (``shape`` names them)."""
+        self.check(value, list, where)
+        if len(value) != len(kinds):
+            raise _err(self.path, None, where, f"expected {shape}")
+        for j, kind in enumerate(kinds):
+            self.check(value[j], kind, f"{where}[{j}]")
+
 
 def _show(value: Any) -> str:
     text = json.dumps(value)[:40] if not isinstance(value, (bytes, bytearray)) else repr(value)[:40]
@@ -235,7 +308,8 @@ def read_events(path: str | os.PathLike[str], *, allow_truncated: bool = False) 
     Each block's count is checked against the bytes left before anything is
     allocated, and its checksum against its records.  A file that ends without
     the footer is an error, or with ``allow_truncated`` (a run that did not
-    complete) loads up to its last whole block with a warning.
+    complete) loads up to its last whole block with a warning.  Of several
+    faults, the one nearest the start of the file is reported.
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -249,28 +323,32 @@ def read_events(path: str | os.PathLike[str], *, allow_truncated: bool = False) 
     if version != TRACE_VERSION:
         raise _err(path, 8, "header", f"version {version} is not supported "
                                       f"(this pgo reads version {TRACE_VERSION})")
-    if block_checksum(data[:32]) != head_sum or zero != 0:
-        raise _err(path, 32, "header", "checksum mismatch: the header is corrupt")
+    if block_checksum(data[:TRACE_SIGNED]) != head_sum or zero != 0:
+        raise _err(path, TRACE_SIGNED, "header", "checksum mismatch: the header is corrupt")
     if header_size != TRACE_HEADER.size or record_size != EVENT_DTYPE.itemsize:
         raise _err(path, 12, "header", f"header/record sizes {header_size}/{record_size}, "
                                        f"expected {TRACE_HEADER.size}/{EVENT_DTYPE.itemsize}")
     if not 0 < block_max <= MAX_BLOCK_RECORDS:
         raise _err(path, 20, "header", f"absurd block size {block_max}")
+    # First the blocks' headers, up to the footer or the first fault in their
+    # layout; then the records of the whole blocks before it, all at once.
     pos = TRACE_HEADER.size
-    chunks: list[np.ndarray] = []
+    blocks: list[tuple[int, int, int]] = []        # (offset of the records, count, checksum)
     total = 0
-    seq = 0
     warnings: list[str] = []
+    problem: ProfileFormatError | None = None      # raised if the blocks before it are sound
     complete = False
     end = len(data)
 
     def truncated(what: str) -> None:
-        msg = f"{path}: truncated at byte {pos} after record {total} ({what})"
-        if not allow_truncated:
-            raise _err(path, pos, f"block {seq} (after record {total})", what)
-        warnings.append(msg)
+        nonlocal problem
+        if allow_truncated:
+            warnings.append(f"{path}: truncated at byte {pos} after record {total} ({what})")
+        else:
+            problem = _err(path, pos, f"block {len(blocks)} (after record {total})", what)
 
     while True:
+        seq = len(blocks)
         if pos == end:
             truncated("no footer: the process stopped before the trace was closed")
             break
@@ -278,62 +356,190 @@ def read_events(path: str | os.PathLike[str], *, allow_truncated: bool = False) 
             truncated(f"{end - pos} trailing bytes")
             break
         tag = data[pos:pos + 4]
-        if tag == b"PGOE":
+        if tag == FOOTER_MAGIC:
             if end - pos < FOOTER.size:
                 truncated("partial footer")
                 break
             _, nblocks, nrecords = FOOTER.unpack_from(data, pos)
             if nblocks != seq or nrecords != total:
-                raise _err(path, pos, "footer", f"says {nblocks} blocks / {nrecords} records, "
-                                                f"the file holds {seq} / {total}")
-            if pos + FOOTER.size != end:
-                raise _err(path, pos + FOOTER.size, "after footer",
-                           f"{end - pos - FOOTER.size} unexpected trailing bytes")
-            complete = True
+                problem = _err(path, pos, "footer", f"says {nblocks} blocks / {nrecords} "
+                                                    f"records, the file holds {seq} / {total}")
+            elif pos + FOOTER.size != end:
+                problem = _err(path, pos + FOOTER.size, "after footer",
+                               f"{end - pos - FOOTER.size} unexpected trailing bytes")
+            else:
+                complete = True
             break
-        if tag != b"PGOB":
-            raise _err(path, pos, f"block {seq} (after record {total})",
-                       f"bad block magic {tag!r}")
+        if tag != BLOCK_MAGIC:
+            problem = _err(path, pos, f"block {seq} (after record {total})",
+                           f"bad block magic {tag!r}")
+            break
         if end - pos < BLOCK_HEADER.size:
             truncated("partial block header")
             break
         _, count, bseq, crc = BLOCK_HEADER.unpack_from(data, pos)
         if count == 0 or count > block_max:
-            raise _err(path, pos + 4, f"block {seq} (after record {total})",
-                       f"absurd record count {count} (at most {block_max})")
+            problem = _err(path, pos + 4, f"block {seq} (after record {total})",
+                           f"absurd record count {count} (at most {block_max})")
+            break
         if bseq != seq:
-            raise _err(path, pos + 8, f"block {seq} (after record {total})",
-                       f"sequence number {bseq}, expected {seq}")
-        nbytes = count * EVENT_DTYPE.itemsize
+            problem = _err(path, pos + 8, f"block {seq} (after record {total})",
+                           f"sequence number {bseq}, expected {seq}")
+            break
         body = pos + BLOCK_HEADER.size
+        nbytes = count * EVENT_DTYPE.itemsize
         if end - body < nbytes:
             have = (end - body) // EVENT_DTYPE.itemsize
-            truncated(f"block {seq} holds {count} records, only {have}"
-                      " are in the file")
+            truncated(f"block {seq} holds {count} records, only {have} are in the file")
             break
-        payload = data[body:body + nbytes]
-        if block_checksum(payload) != crc:
-            raise _err(path, body, f"block {seq}, records {total}..{total + count - 1}",
-                       "checksum mismatch: the records are corrupt")
-        block = np.frombuffer(payload, dtype=EVENT_DTYPE)
-        bad = (block["kind"] < 1) | (block["kind"] > 4)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise _err(path, body + i * EVENT_DTYPE.itemsize, f"record {total + i}",
-                       f"unknown event kind {int(block['kind'][i])}")
-        chunks.append(block)
+        blocks.append((body, count, crc))
         total += count
-        seq += 1
         pos = body + nbytes
-    events = np.concatenate(chunks) if chunks else np.empty(0, EVENT_DTYPE)
+    events = _checked_records(path, data, blocks)
+    if problem is not None:
+        raise problem
     return EventTrace(events=events, t0_ns=t0, complete=complete, warnings=warnings)
 
 
-def block_checksum(payload: bytes) -> int:
-    """The recorder's checksum (see pgo._core.recorder) of a header or a
-    block's records."""
-    from pgo._core.recorder import checksum
-    return checksum(payload)
+def _checked_records(path: Path, data: bytes, blocks: list[tuple[int, int, int]]
+                     ) -> np.ndarray:
+    """The records of ``blocks`` (offset, count, checksum) as one array, once
+    every block's checksum and every record's kind are right; else the
+    error of the first block at fault (its checksum before its kinds)."""
+    if not blocks:
+        return np.empty(0, EVENT_DTYPE)
+    rec = EVENT_DTYPE.itemsize
+    body, count, crc = (np.array(col, np.int64) for col in zip(*blocks))
+    first = np.cumsum(count) - count                # records before each block
+    words = np.frombuffer(data, "<u8", count=len(data) // 8)
+    bad = np.flatnonzero(_checksums(words, body // 8, count * (rec // 8)) != crc)
+    b_sum = int(bad[0]) if len(bad) else len(blocks)
+    events = np.concatenate([np.frombuffer(data, EVENT_DTYPE, c, b) for b, c, _ in blocks])
+    kind = events["kind"]
+    bad = np.flatnonzero(kind - np.uint8(ALLOC) > FREE - ALLOC)   # (uint8: 0 wraps round)
+    b_kind = int(np.searchsorted(first, bad[0], "right")) - 1 if len(bad) else len(blocks)
+    if b_sum < len(blocks) and b_sum <= b_kind:
+        offset, n, _ = blocks[b_sum]
+        r0 = int(first[b_sum])
+        raise _err(path, offset, f"block {b_sum}, records {r0}..{r0 + n - 1}",
+                   "checksum mismatch: the records are corrupt")
+    if b_kind < len(blocks):
+        i = int(bad[0])
+        raise _err(path, blocks[b_kind][0] + (i - int(first[b_kind])) * rec, f"record {i}",
+                   f"unknown event kind {int(kind[i])}")
+    return events
+
+
+# -- the trace's checksum and sampling hash ------------------------------------------
+# Both are part of the trace format: the recorder computes them in C
+# (pgo._core), readers with these; tests/unit/test_format_pins.py pins the two.
+
+_GOLDEN = 0x9E3779B97F4A7C15       # 2**64 / the golden ratio: the multiplier of both
+_M64 = (1 << 64) - 1
+_FEW_BLOCKS = 2                    # blocks left at which Python ints beat numpy's call cost
+_TILE_BYTES = 1 << 20
+
+
+def pass_level(addr: int) -> int:
+    """The deepest sample level that still keeps events of ``addr``, 0 to 32
+    (the recorder's address sampling: level L keeps the addresses whose hash
+    has its top 2L bits zero, so every level up to this one keeps them)."""
+    h = ((addr >> 4) * _GOLDEN) & _M64
+    return (64 - h.bit_length()) // 2
+
+
+def block_checksum(payload: bytes | bytearray | memoryview) -> int:
+    """The recorder's checksum of a trace header or of a block's records
+    (its length a multiple of 8)."""
+    n = memoryview(payload).nbytes
+    if n % 8:
+        raise ValueError(f"checksum: length {n} is not a multiple of 8")
+    words = np.frombuffer(payload, "<u8")
+    return int(_checksums(words, np.zeros(1, np.int64), np.array([n // 8], np.int64))[0])
+
+
+def _checksums(words: np.ndarray, starts: np.ndarray, nwords: np.ndarray) -> np.ndarray:
+    """``block_checksum`` of many payloads at once (uint32): payload i is
+    ``words[starts[i]:starts[i] + nwords[i]]``.
+
+    The checksum runs four lanes, h = (h ^ w) * K; h ^= h >> 29, lane l over
+    words 4j + l at step j, the words left over through lane 0, then the
+    length and the lanes through a finalizer.  Each lane is a serial chain,
+    so the speed comes from running the lanes of all payloads side by side,
+    longest first: while the first ``a`` payloads are still running, tiles
+    of steps (a row a step: four words of each of them) are gathered and run
+    through ``_steps``."""
+    nb = len(starts)
+    steps = nwords // 4
+    order = np.argsort(-steps, kind="stable")
+    steps, starts = steps[order], starts[order]
+    h = np.tile(np.arange(1, 5, dtype=np.uint64), nb)   # the lanes, longest payload first
+    windows = _windows(words)
+    until = [*steps.tolist(), 0]          # the first a payloads run steps until[a]..until[a-1]
+    for a in range(nb, 0, -1):
+        chunk = max(1, _TILE_BYTES // (32 * a)) if a > _FEW_BLOCKS else until[a - 1] + 1
+        for j0 in range(until[a], until[a - 1], chunk):
+            j = np.arange(j0, min(j0 + chunk, until[a - 1]), dtype=np.int64)
+            tile = windows[(starts[:a] + 4 * j[:, None]).reshape(-1)].view("<u8")
+            _steps(h[:4 * a], tile.reshape(len(j), 4 * a))
+    lanes = h.reshape(nb, 4)
+    left = nwords[order] - 4 * steps
+    for r in range(3):
+        sel = np.flatnonzero(left > r)
+        x = (lanes[sel, 0] ^ words[starts[sel] + 4 * steps[sel] + r]) * np.uint64(_GOLDEN)
+        lanes[sel, 0] = x ^ (x >> np.uint64(29))
+    out = _fmix(nwords[order].astype(np.uint64) * np.uint64(8))
+    for lane in range(3):
+        out = _fmix(out ^ lanes[:, lane]) * np.uint64(_GOLDEN)
+    out = _fmix(out ^ lanes[:, 3])
+    sums = np.empty(nb, np.uint32)
+    sums[order] = out.astype(np.uint32)
+    return sums
+
+
+def _steps(h: np.ndarray, tile: np.ndarray) -> None:
+    """Run the lanes ``h`` (in place) through the steps of ``tile``, a row of
+    words a step: four numpy calls a step, or, for a few lanes, a Python int
+    holding them all (a lane in each 128-bit slot, room for the product),
+    whose operations cost less than numpy's calls."""
+    n = len(h)
+    if n > 4 * _FEW_BLOCKS:
+        k = np.full(n, _GOLDEN, np.uint64)
+        s29 = np.full(n, 29, np.uint64)
+        t = np.empty(n, np.uint64)
+        for w in tile:
+            np.bitwise_xor(h, w, h)
+            np.multiply(h, k, h)
+            np.right_shift(h, s29, t)
+            np.bitwise_xor(h, t, h)
+        return
+    mask = int.from_bytes((b"\xff" * 8 + bytes(8)) * n, "little")
+    x = int.from_bytes(_slots(h), "little")
+    rows = memoryview(_slots(tile))
+    for w in [int.from_bytes(rows[i:i + 16 * n], "little") for i in range(0, len(rows), 16 * n)]:
+        x = (x ^ w) * _GOLDEN & mask
+        x ^= x >> 29 & mask
+    h[:] = np.frombuffer(x.to_bytes(16 * n, "little"), "<u8")[::2]
+
+
+def _fmix(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def _windows(words: np.ndarray) -> np.ndarray:
+    """Every run of four words (32 bytes) of ``words``, by its first word."""
+    return np.ndarray((max(len(words) - 3, 0),), "V32", buffer=words, strides=(8,))
+
+
+def _slots(values: np.ndarray) -> bytes:
+    """uint64 values, each in a 128-bit slot (little-endian)."""
+    z = np.zeros((values.size, 2), "<u8")
+    z[:, 0] = values.reshape(-1)
+    return z.tobytes()
 
 
 # -- py-spy samples ------------------------------------------------------------------
@@ -537,10 +743,20 @@ def load(path: str | os.PathLike[str], *, events: bool = True, children: bool = 
     bundle = Bundle(path=path, manifest=manifest, allocations=allocations,
                     event_sites=event_sites, gc=gc_part, cpu=cpu, warnings=warnings,
                     children=kids, runs=runs)
-    if events:
-        bundle.events
-        bundle.objects
+    if events:                  # read the traces now, not on first use
+        _ = bundle.events, bundle.objects
     return bundle
+
+
+def in_memory(manifest: dict[str, Any], events: np.ndarray, *,
+              event_sites: dict[str, Any] | None = None, t0_ns: int = 0,
+              path: str = "<in memory>") -> Bundle:
+    """A bundle held in memory, nothing on disk: a manifest
+    (``manifest_document``), a complete numpy event trace (``EVENT_DTYPE``)
+    and its sites (``event_sites_document``); no other part."""
+    return Bundle(path=Path(path), manifest=manifest, allocations=None,
+                  event_sites=event_sites, gc=None, cpu=None, warnings=[], children=[],
+                  _events=EventTrace(events=events, t0_ns=t0_ns, complete=True))
 
 
 def _exit_text(manifest: dict[str, Any]) -> str:
@@ -594,11 +810,7 @@ def _check_allocations(path: Path, a: dict[str, Any]) -> None:
             raise _err(path, None, f"{w}.domain",
                        f"expected 'objects' or 'numpy', got {s['domain']!r}")
         for k, fr in enumerate(c.items(s, "frames", w)):
-            c.check(fr, list, f"{w}.frames[{k}]")
-            if len(fr) != 2:
-                raise _err(path, None, f"{w}.frames[{k}]", "expected [file, line]")
-            c.check(fr[0], str, f"{w}.frames[{k}][0]")
-            c.check(fr[1], int, f"{w}.frames[{k}][1]")
+            c.row(fr, (str, int), f"{w}.frames[{k}]", "[file, line]")
         for key in ("peak_bytes", "peak_count", "final_bytes", "final_count", "snapshots_seen"):
             c.get(s, key, "count", w)
     for i, snap in enumerate(c.items(a, "snapshots", "")):
@@ -606,11 +818,7 @@ def _check_allocations(path: Path, a: dict[str, Any]) -> None:
         c.get(snap, "t_s", "nonneg", w)
         c.get(snap, "traced_bytes", "count", w)
         for k, row in enumerate(c.items(snap, "live", w)):
-            c.check(row, list, f"{w}.live[{k}]")
-            if len(row) != 3:
-                raise _err(path, None, f"{w}.live[{k}]", "expected [site, bytes, count]")
-            for j in range(3):
-                c.check(row[j], "count", f"{w}.live[{k}][{j}]")
+            c.row(row, ("count",) * 3, f"{w}.live[{k}]", "[site, bytes, count]")
             if row[0] not in ids:
                 raise _err(path, None, f"{w}.live[{k}][0]", f"unknown site id {row[0]}")
 
@@ -632,11 +840,11 @@ def _check_gc(path: Path, g: dict[str, Any]) -> None:
     for i, t in enumerate(thresholds):
         c.check(t, "count", f"thresholds[{i}]")
     for i, gen in enumerate(c.items(g, "generations", "")):
-        for key in ("collections", "collected", "uncollectable"):
+        for key in GC_COUNTS:
             c.get(gen, key, "count", f"generations[{i}]")
     pauses = c.get(g, "pauses", dict, "")
     lengths = set()
-    for key in ("t_s", "generation", "duration_ns", "collected", "uncollectable"):
+    for key in GC_PAUSE_COLUMNS:
         col = c.items(pauses, key, "pauses")
         lengths.add(len(col))
         kind = "nonneg" if key == "t_s" else "count"
@@ -721,20 +929,18 @@ def merge(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
     gcs = [(b.gc, off) for b, off in zip(bundles, np.cumsum([0.0] + durations[:-1])) if b.gc]
     if gcs:
         g0 = gcs[0][0]
-        cols = ("t_s", "generation", "duration_ns", "collected", "uncollectable")
-        pauses: dict[str, list[Any]] = {c: [] for c in cols}
+        pauses: dict[str, list[Any]] = {c: [] for c in GC_PAUSE_COLUMNS}
         for g, off in gcs:
-            for c in cols:
+            for c in GC_PAUSE_COLUMNS:
                 pauses[c] += ([round(x + off, 6) for x in g["pauses"][c]] if c == "t_s"
                               else g["pauses"][c])
-        write_json(out / GC, {
-            "format": "pgo-gc", "version": 1, "thresholds": g0["thresholds"],
-            "generations": [{k: sum(g["generations"][i][k] for g, _ in gcs)
-                             for k in ("collections", "collected", "uncollectable")}
-                            for i in range(len(g0["generations"]))],
-            "pauses": pauses, "pauses_dropped": sum(g["pauses_dropped"] for g, _ in gcs),
-            "total_pause_ns": sum(g["total_pause_ns"] for g, _ in gcs),
-            "wall_s": round(sum(g["wall_s"] for g, _ in gcs), 6)})
+        write_json(out / GC, gc_document(
+            thresholds=g0["thresholds"],
+            generations=[{k: sum(g["generations"][i][k] for g, _ in gcs) for k in GC_COUNTS}
+                         for i in range(len(g0["generations"]))],
+            pauses=pauses, pauses_dropped=sum(g["pauses_dropped"] for g, _ in gcs),
+            total_pause_ns=sum(g["total_pause_ns"] for g, _ in gcs),
+            wall_s=round(sum(g["wall_s"] for g, _ in gcs), 6)))
     stacks: dict[tuple[str, ...], int] = {}
     for b in bundles:
         for k, v in (b.cpu or {}).items():

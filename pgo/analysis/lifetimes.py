@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ALLOC, CALLOC, REALLOC, FREE = 1, 2, 3, 4
+from pgo.bundle import FREE, REALLOC, pass_level
 
 
 @dataclass
@@ -112,14 +112,6 @@ def _inherit_realloc_sites(site: np.ndarray, ev: np.ndarray, death_ev: np.ndarra
         j = died_at.get(int(ev[i]))
         if j is not None:
             site[i] = site[j]
-
-
-def pass_level(addr: int) -> int:
-    """The deepest sample level that still keeps events of ``addr`` (the
-    recorder's pgo_rec_keep: level L keeps addresses whose hash has its top
-    2L bits zero)."""
-    h = ((addr >> 4) * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)
-    return (64 - h.bit_length()) // 2
 
 
 def _censor_times(events: np.ndarray, t: np.ndarray, ev: np.ndarray,

@@ -18,11 +18,9 @@ disk) whose event trace interleaves, in time, sites of these kinds:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from pgo.bundle import EVENT_DTYPE, Bundle, EventTrace
+from pgo import bundle as fmt
 
 KINDS = ("lifo-scratch", "scoped-temporaries", "fixed-size-churn", "large-repeated",
          "long-lived")
@@ -80,7 +78,7 @@ def _large(t: _Trace, site: int, rng: np.random.Generator, reps: int) -> None:
 
 
 def make_bundle(spec: dict[str, int], *, seed: int = 0, reps: int = 20, passes: int = 10,
-                event_s: float = 1e-6) -> tuple[Bundle, dict[int, str]]:
+                event_s: float = 1e-6) -> tuple[fmt.Bundle, dict[int, str]]:
     """A bundle with ``spec[kind]`` sites of each kind; returns it and the
     site id -> kind labels.  Sites take turns (``passes`` rounds of about
     ``reps`` events each), so every kind spans the whole run; events are
@@ -95,9 +93,8 @@ def make_bundle(spec: dict[str, int], *, seed: int = 0, reps: int = 20, passes: 
         for _ in range(spec.get(kind, 0)):
             labels[next_site] = kind
             per_kind.setdefault(kind, []).append(next_site)
-            sites_table.append({"id": next_site, "module": f"synthetic.{kind.replace('-', '_')}",
-                                "qualname": f"f{next_site}", "file": "synthetic.py",
-                                "line": next_site})
+            sites_table.append((next_site, f"synthetic.{kind.replace('-', '_')}",
+                                f"f{next_site}", "synthetic.py", next_site))
             next_site += 1
     for site in per_kind.get("long-lived", []):
         for _ in range(4):
@@ -118,8 +115,7 @@ def make_bundle(spec: dict[str, int], *, seed: int = 0, reps: int = 20, passes: 
             else:
                 _large(t, s, rng, max(1, reps // 10))
     n = len(t.rows)
-    ev = np.zeros(n, EVENT_DTYPE)
-    duration_s = 0.0
+    ev = np.zeros(n, fmt.EVENT_DTYPE)
     if n:
         arr = np.array(t.rows, dtype=np.uint64)
         ev["kind"] = arr[:, 0]
@@ -129,14 +125,11 @@ def make_bundle(spec: dict[str, int], *, seed: int = 0, reps: int = 20, passes: 
         ev["tid"] = arr[:, 4]
         ev["t_ns"] = (np.arange(n, dtype=np.float64) * event_s * 1e9).astype(np.uint64) + 1
     duration_s = n * event_s
-    manifest = {"format": "pgo-profile", "version": 1, "complete": True,
-                "command": ["synthetic"], "cwd": "/", "python": "3.11", "pid": 1,
-                "started_at": "2026-01-01T00:00:00+00:00", "duration_s": duration_s,
-                "collectors": {"events": {"status": "ok"}, "objects": {"status": "off"}},
-                "warnings": [], "exit": {"code": 0, "signal": None}}
-    bundle = Bundle(path=Path("<synthetic>"), manifest=manifest, allocations=None,
-                    event_sites={"format": "pgo-event-sites", "version": 1,
-                                 "sites": sites_table},
-                    gc=None, cpu=None, warnings=[], children=[],
-                    _events=EventTrace(events=ev, t0_ns=0, complete=True))
+    manifest = fmt.manifest_document(
+        complete=True, command=["synthetic"], cwd="/", python="3.11", pid=1,
+        started_at="2026-01-01T00:00:00+00:00", duration_s=duration_s,
+        collectors={"events": {"status": "ok"}, "objects": {"status": "off"}},
+        warnings=[], exit={"code": 0, "signal": None})
+    bundle = fmt.in_memory(manifest, ev, event_sites=fmt.event_sites_document(sites_table),
+                           path="<synthetic>")
     return bundle, labels

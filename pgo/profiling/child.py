@@ -13,8 +13,7 @@ import sys
 
 from pgo import _target
 from pgo.profiling.options import Options
-from pgo.profiling.session import Profiler, _register_exit
-
+from pgo.profiling.session import Profiler, register_exit
 
 
 def main() -> int:
@@ -54,7 +53,7 @@ def start_child(spec: str) -> None:
                         command=list(getattr(sys, "orig_argv", sys.argv)),
                         target={"kind": "child", "parent_pid": os.getppid()})
     profiler.start()
-    _register_exit(profiler)
+    register_exit(profiler)
 
 
 if __name__ == "__main__":

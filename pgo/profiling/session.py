@@ -40,7 +40,7 @@ import threading
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +233,7 @@ class Profiler:
         self._write_manifest(complete=True, duration=duration, exit_code=exit_code)
 
     def _teardown(self) -> None:
-        if self._gc is not None:
-            try:
-                gc.callbacks.remove(self._gc_callback)
-            except ValueError:
-                pass
+        self._remove_gc_callback()
         if self._own_tracemalloc and tracemalloc.is_tracing():
             tracemalloc.stop()
             self._own_tracemalloc = False
@@ -245,6 +241,13 @@ class Profiler:
             from pgo._core import recorder
             if recorder.running() and self._recorder_stats is None:
                 self._recorder_stats = recorder.stop()
+
+    def _remove_gc_callback(self) -> None:
+        if self._gc is not None:
+            try:
+                gc.callbacks.remove(self._gc_callback)
+            except ValueError:
+                pass
 
     def _recording(self) -> bool:
         return self.options.events or self.options.objects
@@ -292,7 +295,7 @@ class Profiler:
             table = recorder.sites()
             if len(table) != self._event_sites_n:
                 self._event_sites_n = len(table)
-                fmt.write_json(self.dir / fmt.EVENT_SITES, _event_sites_json(table))
+                fmt.write_json(self.dir / fmt.EVENT_SITES, fmt.event_sites_document(table))
         self._flush_s += time.thread_time() - t
 
     def _snapshot(self, final: bool = False) -> float:
@@ -391,24 +394,21 @@ class Profiler:
         if st is None:
             return
         stats1 = gc.get_stats()
-        gens = []
-        for before, after in zip(st.stats0, stats1):
-            gens.append({k: max(0, after[k] - before[k])
-                         for k in ("collections", "collected", "uncollectable")})
-        fmt.write_json(self.dir / fmt.GC, {
-            "format": "pgo-gc", "version": 1,
-            "thresholds": list(st.thresholds),
-            "thresholds_at_end": list(gc.get_threshold()),
-            "enabled_at_end": gc.isenabled(),
-            "freeze_count_at_end": gc.get_freeze_count(),
-            "generations": gens,
-            "pauses": {"t_s": [round(x, 6) for x in st.t], "generation": list(st.gen),
-                       "duration_ns": list(st.dur), "collected": list(st.collected),
-                       "uncollectable": list(st.uncollectable)},
-            "pauses_dropped": st.dropped,
-            "total_pause_ns": st.total_ns,
-            "wall_s": round(duration, 6),
-        })
+        gens = [{k: max(0, after[k] - before[k]) for k in fmt.GC_COUNTS}
+                for before, after in zip(st.stats0, stats1)]
+        fmt.write_json(self.dir / fmt.GC, fmt.gc_document(
+            thresholds=list(st.thresholds),
+            thresholds_at_end=list(gc.get_threshold()),
+            enabled_at_end=gc.isenabled(),
+            freeze_count_at_end=gc.get_freeze_count(),
+            generations=gens,
+            pauses={"t_s": [round(x, 6) for x in st.t], "generation": list(st.gen),
+                    "duration_ns": list(st.dur), "collected": list(st.collected),
+                    "uncollectable": list(st.uncollectable)},
+            pauses_dropped=st.dropped,
+            total_pause_ns=st.total_ns,
+            wall_s=round(duration, 6),
+        ))
 
     # -- events ---------------------------------------------------------------------
 
@@ -421,7 +421,7 @@ class Profiler:
                 self._recorder_stats = recorder.stop()
         if self._recorder_stats is not None:
             fmt.write_json(self.dir / fmt.EVENT_SITES,
-                           _event_sites_json(self._recorder_stats["sites"]))
+                           fmt.event_sites_document(self._recorder_stats["sites"]))
 
     # -- writing --------------------------------------------------------------------
 
@@ -438,14 +438,13 @@ class Profiler:
                           "frames": [[f, int(line)] for f, line in frames],
                           "peak_bytes": p[0], "peak_count": p[1], "snapshots_seen": p[2],
                           "final_bytes": p[3], "final_count": p[4]})
-        fmt.write_json(self.dir / fmt.ALLOCATIONS, {
-            "format": "pgo-allocations", "version": 1,
-            "nframes": self.options.nframes,
-            "traced_peak_bytes": self._tracemalloc_peak,
-            "snapshot_count": len(self._snapshots),
-            "sites": sites,
-            "snapshots": self._snapshots,
-        })
+        fmt.write_json(self.dir / fmt.ALLOCATIONS, fmt.allocations_document(
+            nframes=self.options.nframes,
+            traced_peak_bytes=self._tracemalloc_peak,
+            snapshot_count=len(self._snapshots),
+            sites=sites,
+            snapshots=self._snapshots,
+        ))
 
     def _collectors(self) -> dict:
         o = self.options
@@ -493,39 +492,31 @@ class Profiler:
                     "allocation and the recorder's per-event cost come on top (see "
                     "benchmarks/bench_profile_overhead.py for wall-time ratios)",
         }
-        import numpy
-        fmt.write_json(self.dir / fmt.MANIFEST, {
-            "format": fmt.FORMAT, "version": fmt.VERSION,
-            "complete": complete,
-            "command": self.command,
-            "target": self.target,
-            "cwd": os.getcwd(),
-            "python": sys.version.split()[0],
-            "implementation": platform.python_implementation(),
-            "numpy": numpy.__version__,
-            "pgo": __version__,
-            "host": socket.gethostname(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "pid": self.pid,
-            "ppid": os.getppid(),
-            "started_at": datetime.fromtimestamp(self.t0_wall, timezone.utc).isoformat(),
-            "start_unix": round(self.t0_wall, 6),
-            "t0_monotonic_ns": self.t0_ns,
-            "duration_s": round(duration, 6) if duration is not None else None,
-            "exit": {"code": exit_code, "signal": None},
-            "collectors": self._collectors(),
-            "overhead": overhead,
-            "warnings": list(self._warnings) + ([
-                f"the program forked {self._forks} time(s); the children were not profiled "
-                f"(--follow-children profiles them)"] if self._forks else []),
-        })
-
-
-def _event_sites_json(table: list) -> dict:
-    return {"format": "pgo-event-sites", "version": 1,
-            "sites": [{"id": sid, "module": module, "qualname": qualname, "file": file,
-                       "line": line} for sid, module, qualname, file, line in table]}
+        forks = [(f"the program forked {self._forks} time(s); the children were not "
+                  f"profiled (--follow-children profiles them)")] if self._forks else []
+        fmt.write_json(self.dir / fmt.MANIFEST, fmt.manifest_document(
+            complete=complete,
+            command=self.command,
+            target=self.target,
+            cwd=os.getcwd(),
+            python=sys.version.split()[0],
+            implementation=platform.python_implementation(),
+            numpy=np.__version__,
+            pgo=__version__,
+            host=socket.gethostname(),
+            platform=platform.platform(),
+            cpu_count=os.cpu_count(),
+            pid=self.pid,
+            ppid=os.getppid(),
+            started_at=datetime.fromtimestamp(self.t0_wall, UTC).isoformat(),
+            start_unix=round(self.t0_wall, 6),
+            t0_monotonic_ns=self.t0_ns,
+            duration_s=round(duration, 6) if duration is not None else None,
+            exit={"code": exit_code, "signal": None},
+            collectors=self._collectors(),
+            overhead=overhead,
+            warnings=list(self._warnings) + forks,
+        ))
 
 
 # -- fork ------------------------------------------------------------------------------
@@ -541,28 +532,26 @@ def _after_fork_in_child() -> None:
     parent._recorder_stats = {}
     if tracemalloc.is_tracing():
         tracemalloc.clear_traces()
-    if parent._gc is not None:
-        try:
-            gc.callbacks.remove(parent._gc_callback)
-        except ValueError:
-            pass
+    parent._remove_gc_callback()
     _active = None
     child_dir = parent.dir / fmt.CHILDREN / str(os.getpid())
     child = Profiler(child_dir, parent.options, command=parent.command,
                      target=dict(parent.target, forked_from=parent.pid))
     # tracemalloc is inherited, already tracing: the child does not own it
     # but must not leave it to the parent either.
-    child.options = Options(**{**parent.options.to_json()})
+    child.options = Options(**parent.options.to_json())
     try:
         child.start()
     except Exception as e:                          # pragma: no cover - reported
         print(f"pgo profile: cannot profile forked child {os.getpid()}: {e}", file=sys.stderr)
         return
     child._own_tracemalloc = True
-    _register_exit(child)
+    register_exit(child)
 
 
-def _register_exit(profiler: Profiler) -> None:
+def register_exit(profiler: Profiler) -> None:
+    """Stop ``profiler`` (writing its bundle) when this process exits, by
+    atexit or, in a multiprocessing child, by its finalizers."""
     atexit.register(profiler.stop)
     # multiprocessing's children leave through os._exit after running its
     # finalizers, never through atexit; and a forked worker clears the

@@ -584,6 +584,41 @@ def test_hand_written_inconsistencies(tmp_path, case, pattern):
             fmt.read_events(p, allow_truncated=allow)
 
 
+@pytest.mark.parametrize("faults, pattern", [
+    # (block 0's fault, block 1's fault): the one nearer the start is named.
+    (("kind", "crc"), r"record 2: unknown event kind 9"),
+    (("crc", "kind"), r"block 0, records 0\.\.4: checksum mismatch"),
+    (("crc+kind", None), r"block 0, records 0\.\.4: checksum mismatch"),
+    ((None, "crc+seq"), r"block 1, records 5\.\.8: checksum mismatch"),
+    (("kind", "magic"), r"record 2: unknown event kind 9"),
+    ((None, "magic"), r"block 2 \(after record 9\): bad block magic b'JUNK'"),
+    (("crc", "cut"), r"block 0, records 0\.\.4: checksum mismatch"),
+])
+def test_of_several_faults_the_first_in_the_file_is_named(tmp_path, faults, pattern):
+    # The block headers are walked first, the records then checked all at
+    # once: the error is still the one a block-by-block reader meets first.
+    blocks = [records(5), records(4, start=5)]
+    crcs = [fmt.block_checksum(b.tobytes()) for b in blocks]
+    seqs = [0, 1]
+    for i, fault in enumerate(faults):
+        if fault and "kind" in fault:
+            blocks[i]["kind"][2] = 9
+            crcs[i] = fmt.block_checksum(blocks[i].tobytes())
+        if fault and "crc" in fault:
+            crcs[i] ^= 1
+        if fault and "seq" in fault and i + 1 < len(seqs):
+            seqs[i + 1] = 7
+    data = make_trace(blocks, crcs=crcs, seqs=seqs, footer=faults[1] not in ("magic", "cut"))
+    if faults[1] == "magic":
+        data += b"JUNK" * 4
+    if faults[1] == "cut":
+        data = data[:-20]
+    p = write(tmp_path, data)
+    for allow in (False, True):
+        with pytest.raises(ProfileFormatError, match=pattern):
+            fmt.read_events(p, allow_truncated=allow)
+
+
 @pytest.mark.parametrize("garbage", [b"\0", b"PGOE", b"x" * 100, FOOTER.pack(b"PGOE", 0, 0)])
 def test_trailing_bytes_after_the_footer_are_an_error(trace, tmp_path, garbage):
     p = write(tmp_path, trace.data + garbage)

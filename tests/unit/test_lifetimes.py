@@ -5,9 +5,7 @@ import numpy as np
 
 from pgo.analysis.lifetimes import pair
 from pgo.analysis.summary import is_growing
-from pgo.bundle import EVENT_DTYPE
-
-ALLOC, CALLOC, REALLOC, FREE = 1, 2, 3, 4
+from pgo.bundle import ALLOC, EVENT_DTYPE, FREE, REALLOC, pass_level
 
 
 def trace(rows):
@@ -79,7 +77,6 @@ def test_growth_detector():
 
 
 def test_blocks_the_budget_stopped_following_are_censored_not_alive():
-    from pgo.analysis.lifetimes import pass_level
     dropped = next(a for a in range(0x1000, 0x100000, 16) if pass_level(a) == 0)
     kept = next(a for a in range(0x1000, 0x100000, 16) if pass_level(a) >= 2)
     ev = trace([
