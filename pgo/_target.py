@@ -253,14 +253,26 @@ def read_status(fd: int) -> dict[str, Any]:
         return {}
 
 
-def child_target(control: dict[str, Any]) -> Target | None:
-    """In a child process: the target its launcher sent, or None (and an
-    error on the status line) when a ``-m`` module cannot run."""
+def child_target(spec: str) -> tuple[dict[str, Any], int | None, Target | None]:
+    """In a child process: the control its launcher sent (JSON), the status
+    pipe's fd, and the target; None for the target (and an error on the
+    status line) when a ``-m`` module cannot run."""
+    import json
+    control = json.loads(spec)
+    fd = control.get("status_fd")
     target = Target.from_json(control["target"])
     if target.kind == "module":
         try:
             check_module(target.name)
         except TargetError as e:
-            send_status(control.get("status_fd"), error=str(e))
-            return None
-    return target
+            send_status(fd, error=str(e))
+            return control, fd, None
+    return control, fd, target
+
+
+def started(fd: int | None) -> None:
+    """In a child process: tell the launcher the target is about to run, and
+    close the status pipe (the target must not inherit it)."""
+    send_status(fd, started=True, pid=os.getpid())
+    if fd is not None:
+        os.close(fd)

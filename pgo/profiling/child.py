@@ -17,9 +17,7 @@ from pgo.profiling.session import Profiler, register_exit
 
 
 def main() -> int:
-    control = json.loads(sys.argv[1])
-    fd = control.get("status_fd")
-    target = _target.child_target(control)
+    control, fd, target = _target.child_target(sys.argv[1])
     if target is None:
         return 2
     profiler = Profiler(control["bundle"], Options.from_json(control["options"]),
@@ -36,9 +34,7 @@ def main() -> int:
     # to scan: frozen, the collector sees what it would without pgo.
     gc.collect()
     gc.freeze()
-    _target.send_status(fd, started=True, pid=os.getpid())
-    if fd is not None:
-        os.close(fd)
+    _target.started(fd)
     code = _target.run(target)
     exit_code[0] = code
     return code

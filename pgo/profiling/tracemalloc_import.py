@@ -57,20 +57,19 @@ def bundle_from_dump(dump: os.PathLike | str, directory: os.PathLike | str, *,
         live.append([sid, b, n])
         total += b
     directory.mkdir(parents=True, exist_ok=True)
-    fmt.write_json(directory / fmt.ALLOCATIONS, {
-        "format": "pgo-allocations", "version": 1, "nframes": snap.traceback_limit,
-        "traced_peak_bytes": total, "snapshot_count": 1, "sites": sites,
-        "snapshots": [{"t_s": 0.0, "traced_bytes": total, "live": live}]})
+    fmt.write_json(directory / fmt.ALLOCATIONS, fmt.allocations_document(
+        nframes=snap.traceback_limit, sites=sites,
+        snapshots=[{"t_s": 0.0, "traced_bytes": total, "live": live}],
+        traced_peak_bytes=total, snapshot_count=1))
     now = time.time()
-    fmt.write_json(directory / fmt.MANIFEST, {
-        "format": fmt.FORMAT, "version": fmt.VERSION, "complete": True,
-        "command": [], "target": {"kind": "tracemalloc-dump", "name": os.fspath(dump)},
-        "cwd": os.getcwd(), "python": "unknown", "numpy": "unknown", "pgo": __version__,
-        "pid": 0, "started_at": datetime.fromtimestamp(now, timezone.utc).isoformat(),
-        "start_unix": now, "duration_s": None, "exit": {"code": None, "signal": None},
-        "collectors": {"tracemalloc": {"status": "imported", "source": os.fspath(dump)},
-                       "events": {"status": "off"}, "gc": {"status": "off"},
-                       "cpu": {"status": "off"}},
-        "overhead": {}, "warnings": ["made from a single tracemalloc snapshot: no lifetimes, "
-                                     "events, GC or CPU data"]})
+    fmt.write_json(directory / fmt.MANIFEST, fmt.manifest_document(
+        complete=True, command=[], cwd=os.getcwd(), python="unknown", pid=0,
+        started_at=datetime.fromtimestamp(now, timezone.utc).isoformat(), duration_s=None,
+        collectors={"tracemalloc": {"status": "imported", "source": os.fspath(dump)},
+                    "events": {"status": "off"}, "gc": {"status": "off"},
+                    "cpu": {"status": "off"}},
+        warnings=["made from a single tracemalloc snapshot: no lifetimes, events, GC or CPU "
+                  "data"],
+        target={"kind": "tracemalloc-dump", "name": os.fspath(dump)}, numpy="unknown",
+        pgo=__version__, start_unix=now, exit={"code": None, "signal": None}, overhead={}))
     return directory

@@ -6,8 +6,6 @@ file (``--stats``) at exit, after the target's own atexit handlers."""
 from __future__ import annotations
 
 import atexit
-import json
-import os
 import sys
 
 from pgo import _target
@@ -15,9 +13,7 @@ from pgo._errors import PgoError
 
 
 def main() -> int:
-    control = json.loads(sys.argv[1])
-    fd = control.get("status_fd")
-    target = _target.child_target(control)
+    control, fd, target = _target.child_target(sys.argv[1])
     if target is None:
         return 2
     from pgo import runtime
@@ -28,9 +24,7 @@ def main() -> int:
         return 2
     if control.get("stats"):
         atexit.register(runtime.write_stats, rt, control["stats"])
-    _target.send_status(fd, started=True, pid=os.getpid())
-    if fd is not None:
-        os.close(fd)
+    _target.started(fd)
     return _target.run(target, compiler=rt.compiler(), init_globals=rt.init_globals())
 
 

@@ -61,7 +61,7 @@ class SiteRouter:
                 return fn
             capsule = self._capsule(key)
             counts = self.routed
-            from pgo._core.numpy_bridge import _swap_handler as swap
+            from pgo._core.numpy_bridge import swap_handler as swap
 
             # What pgo.use() does, without its stack of saved handlers: the
             # handler before the call stays in this frame (0.3 µs a call
