@@ -24,6 +24,48 @@
 - ``freeze_after_startup``: ``gc.freeze()`` at ``startup_s`` after start
   (a timer thread): what start-up built is never scanned again.
 
+Python versions
+---------------
+All of the above is written for the collector of CPython 3.11, 3.12 and
+3.13 (the GIL build): three generations; ``gc.set_threshold(t0, t1, t2)``
+where ``t2`` (with the 25% rule) gates full collections, which is the
+switch ``"growth"`` turns off; ``gc.get_stats()[2]`` counting full
+collections.  The suite runs on those three.  On any other version --
+or a free-threaded build, whose collector is not generational -- a GC
+plan is refused: ``GCPolicy(plan)`` (so ``pgo run`` and
+``pgo.runtime.apply`` before anything is applied) raises
+``pgo.ConfigError`` naming the version, and says to drop the ``[gc]``
+table or to run under 3.11-3.13.  It does not guess, because:
+
+- Python 3.14.0 shipped an incremental collector (gh-108362; documented
+  in GH-123266, Doc/library/gc.rst and What's New, which PR #125453
+  moved from 3.13 to 3.14).  It has two generations, young and old.  An
+  automatic collection collects the young generation *and an increment
+  of the old one*, so the old generation is scanned a slice at a time
+  alongside the young collections, never in a pass of its own.
+  ``gc.collect(1)`` does one increment; ``gc.collect()`` is still a full
+  collection.
+  ``gc.get_threshold()`` still returns three values, with new meanings:
+  the first is the young generation's threshold as before, the second
+  sets how fast the old generation is scanned (default 10; higher is
+  slower), the third means nothing (always 0); ``gc.set_threshold``
+  ignores anything after its second argument.  ``gc.get_count()`` and
+  ``gc.get_stats()`` keep their shapes but not their meanings.
+- For this policy that means: ``thresholds`` from a 3.11-3.13 profile
+  would be misread (``t1``, a young-collections-per-generation-1 count,
+  would become the old generation's scan rate; ``t2`` would be dropped);
+  ``full_collection = "growth"`` would lose its off switch (a third
+  threshold of ``UNREACHABLE`` is ignored), so the automatic increments
+  of the old generation would go on and the policy's growth-triggered
+  ``gc.collect()`` calls would come on top of them: more GC work, not
+  less; the backoff counts ``gc.get_stats()[2]`` collections, which no
+  longer mean whole-heap passes.  (``gc.freeze()`` is unchanged.)
+- Python 3.14.5 (May 2026) went back to 3.13's generational collector
+  (gh-142516 / GH-148726, "Forward-port generational GC": PR #148720 for
+  3.14, #148746 for 3.15), so "3.14" alone does not say which collector
+  runs.  Adding 3.14.5+ to ``SUPPORTED_PYTHONS`` needs this module's
+  tests run on it first.
+
 # NOTE: threads.  The callback runs with the GIL, in whichever thread
 # triggered the collection; it only reads a counter and sets an Event.  The
 # collector thread holds no lock while collecting.
@@ -33,21 +75,59 @@ from __future__ import annotations
 
 import gc
 import sys
+import sysconfig
 import threading
 import time
 from typing import Any
 
+from pgo._errors import ConfigError
 from pgo.config import GCPlan
 
 UNREACHABLE = 1_000_000_000   # a third threshold no program reaches
 MIN_HEAP_BLOCKS = 100_000     # never trigger below this many blocks (start-up noise)
 POLL_S = 0.005                # with automatic collections off: how often to look
 MAX_FACTOR = 64.0             # the backoff's bound
+# The (major, minor) versions whose collector this policy knows and is tested on.
+SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
+
+
+def check_python(source: str | None = None) -> None:
+    """Raise ``ConfigError`` unless this interpreter's collector is one
+    the policy knows: CPython 3.11-3.13 with the GIL (see the module's
+    docstring).  ``source``: the config's name, for the message."""
+    v = sys.version_info
+    name = sys.implementation.name
+    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    if name == "cpython" and (v[0], v[1]) in SUPPORTED_PYTHONS and not free_threaded:
+        return
+    here = (f"{'CPython' if name == 'cpython' else name} {v[0]}.{v[1]}.{v[2]}"
+            f"{' (free-threaded)' if free_threaded else ''}")
+    if free_threaded:
+        why = "the free-threaded build's collector is not generational"
+    elif name != "cpython":
+        why = "the policy drives CPython's collector"
+    elif (v[0], v[1]) == (3, 14):
+        why = ("3.14.0-3.14.4 collect the old generation incrementally and ignore a third "
+               "threshold, 3.14.5 went back to 3.13's collector; neither is tested")
+    else:
+        why = "its gc.set_threshold() may mean something else"
+    known = [f"{a}.{b}" for a, b in SUPPORTED_PYTHONS]
+    raise ConfigError(
+        f"{source + ': ' if source else ''}[gc]: pgo's GC policy knows the collectors of "
+        f"CPython {', '.join(known)}; this is {here} ({why}), so the GC plan is not applied "
+        f"and nothing else is either.  Remove the [gc] table from the config to run with the "
+        f"rest of it, or run the program under CPython {', '.join(known[:-1])} or {known[-1]}.")
 
 
 class GCPolicy:
-    def __init__(self, plan: GCPlan) -> None:
+    """Raises ``ConfigError`` (from the constructor, before anything is
+    changed, and again from ``start()``) on a Python whose collector it
+    does not know: see ``check_python``."""
+
+    def __init__(self, plan: GCPlan, source: str | None = None) -> None:
+        check_python(source)
         self.plan = plan
+        self.source = source
         self.full_collections = 0
         self.full_collection_s = 0.0
         self.frozen = 0
@@ -61,6 +141,7 @@ class GCPolicy:
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
+        check_python(self.source)
         p = self.plan
         self._previous = gc.get_threshold()
         if p.thresholds is not None:
