@@ -6,14 +6,27 @@ filled with 0xA5 when handed out and 0x5A when freed, so that a read of freed
 memory shows up as a pattern rather than as plausible data.
 """
 
+import glob
 import os
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "numpy_bridge",
-           "containers", "recorder"]
+MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "_handler_hook",
+           "numpy_bridge", "containers", "recorder"]
+
+# pgo's hand-written C: the headers (each declared for Cython by the .pxd of
+# the same name) and the .c sources linked into the modules that need them.
+# A .c with state of its own is linked into one module only.
+C_DIR = "pgo/_core/_c"
+C_SOURCES = {
+    "_base": ["pgo_fork.c"],
+    "numpy_bridge": ["pgo_sys_path.c"],
+    "recorder": ["pgo_hash.c", "pgo_trace.c", "pgo_sites.c", "pgo_rec_handler.c",
+                 "pgo_objsampler.c"],
+}
+HEADERS = sorted(glob.glob(f"{C_DIR}/*.h"))
 
 TEST_BUILD = os.environ.get("PGO_TEST_BUILD", "") not in ("", "0")
 
@@ -37,8 +50,9 @@ if TEST_BUILD:
 extensions = [
     Extension(
         f"pgo._core.{name}",
-        [f"pgo/_core/{name}.pyx"],
-        include_dirs=[numpy.get_include()],
+        [f"pgo/_core/{name}.pyx"] + [f"{C_DIR}/{c}" for c in C_SOURCES.get(name, [])],
+        include_dirs=[numpy.get_include(), C_DIR],
+        depends=HEADERS,
         define_macros=DEFINE_MACROS,
         undef_macros=UNDEF_MACROS,
         extra_compile_args=EXTRA_COMPILE_ARGS,

@@ -3,7 +3,10 @@
 # C hooks each allocator family fills in), plus pgo_raise, which turns the
 # error codes of the noexcept C paths into Python exceptions.
 
-from pgo._core._typedefs cimport pgo_backend_t, pgo_lock_t, pgo_stats_t
+from pgo._core._typedefs cimport (
+    PGO_OK, pgo_alloc_fn, pgo_backend_t, pgo_free_fn, pgo_lock, pgo_lock_t, pgo_locked_fn,
+    pgo_stats_t, pgo_unlock,
+)
 
 # Raises the exception for `code` (MemoryError naming nbytes, ValueError for
 # a bad alignment, pgo.AllocatorError for misuse) and returns -1.  Callable
@@ -18,6 +21,59 @@ cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align)
 # For misuse of a pointer (free, release): the message names the address.
 cdef int pgo_raise_at(int code, const char* who, const void* p) except -1 with gil
 cdef int pgo_fail_at(int code, const char* who, const void* p) noexcept nogil
+
+# A one-buffer allocator (stack, linear): a zeroed struct of struct_size
+# bytes whose first field, a char*, is set to a new buffer of `capacity`
+# bytes (64-byte aligned; filled in the test build, a valgrind pool);
+# pgo_buffer_init sets the fields that follow from the buffer.  NULL with
+# MemoryError naming `who` when the system refuses.
+cdef void* pgo_buffer_new(size_t struct_size, size_t capacity, const char* who) except NULL nogil
+cdef void pgo_buffer_init(char* base, size_t capacity, bint threadsafe, size_t* size,
+                          size_t* lo, size_t* hi, bint* fast, pgo_stats_t* st,
+                          pgo_lock_t* lock) noexcept nogil
+# Releases what pgo_buffer_new made (owner: the struct) and its lock.
+cdef void pgo_buffer_free(void* owner, char* base, pgo_lock_t* lock) noexcept nogil
+
+
+# The C API's locked entry points: fn run with the allocator's lock held, a
+# failure raised as above, naming `who`.
+
+# reset and the like: 0, or -1 with the exception set.
+cdef inline int pgo_locked(pgo_lock_t* lock, pgo_stats_t* st, pgo_locked_fn fn, void* state,
+                           const char* who) except -1 nogil:
+    cdef int code
+    pgo_lock(lock, st)
+    code = fn(state)
+    pgo_unlock(lock)
+    if code != PGO_OK:
+        return pgo_raise(code, who, 0, 0)
+    return 0
+
+
+# An allocation: the block, or NULL with the exception set.
+cdef inline void* pgo_locked_alloc(pgo_lock_t* lock, pgo_stats_t* st, pgo_alloc_fn fn,
+                                   void* state, size_t n, size_t align,
+                                   const char* who) noexcept nogil:
+    cdef void* p = NULL
+    cdef int code
+    pgo_lock(lock, st)
+    code = fn(state, n, align, &p)
+    pgo_unlock(lock)
+    if code != PGO_OK:
+        return pgo_fail_null(code, who, n, align)
+    return p
+
+
+# A free of p: 0, or -1 with the exception set (naming the address).
+cdef inline int pgo_locked_free(pgo_lock_t* lock, pgo_stats_t* st, pgo_free_fn fn, void* state,
+                                void* p, const char* who) noexcept nogil:
+    cdef int code
+    pgo_lock(lock, st)
+    code = fn(state, p)
+    pgo_unlock(lock)
+    if code != PGO_OK:
+        return pgo_fail_at(code, who, p)
+    return 0
 
 
 cdef class Block:

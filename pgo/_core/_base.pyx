@@ -24,6 +24,12 @@ c) A Block that dies without ``free()`` gives its memory back through
 # method descriptors rather than CyFunctions, which takes about 15 ns off
 # every alloc()/free() call from Python (measured: alloc+free 70 -> 52 ns).
 
+# NOTE: ownership.  A Block owns its allocation until it is freed or dies;
+# it holds its Allocator, whose subclass owns the C struct behind _st and
+# _lock.  The fork registry (_c/pgo_fork.c) holds the mutexes of
+# Python-made threadsafe allocators while they live.  The one-buffer
+# helpers (pgo_buffer_new) hand what they make to the caller.
+
 # NOTE: thread-safety.  Python-level calls hold the GIL.  An allocator made
 # with threadsafe=True also takes its mutex around every C hook, so C code
 # calling the .pxd functions without the GIL can share it; a contended mutex
@@ -39,13 +45,15 @@ from cpython.ref cimport PyObject, Py_INCREF
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
+from pgo._core._c.pgo_fork cimport pgo_fork_hooks, pgo_fork_register, pgo_fork_unregister
+from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
-    pgo_backend_t, pgo_lock_t, pgo_stats_t, pgo_canary_ok, pthread_mutex_t, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
-    PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER,
-    PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_OK, pgo_bad_align,
-    pgo_lock_gil_held, pgo_mul_overflow, pgo_unlock,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
+    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN,
+    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_OK, pgo_backend_t, pgo_bad_align,
+    pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_lock_t,
+    pgo_mul_overflow, pgo_stats_t, pgo_unlock, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess,
 )
-
 
 import numpy as np
 
@@ -82,32 +90,28 @@ cdef pgo_lock_t _NO_LOCK
 cdef dict _DESCR_CACHE = {}
 
 
+# What pgo_raise raises for each error code: the exception type and its
+# message ({name}: the allocator; {nbytes} and {align}: the request).
+cdef dict _ERRORS = {
+    PGO_ERR_NOMEM: (MemoryError, "cannot allocate {nbytes:,} bytes"),
+    PGO_ERR_TOO_BIG: (MemoryError, "{nbytes:,} bytes is more than it can ever hold"),
+    PGO_ERR_OVERFLOW: (MemoryError, "size of {nbytes:,} bytes overflows with alignment {align}"),
+    PGO_ERR_ALIGN: (ValueError, "alignment must be a power of two from 1 to 4096, got {align}"),
+    PGO_ERR_FOREIGN: (AllocatorError, "pointer was not allocated here"),
+    PGO_ERR_INTERIOR: (AllocatorError, "pointer is inside a block, not the start of one"),
+    PGO_ERR_DOUBLE_FREE: (AllocatorError, "double free"),
+    PGO_ERR_ORDER: (AllocatorError,
+                    "free out of LIFO order (only the most recent block can be freed)"),
+    PGO_ERR_LIVE: (AllocatorError, "reset while Python blocks are alive"),
+    PGO_ERR_PY_OWNED: (AllocatorError, "block is owned by a Python Block; free() or drop "
+                                       "that instead"),
+    PGO_ERR_OVERRUN: (AllocatorError, "something wrote past the end of the block"),
+}
+
+
 cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) except -1 with gil:
-    name = who.decode()
-    if code == PGO_ERR_NOMEM:
-        raise MemoryError(f"{name}: cannot allocate {nbytes:,} bytes")
-    if code == PGO_ERR_TOO_BIG:
-        raise MemoryError(f"{name}: {nbytes:,} bytes is more than it can ever hold")
-    if code == PGO_ERR_OVERFLOW:
-        raise MemoryError(f"{name}: size of {nbytes:,} bytes overflows with alignment {align}")
-    if code == PGO_ERR_ALIGN:
-        raise ValueError(f"{name}: alignment must be a power of two from 1 to 4096, got {align}")
-    if code == PGO_ERR_FOREIGN:
-        raise AllocatorError(f"{name}: pointer was not allocated here")
-    if code == PGO_ERR_INTERIOR:
-        raise AllocatorError(f"{name}: pointer is inside a block, not the start of one")
-    if code == PGO_ERR_DOUBLE_FREE:
-        raise AllocatorError(f"{name}: double free")
-    if code == PGO_ERR_ORDER:
-        raise AllocatorError(f"{name}: free out of LIFO order (only the most recent block can be freed)")
-    if code == PGO_ERR_LIVE:
-        raise AllocatorError(f"{name}: reset while Python blocks are alive")
-    if code == PGO_ERR_PY_OWNED:
-        raise AllocatorError(f"{name}: block is owned by a Python Block; free() or drop "
-                             f"that instead")
-    if code == PGO_ERR_OVERRUN:
-        raise AllocatorError(f"{name}: something wrote past the end of the block")
-    raise AllocatorError(f"{name}: error code {code}")
+    exc_type, message = _ERRORS.get(code, (AllocatorError, "error code {code}"))
+    raise exc_type(f"{who.decode()}: " + message.format(nbytes=nbytes, align=align, code=code))
 
 
 cdef void _set_error(int code, const char* who, size_t nbytes, size_t align,
@@ -147,6 +151,45 @@ cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align)
     with gil:
         _set_error(code, who, nbytes, align, NULL)
     return NULL
+
+
+cdef void* pgo_buffer_new(size_t struct_size, size_t capacity, const char* who) except NULL nogil:
+    cdef void* owner = pgo_sys_calloc(1, struct_size)
+    cdef char* base
+    if owner == NULL:
+        pgo_raise(PGO_ERR_NOMEM, who, struct_size, 0)
+        return NULL
+    base = <char*>pgo_sys_alloc(capacity, 64)
+    if base == NULL:
+        pgo_sys_free(owner)
+        pgo_raise(PGO_ERR_NOMEM, who, capacity, 64)
+        return NULL
+    (<char**>owner)[0] = base          # the struct's first field
+    if PGO_DEBUG_FILL:
+        memset(base, PGO_FILL_FREE, capacity)
+    pgo_vg_create(owner)
+    pgo_vg_noaccess(base, capacity)
+    return owner
+
+
+cdef void pgo_buffer_init(char* base, size_t capacity, bint threadsafe, size_t* size,
+                          size_t* lo, size_t* hi, bint* fast, pgo_stats_t* st,
+                          pgo_lock_t* lock) noexcept nogil:
+    size[0] = capacity
+    lo[0] = <size_t>base
+    hi[0] = <size_t>base + capacity
+    st.capacity = capacity
+    pgo_lock_init(lock, threadsafe)
+    # Decided here, by pgo's own build, not by the build of whoever inlines
+    # the .pxd paths.
+    fast[0] = not threadsafe and not PGO_DEBUG_FILL
+
+
+cdef void pgo_buffer_free(void* owner, char* base, pgo_lock_t* lock) noexcept nogil:
+    pgo_vg_destroy(owner)
+    pgo_lock_destroy(lock)
+    pgo_sys_free(base)
+    pgo_sys_free(owner)
 
 
 cdef inline size_t _size_arg(object n, str what) except? 0:
@@ -273,64 +316,19 @@ cdef class Block:
 # holding the mutexes taken so far, and numpy's callbacks block on those
 # mutexes with the GIL held.)  The registry holds the mutexes of Python-made
 # allocators (C callers of *_create own their own fork story).
-cdef extern from *:
-    """
-    #include <pthread.h>
-    #include <stdlib.h>
-    static pthread_mutex_t pgo_fork_registry = PTHREAD_MUTEX_INITIALIZER;
-    static pthread_mutex_t **pgo_fork_mutexes;
-    static size_t pgo_fork_n, pgo_fork_cap;
-
-    static void pgo_fork_prepare(void) {
-        pthread_mutex_lock(&pgo_fork_registry);
-        for (size_t i = 0; i < pgo_fork_n; i++)
-            pthread_mutex_lock(pgo_fork_mutexes[i]);
-    }
-    static void pgo_fork_release(void) {
-        for (size_t i = pgo_fork_n; i > 0; i--)
-            pthread_mutex_unlock(pgo_fork_mutexes[i - 1]);
-        pthread_mutex_unlock(&pgo_fork_registry);
-    }
-    static int pgo_fork_hooks(void) {
-        return pthread_atfork(pgo_fork_prepare, pgo_fork_release, pgo_fork_release);
-    }
-    /* 0, or -1 when out of memory. */
-    static int pgo_fork_register(pthread_mutex_t *m) {
-        int rc = 0;
-        pthread_mutex_lock(&pgo_fork_registry);
-        if (pgo_fork_n == pgo_fork_cap) {
-            size_t cap = pgo_fork_cap ? 2 * pgo_fork_cap : 16;
-            pthread_mutex_t **a = realloc(pgo_fork_mutexes, cap * sizeof(*a));
-            if (a == NULL) {
-                rc = -1;
-                goto out;
-            }
-            pgo_fork_mutexes = a;
-            pgo_fork_cap = cap;
-        }
-        pgo_fork_mutexes[pgo_fork_n++] = m;
-    out:
-        pthread_mutex_unlock(&pgo_fork_registry);
-        return rc;
-    }
-    static void pgo_fork_unregister(pthread_mutex_t *m) {
-        pthread_mutex_lock(&pgo_fork_registry);
-        for (size_t i = 0; i < pgo_fork_n; i++) {
-            if (pgo_fork_mutexes[i] == m) {
-                pgo_fork_mutexes[i] = pgo_fork_mutexes[--pgo_fork_n];
-                break;
-            }
-        }
-        pthread_mutex_unlock(&pgo_fork_registry);
-    }
-    """
-    int pgo_fork_hooks() noexcept nogil
-    int pgo_fork_register(pthread_mutex_t* m) noexcept nogil
-    void pgo_fork_unregister(pthread_mutex_t* m) noexcept nogil
-
-
 if pgo_fork_hooks() != 0:
     raise ImportError("pgo: pthread_atfork failed; allocators could not be made fork-safe")
+
+
+# What free() raises (AllocatorError) for a code; {where}: the block's place
+# as the allocator names it, {address}: its address.
+cdef dict _FREE_ERRORS = {
+    PGO_ERR_ORDER: ("free of the block at {where} is out of LIFO order; free the blocks "
+                    "allocated after it first"),
+    PGO_ERR_DOUBLE_FREE: "double free of the block at {where}",
+    PGO_ERR_INTERIOR: "{where} is inside a block, not the start of one",
+    PGO_ERR_FOREIGN: "address {address:#x} was not allocated here",
+}
 
 
 cdef class Allocator:
@@ -606,17 +604,11 @@ cdef class Allocator:
         return b
 
     def _raise_free(self, int code, Block b):
-        where = self._where(b.ptr)
-        if code == PGO_ERR_ORDER:
-            raise AllocatorError(f"{self!r}: free of the block at {where} is out of LIFO order; "
-                                 f"free the blocks allocated after it first")
-        if code == PGO_ERR_DOUBLE_FREE:
-            raise AllocatorError(f"{self!r}: double free of the block at {where}")
-        if code == PGO_ERR_INTERIOR:
-            raise AllocatorError(f"{self!r}: {where} is inside a block, not the start of one")
-        if code == PGO_ERR_FOREIGN:
-            raise AllocatorError(f"{self!r}: address {<uintptr_t>b.ptr:#x} was not allocated here")
-        pgo_raise(code, type(self).__name__.encode(), b.nbytes, 0)
+        message = _FREE_ERRORS.get(code)
+        if message is None:
+            pgo_raise(code, type(self).__name__.encode(), b.nbytes, 0)
+        raise AllocatorError(f"{self!r}: " + message.format(
+            where=self._where(b.ptr), address=<uintptr_t>b.ptr))
 
     def reset(self):
         """Release everything at once.

@@ -12,8 +12,13 @@ Out-of-memory injection (``_inject_oom``) is a test-only entry point: it makes
 a chosen future call fail, so that every growth path's failure handling can be
 tested without exhausting the machine.
 
-# NOTE: the countdown is a plain C global read without the GIL; it is only
-# set by tests, between operations, never concurrently with allocation.
+# NOTE: ownership.  What these functions return belongs to the caller (an
+# allocator's struct), which gives it back with the matching free, unmap or
+# unreserve; nothing is kept here.
+# NOTE: threads and the GIL.  Every function is nogil and as thread-safe as
+# the system calls under it.  The out-of-memory countdown is a plain C
+# global read without the GIL; it is only set by tests, between
+# operations, never concurrently with allocation.
 """
 
 from libc.stdint cimport uintptr_t
@@ -24,13 +29,10 @@ from posix.mman cimport (
 )
 from posix.stdlib cimport posix_memalign
 
+from pgo._core._c.pgo_memory cimport PGO_HUGE_PAGE_BYTES, PGO_HUGEPAGE_MIN_BYTES, PGO_PAGE_BYTES
 from pgo._core._typedefs cimport pgo_mul_overflow
 
 cdef long _oom_countdown = -1
-
-cdef enum:
-    HUGE_THRESHOLD = 4194304    # 4 MiB: numpy's own threshold for MADV_HUGEPAGE
-    HUGE_PAGE = 2097152         # 2 MiB
 
 
 cdef inline bint _injected_failure() noexcept nogil:
@@ -50,15 +52,15 @@ cdef void* pgo_sys_alloc(size_t nbytes, size_t align) noexcept nogil:
         return NULL
     if align < sizeof(void*):
         align = sizeof(void*)
-    if nbytes >= HUGE_THRESHOLD and align < HUGE_PAGE:
+    if nbytes >= PGO_HUGEPAGE_MIN_BYTES and align < PGO_HUGE_PAGE_BYTES:
         # Big buffers start on a huge-page boundary and ask for huge pages, as
         # numpy's default handler does for its arrays: without it, touching
         # fresh memory costs one page fault per 4 KiB instead of per 2 MiB.
-        align = HUGE_PAGE
+        align = PGO_HUGE_PAGE_BYTES
     if posix_memalign(&p, align, nbytes if nbytes else 1) != 0:
         return NULL
-    if nbytes >= HUGE_THRESHOLD:
-        madvise(p, nbytes & ~(<size_t>HUGE_PAGE - 1), MADV_HUGEPAGE)
+    if nbytes >= PGO_HUGEPAGE_MIN_BYTES:
+        madvise(p, nbytes & ~(PGO_HUGE_PAGE_BYTES - 1), MADV_HUGEPAGE)
     return p
 
 
@@ -84,8 +86,8 @@ cdef char* pgo_sys_reserve(size_t nbytes, size_t min_bytes, size_t align, size_t
                            void** raw, size_t* raw_len) noexcept nogil:
     cdef void* p = MAP_FAILED
     cdef uintptr_t a
-    if align < 4096:
-        align = 4096
+    if align < PGO_PAGE_BYTES:
+        align = PGO_PAGE_BYTES
     if min_bytes > nbytes:
         min_bytes = nbytes
     # One injected failure fails the whole call, as one refusal of the
@@ -112,7 +114,7 @@ cdef int pgo_sys_commit(char* p, size_t nbytes) noexcept nogil:
         return -1
     if mprotect(p, nbytes, PROT_READ | PROT_WRITE) != 0:
         return -1
-    if nbytes >= HUGE_THRESHOLD:
+    if nbytes >= PGO_HUGEPAGE_MIN_BYTES:
         madvise(p, nbytes, MADV_HUGEPAGE)
     return 0
 
@@ -123,15 +125,15 @@ cdef void* pgo_sys_map(size_t nbytes, bint huge) noexcept nogil:
     # (the head and tail of an over-sized mapping are unmapped).
     cdef void* p
     cdef uintptr_t a, end, raw_end
-    cdef size_t slack = HUGE_PAGE if huge and nbytes >= HUGE_THRESHOLD else 0
-    if _injected_failure() or nbytes == 0 or nbytes > (<size_t>-1) - HUGE_PAGE - 4096:
+    cdef size_t slack = PGO_HUGE_PAGE_BYTES if huge and nbytes >= PGO_HUGEPAGE_MIN_BYTES else 0
+    if _injected_failure() or nbytes == 0 or nbytes > (<size_t>-1) - PGO_HUGE_PAGE_BYTES - PGO_PAGE_BYTES:
         return NULL
-    nbytes = (nbytes + 4095) & ~(<size_t>4095)
+    nbytes = (nbytes + PGO_PAGE_BYTES - 1) & ~(PGO_PAGE_BYTES - 1)
     p = mmap(NULL, nbytes + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if p == MAP_FAILED:
         return NULL
     if slack:
-        a = (<uintptr_t>p + HUGE_PAGE - 1) & ~(<uintptr_t>HUGE_PAGE - 1)
+        a = (<uintptr_t>p + PGO_HUGE_PAGE_BYTES - 1) & ~(<uintptr_t>PGO_HUGE_PAGE_BYTES - 1)
         end = a + nbytes
         raw_end = <uintptr_t>p + nbytes + slack
         if a > <uintptr_t>p:
@@ -145,7 +147,7 @@ cdef void* pgo_sys_map(size_t nbytes, bint huge) noexcept nogil:
 
 cdef void pgo_sys_unmap(void* p, size_t nbytes) noexcept nogil:
     if p != NULL:
-        munmap(p, (nbytes + 4095) & ~(<size_t>4095))
+        munmap(p, (nbytes + PGO_PAGE_BYTES - 1) & ~(PGO_PAGE_BYTES - 1))
 
 
 cdef void pgo_sys_unreserve(void* raw, size_t raw_len) noexcept nogil:

@@ -2,73 +2,18 @@
 # optional lock, alignment and overflow helpers, and the debug-fill switch.
 # It exists so that each allocator family's .pxd speaks the same vocabulary
 # and so that Cython code cimporting two allocators sees one definition.
+# The C definitions (the fill switch, valgrind hooks, overflow checks,
+# atomics) live in _c/pgo_defs.h and are re-exported from here.
 
 from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset
 
-
-cdef extern from *:
-    """
-    #ifndef PGO_DEBUG_FILL
-    #define PGO_DEBUG_FILL 0
-    #endif
-    #define PGO_FILL_ALLOC 0xA5
-    #define PGO_FILL_FREE 0x5A
-    /* Test build: bytes reserved after every stack and slab block, filled
-       with PGO_FILL_ALLOC and checked when the block is freed. */
-    #define PGO_CANARY (PGO_DEBUG_FILL ? 8 : 0)
-    #define PGO_MAX_ALIGN 4096
-    #define pgo_likely(x) __builtin_expect(!!(x), 1)
-    #define pgo_unlikely(x) __builtin_expect(!!(x), 0)
-    /* Test build, valgrind headers present: each allocator is a valgrind
-       mempool, so memcheck sees pgo's blocks as it sees malloc's (a read of
-       a freed block is an error).  Everywhere else these are no-ops. */
-    #if PGO_DEBUG_FILL && defined(__has_include)
-    #  if __has_include(<valgrind/memcheck.h>)
-    #    include <valgrind/memcheck.h>
-    #    define PGO_VALGRIND 1
-    #  endif
-    #endif
-    #ifndef PGO_VALGRIND
-    #  define PGO_VALGRIND 0
-    #  define pgo_vg_create(pool) ((void)0)
-    #  define pgo_vg_destroy(pool) ((void)0)
-    #  define pgo_vg_alloc(pool, p, n) ((void)0)
-    #  define pgo_vg_free(pool, p) ((void)0)
-    #  define pgo_vg_trim(pool, p, n) ((void)0)
-    #  define pgo_vg_noaccess(p, n) ((void)0)
-    #else
-    #  define pgo_vg_create(pool) VALGRIND_CREATE_MEMPOOL((pool), 0, 0)
-    #  define pgo_vg_destroy(pool) VALGRIND_DESTROY_MEMPOOL((pool))
-    #  define pgo_vg_alloc(pool, p, n) VALGRIND_MEMPOOL_ALLOC((pool), (p), (n))
-    #  define pgo_vg_free(pool, p) VALGRIND_MEMPOOL_FREE((pool), (p))
-    #  define pgo_vg_trim(pool, p, n) VALGRIND_MEMPOOL_TRIM((pool), (p), (n))
-    #  define pgo_vg_noaccess(p, n) VALGRIND_MAKE_MEM_NOACCESS((p), (n))
-    #endif
-    static inline int pgo_mul_overflow(size_t a, size_t b, size_t *out) {
-        return __builtin_mul_overflow(a, b, out);
-    }
-    static inline int pgo_add_overflow(size_t a, size_t b, size_t *out) {
-        return __builtin_add_overflow(a, b, out);
-    }
-    """
-    # 1 in the test build (PGO_TEST_BUILD=1): blocks are filled with
-    # PGO_FILL_ALLOC when handed out and PGO_FILL_FREE when given back.
-    const int PGO_DEBUG_FILL
-    const int PGO_FILL_ALLOC
-    const int PGO_FILL_FREE
-    const size_t PGO_CANARY
-    const size_t PGO_MAX_ALIGN
-    const int PGO_VALGRIND
-    void pgo_vg_create(const void* pool) noexcept nogil
-    void pgo_vg_destroy(const void* pool) noexcept nogil
-    void pgo_vg_alloc(const void* pool, const void* p, size_t n) noexcept nogil
-    void pgo_vg_free(const void* pool, const void* p) noexcept nogil
-    void pgo_vg_trim(const void* pool, const void* p, size_t n) noexcept nogil
-    void pgo_vg_noaccess(const void* p, size_t n) noexcept nogil
-    bint pgo_likely(bint) noexcept nogil
-    bint pgo_unlikely(bint) noexcept nogil
-    bint pgo_mul_overflow(size_t a, size_t b, size_t* out) noexcept nogil
-    bint pgo_add_overflow(size_t a, size_t b, size_t* out) noexcept nogil
+from pgo._core._c.pgo_defs cimport (
+    PGO_CANARY, PGO_DEBUG_FILL, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_MAX_ALIGN, PGO_VALGRIND,
+    pgo_add_overflow, pgo_atomic_inc, pgo_atomic_load, pgo_atomic_store, pgo_likely,
+    pgo_mul_overflow, pgo_unlikely, pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free,
+    pgo_vg_noaccess, pgo_vg_trim,
+)
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -81,7 +26,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_unlock(pthread_mutex_t* m)
 
 
-# Error codes returned by the noexcept C paths; pgo._core._base.raise_for
+# Error codes returned by the noexcept C paths; pgo._core._base.pgo_raise
 # turns them into Python exceptions when a caller wants one.
 cpdef enum:
     PGO_OK = 0
@@ -145,17 +90,24 @@ ctypedef struct pgo_backend_t:
     size_t* hi
 
 
-cdef extern from *:
-    """
-    #define pgo_atomic_load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-    #define pgo_atomic_store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-    #define pgo_atomic_inc(p) ((void)__atomic_fetch_add((p), 1, __ATOMIC_RELAXED))
-    """
-    # For the few fields read without the allocator's lock (address bounds,
-    # on/off switches) and counters bumped from any thread.
-    size_t pgo_atomic_load(size_t* p) noexcept nogil
-    void pgo_atomic_store(size_t* p, size_t v) noexcept nogil
-    void pgo_atomic_inc(uint64_t* p) noexcept nogil
+cdef inline int pgo_backend_init(pgo_backend_t* out, void* state, pgo_take_fn take,
+                                 pgo_give_fn give, pgo_span_fn span, size_t* lo,
+                                 size_t* hi) noexcept nogil:
+    out.state = state
+    out.take = take
+    out.give = give
+    out.span = span
+    out.lo = lo
+    out.hi = hi
+    return 0
+
+
+# Steps on an allocator's state for the locked entry points of its C API
+# (pgo._core._base's pgo_locked, pgo_locked_alloc, pgo_locked_free take the
+# lock around them): each returns a PGO_ERR_* code.
+ctypedef int (*pgo_locked_fn)(void* state) noexcept nogil
+ctypedef int (*pgo_alloc_fn)(void* state, size_t n, size_t align, void** out) noexcept nogil
+ctypedef int (*pgo_free_fn)(void* state, void* p) noexcept nogil
 
 
 cdef inline bint pgo_bad_align(size_t align) noexcept nogil:
@@ -217,3 +169,52 @@ cdef inline bint pgo_canary_ok(const char* p, size_t n) noexcept nogil:
         if <unsigned char>p[i] != PGO_FILL_ALLOC:
             return False
     return True
+
+
+# The locked halves of every family's backend (take, give, span), written
+# once: `holds` answers without the lock whether p can be the allocator's
+# (its address range; blocks are never moved, so that never changes), and
+# fn does the family's part with the lock held.  take's fn allocates n
+# bytes (16-aligned) and marks the block as an array's; give's fn releases
+# an array's block; span's fn measures a live block.  These keep
+# stats.live_blocks and zero a taken block outside the lock.
+ctypedef bint (*pgo_holds_fn)(void* state, void* p) noexcept nogil
+
+
+cdef inline int pgo_backend_take(pgo_lock_t* lock, pgo_stats_t* st, pgo_alloc_fn fn, void* state,
+                                 size_t n, bint zero, void** out) noexcept nogil:
+    cdef int err
+    pgo_lock(lock, st)
+    err = fn(state, n, 16, out)
+    if err == PGO_OK:
+        st.live_blocks += 1
+    pgo_unlock(lock)
+    if zero and err == PGO_OK:
+        memset(out[0], 0, n)
+    return err
+
+
+cdef inline int pgo_backend_give(pgo_lock_t* lock, pgo_stats_t* st, pgo_holds_fn holds,
+                                 pgo_free_fn fn, void* state, void* p) noexcept nogil:
+    cdef int err
+    if not holds(state, p):
+        return PGO_ERR_FOREIGN
+    pgo_lock(lock, st)
+    err = fn(state, p)
+    if err == PGO_OK:
+        st.live_blocks -= 1
+    pgo_unlock(lock)
+    return err
+
+
+cdef inline size_t pgo_backend_span(pgo_lock_t* lock, pgo_stats_t* st, pgo_holds_fn holds,
+                                    pgo_span_fn fn, void* state, void* p) noexcept nogil:
+    cdef size_t n
+    if not holds(state, p):
+        return 0
+    pgo_lock(lock, st)
+    n = fn(state, p)
+    pgo_unlock(lock)
+    return n
+
+

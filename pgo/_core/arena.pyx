@@ -11,24 +11,32 @@ is never reused while anything in it is alive.  Per-chunk bitmaps of block
 starts and released/Python-owned bitmaps by block number make every release
 checkable.
 
-Ownership: the ``pgo_arena_t``, its chunk table, every chunk and its
-bitmaps belong to the ArenaAllocator object (or to the C caller of
-``arena_create``); chunks are kept across ``reset()`` and freed in
-``arena_destroy``.
+# NOTE: ownership.  The ``pgo_arena_t``, its chunk table, every chunk and
+# its bitmaps belong to the ArenaAllocator object (or to the C caller of
+# ``arena_create``); chunks are kept across ``reset()`` and freed in
+# ``arena_destroy``.  A Python Block holds its allocator, so the struct
+# outlives every Block and array made from it.
+# NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
+# nogil.  Without threadsafe=True the struct relies on its single user (or
+# the GIL) for exclusion; with it, every entry point in arena.pxd and every
+# backend call (numpy's handler) takes the mutex.  The chunk ranges that
+# ``_arena_may_own`` reads without the lock are published with atomics and
+# never change once published.
 """
 
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
-from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise, pgo_raise_at
+from pgo._core._base cimport (
+    Allocator, Block, pgo_locked, pgo_locked_alloc, pgo_raise, pgo_raise_at,
+)
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
-    pgo_atomic_load, pgo_atomic_store, pgo_backend_t,
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
-    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_PY_OWNED,
-    PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
-    pgo_align_up, pgo_bad_align, pgo_lock, pgo_lock_destroy,
-    pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_LIVE,
+    PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK,
+    pgo_add_overflow, pgo_align_up, pgo_atomic_load, pgo_atomic_store, pgo_backend_give,
+    pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take, pgo_bad_align, pgo_lock,
+    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
     pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
 )
 
@@ -268,16 +276,13 @@ cdef int _arena_alloc_unlocked(pgo_arena_t* a, size_t n, size_t align, void** ou
     return _arena_bump(a, n, align, out, chunk)
 
 
-cdef void* _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align) noexcept nogil:
-    cdef void* p = NULL
+cdef int _arena_alloc_c(void* state, size_t n, size_t align, void** out) noexcept nogil:
     cdef size_t chunk
-    cdef int code
-    pgo_lock(&a.lock, &a.stats)
-    code = _arena_alloc_unlocked(a, n, align, &p, &chunk)
-    pgo_unlock(&a.lock)
-    if code != PGO_OK:
-        return pgo_fail_null(code, "ArenaAllocator", n, align)
-    return p
+    return _arena_alloc_unlocked(<pgo_arena_t*>state, n, align, out, &chunk)
+
+
+cdef void* _arena_alloc_slow(pgo_arena_t* a, size_t n, size_t align) noexcept nogil:
+    return pgo_locked_alloc(&a.lock, &a.stats, _arena_alloc_c, a, n, align, "ArenaAllocator")
 
 
 cdef int _arena_release_block(pgo_arena_t* a, size_t chunk, size_t i, bint from_python) noexcept nogil:
@@ -359,62 +364,72 @@ cdef int arena_release(pgo_arena_t* a, void* p) except -1 nogil:
 # An array's block is marked Python-owned, as a Block's is; its chunk is
 # recycled once every block in it is given back.
 
-cdef int _arena_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    cdef pgo_arena_t* a = <pgo_arena_t*>state
-    cdef size_t token, i
-    cdef int err
-    pgo_lock(&a.lock, &a.stats)
-    err = _arena_alloc_unlocked(a, n, 16, out, &token)
+cdef int _arena_alloc_py(pgo_arena_t* a, size_t n, size_t align, void** out,
+                         size_t* token) noexcept nogil:
+    # A block Python owns (an array's or a Block's): C code cannot release it.
+    cdef size_t i
+    cdef int err = _arena_alloc_unlocked(a, n, align, out, token)
     if err == PGO_OK:
-        i = token >> 32
-        a.chunks[token & 0xffffffffu].pybits[i >> 6] |= (<uint64_t>1) << (i & 63)
-        a.stats.live_blocks += 1
-    pgo_unlock(&a.lock)
-    if zero and err == PGO_OK:
-        memset(out[0], 0, n)
+        i = token[0] >> 32
+        a.chunks[token[0] & 0xffffffffu].pybits[i >> 6] |= (<uint64_t>1) << (i & 63)
     return err
 
 
-cdef int _arena_give(void* state, void* p) noexcept nogil:
+cdef int _arena_take_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    cdef size_t token
+    return _arena_alloc_py(<pgo_arena_t*>state, n, align, out, &token)
+
+
+cdef int _arena_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+    return pgo_backend_take(&(<pgo_arena_t*>state).lock, &(<pgo_arena_t*>state).stats,
+                            _arena_take_unlocked, state, n, zero, out)
+
+
+cdef bint _arena_holds(void* state, void* p) noexcept nogil:
+    return _arena_may_own(<pgo_arena_t*>state, <size_t>p)
+
+
+cdef int _arena_give_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_arena_t* a = <pgo_arena_t*>state
-    cdef size_t x = <size_t>p, chunk, index
-    cdef int err
-    if not _arena_may_own(a, x):
-        return PGO_ERR_FOREIGN
-    pgo_lock(&a.lock, &a.stats)
-    err = _arena_find(a, p, &chunk)
+    cdef size_t chunk, index
+    cdef int err = _arena_find(a, p, &chunk)
     if err == PGO_OK:
         err = _arena_block_at(&a.chunks[chunk], <char*>p - a.chunks[chunk].base, &index)
     if err == PGO_OK and not (a.chunks[chunk].pybits[index >> 6] & ((<uint64_t>1) << (index & 63))):
         err = PGO_ERR_PY_OWNED
     if err == PGO_OK:
         err = _arena_release_block(a, chunk, index, True)
-        if err == PGO_OK:
-            a.stats.live_blocks -= 1
-    pgo_unlock(&a.lock)
     return err
 
 
-cdef size_t _arena_span(void* state, void* p) noexcept nogil:
+cdef int _arena_give(void* state, void* p) noexcept nogil:
+    return pgo_backend_give(&(<pgo_arena_t*>state).lock, &(<pgo_arena_t*>state).stats,
+                            _arena_holds, _arena_give_unlocked, state, p)
+
+
+cdef size_t _arena_span_unlocked(void* state, void* p) noexcept nogil:
     # A block ends where the next one in its chunk starts (or at the top).
     cdef pgo_arena_t* a = <pgo_arena_t*>state
-    cdef size_t x = <size_t>p, chunk, index, off, end, n = 0
+    cdef size_t chunk, index, off, end
     cdef pgo_arena_chunk_t* c
-    if not _arena_may_own(a, x):
+    if _arena_find(a, p, &chunk) != PGO_OK:
         return 0
-    pgo_lock(&a.lock, &a.stats)
-    if _arena_find(a, p, &chunk) == PGO_OK:
-        c = &a.chunks[chunk]
-        off = x - <size_t>c.base
-        if (_arena_block_at(c, off, &index) == PGO_OK
-                and not (c.released[index >> 6] & ((<uint64_t>1) << (index & 63)))):
-            end = (<size_t>c.starts[index + 1]) << 3 if index + 1 < c.nblocks else c.top
-            n = end - off
-    pgo_unlock(&a.lock)
-    return n
+    c = &a.chunks[chunk]
+    off = <size_t>p - <size_t>c.base
+    if (_arena_block_at(c, off, &index) != PGO_OK
+            or c.released[index >> 6] & ((<uint64_t>1) << (index & 63))):
+        return 0
+    end = (<size_t>c.starts[index + 1]) << 3 if index + 1 < c.nblocks else c.top
+    return end - off
 
 
-cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
+cdef size_t _arena_span(void* state, void* p) noexcept nogil:
+    return pgo_backend_span(&(<pgo_arena_t*>state).lock, &(<pgo_arena_t*>state).stats,
+                            _arena_holds, _arena_span_unlocked, state, p)
+
+
+cdef int _arena_reset_unlocked(void* state) noexcept nogil:
+    cdef pgo_arena_t* a = <pgo_arena_t*>state
     cdef size_t i
     if a.stats.live_blocks:
         return PGO_ERR_LIVE
@@ -436,13 +451,7 @@ cdef int _arena_reset_unlocked(pgo_arena_t* a) noexcept nogil:
 
 
 cdef int arena_reset(pgo_arena_t* a) except -1 nogil:
-    cdef int code
-    pgo_lock(&a.lock, &a.stats)
-    code = _arena_reset_unlocked(a)
-    pgo_unlock(&a.lock)
-    if code != PGO_OK:
-        return pgo_raise(code, "ArenaAllocator", 0, 0)
-    return 0
+    return pgo_locked(&a.lock, &a.stats, _arena_reset_unlocked, a, "ArenaAllocator")
 
 
 cdef class ArenaAllocator(Allocator):
@@ -472,12 +481,7 @@ cdef class ArenaAllocator(Allocator):
         arena_destroy(self.a)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        cdef size_t i
-        cdef int code = _arena_alloc_unlocked(self.a, nbytes, align, out, token)
-        if code == PGO_OK:
-            i = token[0] >> 32
-            self.a.chunks[token[0] & 0xffffffffu].pybits[i >> 6] |= (<uint64_t>1) << (i & 63)
-        return code
+        return _arena_alloc_py(self.a, nbytes, align, out, token)
 
     cdef void _c_dead(self, Block b) noexcept:
         _arena_release_block(self.a, b.token & 0xffffffffu, b.token >> 32, True)
@@ -489,13 +493,8 @@ cdef class ArenaAllocator(Allocator):
         arena_sync_stats(self.a)
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        out.state = self.a
-        out.take = _arena_take
-        out.give = _arena_give
-        out.lo = &self.a.lo
-        out.hi = &self.a.hi
-        out.span = _arena_span
-        return 0
+        return pgo_backend_init(out, self.a, _arena_take, _arena_give, _arena_span,
+                                &self.a.lo, &self.a.hi)
 
     cdef object _where(self, char* p):
         cdef size_t chunk

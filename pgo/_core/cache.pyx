@@ -1,7 +1,9 @@
 """CacheAllocator: large blocks kept by size class for reuse.
 
-Design: a request is rounded up to its size class (4 KiB, then eight
-classes per power of two, so at most 12.5% is rounded away) and served from
+Design: a request is rounded up to its size class (4 KiB, the small-block
+limit of _c/pgo_memory.h: smaller requests are the numpy handler's small
+blocks; then eight classes per power of two, so at most 12.5% is rounded
+away) and served from
 the most recently freed block of that class, or else from a fresh block
 mapped from the system (``pgo_sys_map``: zero pages, so ``np.zeros`` needs
 no memset; huge-page aligned and advised from 4 MiB).
@@ -11,10 +13,12 @@ the oldest cached block goes back to the system.  If the system refuses a
 fresh block, everything cached is given back and the request tried again,
 so the cache never makes an allocation fail that would succeed without it.
 
-Ownership: the ``pgo_cache_t``, its tables and every block (live or cached)
-belong to the CacheAllocator object (or the C caller of ``cache_create``);
-block records are malloc'd one per block.  Every operation takes the mutex;
-nothing here needs the GIL.
+# NOTE: ownership.  The ``pgo_cache_t``, its tables and every block (live
+# or cached) belong to the CacheAllocator object (or the C caller of
+# ``cache_create``); block records are malloc'd one per block.
+# NOTE: threads and the GIL.  A cache is always thread-safe: every
+# operation takes the mutex, and nothing here needs the GIL.  Only the
+# address bounds ``lo``/``hi`` are read without the lock (atomics).
 """
 
 cimport cython
@@ -22,31 +26,22 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport madvise
 
-from pgo._core._base cimport Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_raise
+from pgo._core._base cimport Allocator, Block, pgo_locked_alloc, pgo_locked_free, pgo_raise
+from pgo._core._c.pgo_memory cimport (
+    MADV_NOHUGEPAGE, MADV_POPULATE_WRITE, PGO_HUGEPAGE_MIN_BYTES, PGO_PAGE_BYTES,
+    PGO_SMALL_BLOCK_BYTES, PGO_SMALL_BLOCK_SHIFT,
+)
 from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free, pgo_sys_map, pgo_sys_unmap
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM,
-    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK,
-    pgo_atomic_load, pgo_atomic_store, pgo_backend_t, pgo_lock,
-    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
-    pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free,
+    PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED,
+    PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_atomic_load, pgo_atomic_store,
+    pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take,
+    pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc,
+    pgo_vg_create, pgo_vg_destroy, pgo_vg_free,
 )
 
-from pgo._errors import AllocatorError
-
-
-cdef extern from *:
-    """
-    #include <sys/mman.h>
-    #ifndef MADV_POPULATE_WRITE
-    #define MADV_POPULATE_WRITE 23
-    #endif
-    """
-    const int MADV_POPULATE_WRITE
-    const int MADV_NOHUGEPAGE
 
 cdef enum:
-    PAGE = 4096
     NCLASSES = 300              # classes up to 2**48 bytes
     FIRST_TABLE = 64
     DEF_MAX_CACHED = 536870912  # 512 MiB
@@ -60,8 +55,8 @@ cdef extern from *:
 cdef size_t cache_class_size(size_t n) noexcept nogil:
     cdef size_t m, shift, q
     cdef int e
-    if n <= PAGE:
-        return PAGE
+    if n <= PGO_SMALL_BLOCK_BYTES:
+        return PGO_SMALL_BLOCK_BYTES
     if n > MAX_REQUEST:
         return 0
     m = n - 1
@@ -75,11 +70,11 @@ cdef inline unsigned int _class_index(size_t n) noexcept nogil:
     # n > 0 and <= MAX_REQUEST.
     cdef size_t m
     cdef int e
-    if n <= PAGE:
+    if n <= PGO_SMALL_BLOCK_BYTES:
         return 0
     m = n - 1
     e = 63 - __builtin_clzll(m)
-    return <unsigned int>(1 + (e - 12) * 8 + ((m >> (e - 3)) - 8))
+    return <unsigned int>(1 + (e - PGO_SMALL_BLOCK_SHIFT) * 8 + ((m >> (e - 3)) - 8))
 
 
 @cython.overflowcheck(False)
@@ -250,7 +245,7 @@ cdef void _prefault(char* p, size_t n) noexcept nogil:
     i = 0
     while i < n:
         (<volatile char*>p)[i] = 0
-        i += PAGE
+        i += PGO_PAGE_BYTES
 
 
 cdef pgo_cblock_t* _fresh_block(size_t size, bint huge) noexcept nogil:
@@ -304,7 +299,7 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
         fresh = True
         b.size = size
         b.cls = cls
-        if not c.hugepages and size >= 4194304:
+        if not c.hugepages and size >= PGO_HUGEPAGE_MIN_BYTES:
             madvise(b.ptr, size, MADV_NOHUGEPAGE)   # even where THP is "always"
         if c.prefault:
             _prefault(b.ptr, size)
@@ -364,25 +359,22 @@ cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcep
     return PGO_OK
 
 
+# The C API's blocks (not owned by Python): n bytes, or a free of one.
+cdef int _cache_alloc_c(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    return _cache_alloc_unlocked(<pgo_cache_t*>state, n, False, False, out)
+
+
+cdef int _cache_free_c(void* state, void* p) noexcept nogil:
+    return _cache_free_unlocked(<pgo_cache_t*>state, p, False)
+
+
 cdef void* cache_alloc(pgo_cache_t* c, size_t n) except NULL nogil:
-    cdef void* p = NULL
-    cdef int err
-    pgo_lock(&c.lock, &c.stats)
-    err = _cache_alloc_unlocked(c, n, False, False, &p)
-    pgo_unlock(&c.lock)
-    if err != PGO_OK:
-        return pgo_fail_null(err, "CacheAllocator", n, PAGE)
-    return p
+    return pgo_locked_alloc(&c.lock, &c.stats, _cache_alloc_c, c, n, PGO_PAGE_BYTES,
+                            "CacheAllocator")
 
 
 cdef int cache_free(pgo_cache_t* c, void* p) except -1 nogil:
-    cdef int err
-    pgo_lock(&c.lock, &c.stats)
-    err = _cache_free_unlocked(c, p, False)
-    pgo_unlock(&c.lock)
-    if err != PGO_OK:
-        return pgo_fail_at(err, "CacheAllocator", p)
-    return 0
+    return pgo_locked_free(&c.lock, &c.stats, _cache_free_c, c, p, "CacheAllocator")
 
 
 cdef size_t cache_trim(pgo_cache_t* c) noexcept nogil:
@@ -396,47 +388,54 @@ cdef size_t cache_trim(pgo_cache_t* c) noexcept nogil:
 
 # -- numpy's handler (see pgo_backend_t) -------------------------------------
 
+cdef int _cache_take_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    return _cache_alloc_unlocked(<pgo_cache_t*>state, n, True, False, out)
+
+
+cdef int _cache_take_zeroed(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    return _cache_alloc_unlocked(<pgo_cache_t*>state, n, True, True, out)
+
+
 cdef int _cache_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+    # A zeroed block is zeroed by the cache, which knows when it is already
+    # (fresh pages are).
     cdef pgo_cache_t* c = <pgo_cache_t*>state
-    cdef int err
-    pgo_lock(&c.lock, &c.stats)
-    err = _cache_alloc_unlocked(c, n, True, zero, out)
-    if err == PGO_OK:
-        c.stats.live_blocks += 1
-    pgo_unlock(&c.lock)
-    return err
+    if zero:
+        return pgo_backend_take(&c.lock, &c.stats, _cache_take_zeroed, c, n, False, out)
+    return pgo_backend_take(&c.lock, &c.stats, _cache_take_unlocked, c, n, False, out)
 
 
-cdef int _cache_give(void* state, void* p) noexcept nogil:
-    cdef pgo_cache_t* c = <pgo_cache_t*>state
-    cdef int err
+cdef bint _cache_holds_aligned(void* state, void* p) noexcept nogil:
     # Blocks are page aligned, so an unaligned pointer is not one of them
     # (nor inside one: every pointer handed out is a block's start), decided
     # without the lock.  The address bounds alone decide little: blocks come
     # from malloc, so other memory lies between them.  An aligned pointer
     # is ours exactly when the address table has it.
-    if (<size_t>p & (PAGE - 1)) != 0:
-        return PGO_ERR_FOREIGN
-    pgo_lock(&c.lock, &c.stats)
-    err = _cache_free_unlocked(c, p, True)
-    if err == PGO_OK:
-        c.stats.live_blocks -= 1
-    pgo_unlock(&c.lock)
-    return err
+    return (<size_t>p & (PGO_PAGE_BYTES - 1)) == 0
+
+
+cdef int _cache_give_unlocked(void* state, void* p) noexcept nogil:
+    return _cache_free_unlocked(<pgo_cache_t*>state, p, True)
+
+
+cdef int _cache_give(void* state, void* p) noexcept nogil:
+    return pgo_backend_give(&(<pgo_cache_t*>state).lock, &(<pgo_cache_t*>state).stats,
+                            _cache_holds_aligned, _cache_give_unlocked, state, p)
+
+
+cdef bint _cache_holds(void* state, void* p) noexcept nogil:
+    cdef pgo_cache_t* c = <pgo_cache_t*>state
+    return pgo_atomic_load(&c.lo) <= <size_t>p < pgo_atomic_load(&c.hi)
+
+
+cdef size_t _cache_span_unlocked(void* state, void* p) noexcept nogil:
+    cdef pgo_cblock_t* b = _table_take(<pgo_cache_t*>state, p, False)
+    return b.size if b != NULL and b.live else 0
 
 
 cdef size_t _cache_span(void* state, void* p) noexcept nogil:
-    cdef pgo_cache_t* c = <pgo_cache_t*>state
-    cdef pgo_cblock_t* b
-    cdef size_t n = 0
-    if <size_t>p < pgo_atomic_load(&c.lo) or <size_t>p >= pgo_atomic_load(&c.hi):
-        return 0
-    pgo_lock(&c.lock, &c.stats)
-    b = _table_take(c, p, False)
-    if b != NULL and b.live:
-        n = b.size
-    pgo_unlock(&c.lock)
-    return n
+    return pgo_backend_span(&(<pgo_cache_t*>state).lock, &(<pgo_cache_t*>state).stats,
+                            _cache_holds, _cache_span_unlocked, state, p)
 
 
 cdef class CacheAllocator(Allocator):
@@ -465,7 +464,7 @@ cdef class CacheAllocator(Allocator):
         self._st = &self.c.stats
         self._lock = &self.c.lock
         self._min_align = 1
-        self._max_align = PAGE
+        self._max_align = PGO_PAGE_BYTES
 
     def __dealloc__(self):
         self._fork_forget()
@@ -487,13 +486,8 @@ cdef class CacheAllocator(Allocator):
         return PGO_OK
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        out.state = self.c
-        out.take = _cache_take
-        out.give = _cache_give
-        out.lo = &self.c.lo
-        out.hi = &self.c.hi
-        out.span = _cache_span
-        return 0
+        return pgo_backend_init(out, self.c, _cache_take, _cache_give, _cache_span,
+                                &self.c.lo, &self.c.hi)
 
     cdef object _where(self, char* p):
         return f"address {<uintptr_t>p:#x}"

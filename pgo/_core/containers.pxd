@@ -17,7 +17,7 @@
 # while holding a reference to the object, and without the GIL only when no
 # other thread uses the same container (they take no lock).
 
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t
 
 from pgo._core._typedefs cimport pgo_backend_t
 

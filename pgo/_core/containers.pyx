@@ -18,9 +18,12 @@ nothing for the garbage collector to track or traverse (the classes are
   ``getvalue()`` copies it out, ``reset()`` keeps the memory for the next
   round.
 
-Ownership: the struct and its arrays belong to the Python object
-(``__cinit__`` / ``__dealloc__``).  No locks: a container is for one thread
-at a time, like list and dict without the GIL's help.
+# NOTE: ownership.  The struct and its arrays belong to the Python object
+# (``__cinit__`` / ``__dealloc__``); a Vector made on a pgo allocator holds
+# that allocator, which outlives its data.
+# NOTE: threads and the GIL.  No locks: a container is for one thread at a
+# time, like list and dict without the GIL's help.  The C API (containers.pxd)
+# is nogil.
 """
 
 cimport cython
@@ -102,24 +105,41 @@ cdef inline int _vector_grow(pgo_vector_t* v) except -1 nogil:
     return vector_reserve(v, v.capacity * 2 if v.capacity >= 8 else 8)
 
 
-cdef int vector_push_i64(pgo_vector_t* v, int64_t x) except -1 nogil:
+cdef inline char* _vector_next(pgo_vector_t* v) except NULL nogil:
+    # The slot of one more element (counted already), grown into unless fixed.
     if v.length == v.capacity:
         if v.fixed:
-            return _raise_full(v.capacity)
+            _raise_full(v.capacity)
         _vector_grow(v)
-    (<int64_t*>v.data)[v.length] = x
     v.length += 1
+    return v.data + (v.length - 1) * v.itemsize
+
+
+cdef int vector_push_i64(pgo_vector_t* v, int64_t x) except -1 nogil:
+    (<int64_t*>_vector_next(v))[0] = x
     return 0
 
 
 cdef int vector_push_f64(pgo_vector_t* v, double x) except -1 nogil:
-    if v.length == v.capacity:
-        if v.fixed:
-            return _raise_full(v.capacity)
-        _vector_grow(v)
-    (<double*>v.data)[v.length] = x
-    v.length += 1
+    (<double*>_vector_next(v))[0] = x
     return 0
+
+
+cdef inline void _export_1d(Py_buffer* buf, char* data, size_t n, Py_ssize_t itemsize,
+                            Py_ssize_t* shape, bint readonly, char* fmt, int flags) noexcept:
+    # A contiguous one-dimensional view of n items at data, its shape read
+    # from `shape` (NULL: buf.len, for bytes); the caller sets buf.obj.
+    # What Vector and StringBuilder export.
+    buf.buf = data
+    buf.len = <Py_ssize_t>(n * itemsize)
+    buf.readonly = readonly
+    buf.itemsize = itemsize
+    buf.format = fmt if flags & PyBUF_FORMAT else NULL
+    buf.ndim = 1
+    buf.shape = shape if shape != NULL else &buf.len
+    buf.strides = &buf.itemsize
+    buf.suboffsets = NULL
+    buf.internal = NULL
 
 
 @cython.no_gc
@@ -270,19 +290,10 @@ cdef class Vector:
     def __getbuffer__(self, Py_buffer* buf, int flags):
         # NOTE: the view shares the data; exports stops vector_reserve from
         # moving it until every view is released.
-        buf.buf = self.v.data if self.v.data != NULL else <char*>&self.v.length
+        _export_1d(buf, self.v.data if self.v.data != NULL else <char*>&self.v.length,
+                   self.v.length, 8, <Py_ssize_t*>&self.v.length, False,
+                   b"q" if self.v.kind == PGO_VEC_I64 else b"d", flags)
         buf.obj = self
-        buf.len = <Py_ssize_t>(self.v.length * 8)
-        buf.readonly = 0
-        buf.itemsize = 8
-        buf.format = NULL
-        if flags & PyBUF_FORMAT:
-            buf.format = b"q" if self.v.kind == PGO_VEC_I64 else b"d"
-        buf.ndim = 1
-        buf.shape = <Py_ssize_t*>&self.v.length
-        buf.strides = &buf.itemsize
-        buf.suboffsets = NULL
-        buf.internal = NULL
         self.v.exports += 1
 
     def __releasebuffer__(self, Py_buffer* buf):
@@ -694,19 +705,9 @@ cdef class StringBuilder:
         # reset until every view is released.
         if flags & PyBUF_WRITABLE:
             raise BufferError("StringBuilder views are read-only")
-        buf.buf = self.b.data if self.b.data != NULL else <char*>&self.b.length
+        _export_1d(buf, self.b.data if self.b.data != NULL else <char*>&self.b.length,
+                   self.b.length, 1, NULL, True, b"B", flags)
         buf.obj = self
-        buf.len = <Py_ssize_t>self.b.length
-        buf.readonly = 1
-        buf.itemsize = 1
-        buf.format = NULL
-        if flags & PyBUF_FORMAT:
-            buf.format = b"B"
-        buf.ndim = 1
-        buf.shape = &buf.len
-        buf.strides = &buf.itemsize
-        buf.suboffsets = NULL
-        buf.internal = NULL
         self.b.exports += 1
 
     def __releasebuffer__(self, Py_buffer* buf):

@@ -5,58 +5,50 @@ Design: an allocation is an aligned bump of ``top`` (inline in
 moves ``top`` back to 0, and refuses while any Python Block or array from
 the allocator is alive, so no view can outlive its memory.
 
-Ownership: the ``pgo_linear_t`` and its buffer belong to the
-LinearAllocator object, or to the C caller of ``linear_create``.
+# NOTE: ownership.  The ``pgo_linear_t`` and its buffer belong to the
+# LinearAllocator object (created in ``__cinit__``, freed in
+# ``__dealloc__``), or to the C caller of ``linear_create``, who frees it
+# with ``linear_destroy``.  A Python Block holds its allocator, so the
+# buffer outlives every Block and array made from it.
+# NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
+# nogil.  Without threadsafe=True the struct relies on its single user (or
+# the GIL) for exclusion; with it, every entry point in linear.pxd and
+# every backend call (numpy's handler) takes the mutex.  ``base`` and
+# ``size`` never change, so range tests need no lock.
 """
 
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
-from pgo._core._base cimport Allocator, Block, pgo_fail_null, pgo_raise
-from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
+from pgo._core._base cimport (
+    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_locked,
+    pgo_locked_alloc,
+)
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
-    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE,
-    PGO_OK, pgo_align_up, pgo_backend_t, pgo_bad_align, pgo_lock,
-    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
-    pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
+    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_LIVE, PGO_ERR_NOMEM,
+    PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_align_up, pgo_backend_give,
+    pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take, pgo_bad_align,
+    pgo_lock_gil_held, pgo_unlock, pgo_vg_alloc, pgo_vg_trim,
 )
 
 from pgo._errors import AllocatorError
 
 
 cdef pgo_linear_t* linear_create(size_t capacity, bint threadsafe) except NULL nogil:
-    cdef pgo_linear_t* s = <pgo_linear_t*>pgo_sys_calloc(1, sizeof(pgo_linear_t))
-    if s == NULL:
-        pgo_raise(PGO_ERR_NOMEM, "LinearAllocator", sizeof(pgo_linear_t), 0)
-        return NULL
-    s.base = <char*>pgo_sys_alloc(capacity, 64)
-    if s.base == NULL:
-        pgo_sys_free(s)
-        pgo_raise(PGO_ERR_NOMEM, "LinearAllocator", capacity, 64)
-        return NULL
-    s.size = capacity
-    s.lo = <size_t>s.base
-    s.hi = <size_t>s.base + capacity
-    s.stats.capacity = capacity
-    pgo_lock_init(&s.lock, threadsafe)
-    s.fast = not threadsafe and not PGO_DEBUG_FILL
-    if PGO_DEBUG_FILL:
-        memset(s.base, PGO_FILL_FREE, capacity)
-    pgo_vg_create(s)
-    pgo_vg_noaccess(s.base, capacity)
+    cdef pgo_linear_t* s = <pgo_linear_t*>pgo_buffer_new(sizeof(pgo_linear_t), capacity,
+                                                        "LinearAllocator")
+    pgo_buffer_init(s.base, capacity, threadsafe, &s.size, &s.lo, &s.hi, &s.fast, &s.stats,
+                    &s.lock)
     return s
 
 
 cdef void linear_destroy(pgo_linear_t* s) noexcept nogil:
     if s != NULL:
-        pgo_vg_destroy(s)
-        pgo_lock_destroy(&s.lock)
-        pgo_sys_free(s.base)
-        pgo_sys_free(s)
+        pgo_buffer_free(s, s.base, &s.lock)
 
 
-cdef int _linear_alloc_unlocked(pgo_linear_t* s, size_t n, size_t align, void** out) noexcept nogil:
+cdef int _linear_alloc_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
     cdef uintptr_t p
     cdef size_t off
     # A zero-byte block still takes a byte, so that it has an address of its own.
@@ -80,17 +72,12 @@ cdef int _linear_alloc_unlocked(pgo_linear_t* s, size_t n, size_t align, void** 
 
 
 cdef void* _linear_alloc_slow(pgo_linear_t* s, size_t n, size_t align) noexcept nogil:
-    cdef void* p = NULL
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _linear_alloc_unlocked(s, n, align, &p)
-    pgo_unlock(&s.lock)
-    if code != PGO_OK:
-        return pgo_fail_null(code, "LinearAllocator", n, align)
-    return p
+    return pgo_locked_alloc(&s.lock, &s.stats, _linear_alloc_unlocked, s, n, align,
+                            "LinearAllocator")
 
 
-cdef int _linear_reset_unlocked(pgo_linear_t* s) noexcept nogil:
+cdef int _linear_reset_unlocked(void* state) noexcept nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
     _linear_rewind(s)
@@ -128,64 +115,58 @@ cdef void _linear_maybe_rewind(pgo_linear_t* s) noexcept nogil:
 # since the last rewind (its blocks are not counted, so they might still be
 # in use).  So a loop of temporaries reuses one buffer.
 
-cdef int _linear_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+cdef int _linear_take_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
     cdef pgo_linear_t* s = <pgo_linear_t*>state
-    cdef int err
-    pgo_lock(&s.lock, &s.stats)
-    err = _linear_alloc_unlocked(s, n, 16, out)
+    cdef int err = _linear_alloc_unlocked(s, n, align, out)
     if err == PGO_OK:
         s.handler_live += 1
         s.handler_used = True
         s.owned_allocs += 1
-        s.stats.live_blocks += 1
-    pgo_unlock(&s.lock)
-    if zero and err == PGO_OK:
-        memset(out[0], 0, n)
     return err
+
+
+cdef int _linear_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+    return pgo_backend_take(&(<pgo_linear_t*>state).lock, &(<pgo_linear_t*>state).stats,
+                            _linear_take_unlocked, state, n, zero, out)
+
+
+cdef bint _linear_holds(void* state, void* p) noexcept nogil:
+    # base and size never change: no lock needed.
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
+    return <uintptr_t>p >= <uintptr_t>s.base and <uintptr_t>p - <uintptr_t>s.base < s.size
+
+
+cdef int _linear_give_unlocked(void* state, void* p) noexcept nogil:
+    cdef pgo_linear_t* s = <pgo_linear_t*>state
+    if <uintptr_t>p - <uintptr_t>s.base >= s.top or s.handler_live == 0:
+        return PGO_ERR_DOUBLE_FREE      # past the top: the buffer rewound since
+    s.handler_live -= 1
+    s.stats.frees += 1
+    if s.stats.live_blocks == 1:        # this array was the last
+        _linear_maybe_rewind(s)
+    return PGO_OK
 
 
 cdef int _linear_give(void* state, void* p) noexcept nogil:
-    cdef pgo_linear_t* s = <pgo_linear_t*>state
-    cdef uintptr_t a = <uintptr_t>p
-    cdef int err = PGO_OK
-    # base and size never change: the range test needs no lock.
-    if a < <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
-        return PGO_ERR_FOREIGN
-    pgo_lock(&s.lock, &s.stats)
-    if a - <uintptr_t>s.base >= s.top or s.handler_live == 0:
-        err = PGO_ERR_DOUBLE_FREE      # past the top: the buffer rewound since
-    else:
-        s.handler_live -= 1
-        s.stats.live_blocks -= 1
-        s.stats.frees += 1
-        if s.stats.live_blocks == 0:
-            _linear_maybe_rewind(s)
-    pgo_unlock(&s.lock)
-    return err
+    return pgo_backend_give(&(<pgo_linear_t*>state).lock, &(<pgo_linear_t*>state).stats,
+                            _linear_holds, _linear_give_unlocked, state, p)
 
 
-cdef size_t _linear_span(void* state, void* p) noexcept nogil:
+cdef size_t _linear_span_unlocked(void* state, void* p) noexcept nogil:
     # No block sizes are kept: the bytes from p up to the top, which hold
     # the block (realloc copies at most what the new block holds).
     cdef pgo_linear_t* s = <pgo_linear_t*>state
-    cdef uintptr_t a = <uintptr_t>p
-    cdef size_t top
-    if a < <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
-        return 0
-    pgo_lock(&s.lock, &s.stats)
-    top = s.top
-    pgo_unlock(&s.lock)
-    return top - (a - <uintptr_t>s.base) if a - <uintptr_t>s.base < top else 0
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
+    return s.top - off if off < s.top else 0
+
+
+cdef size_t _linear_span(void* state, void* p) noexcept nogil:
+    return pgo_backend_span(&(<pgo_linear_t*>state).lock, &(<pgo_linear_t*>state).stats,
+                            _linear_holds, _linear_span_unlocked, state, p)
 
 
 cdef int linear_reset(pgo_linear_t* s) except -1 nogil:
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _linear_reset_unlocked(s)
-    pgo_unlock(&s.lock)
-    if code != PGO_OK:
-        return pgo_raise(code, "LinearAllocator", 0, 0)
-    return 0
+    return pgo_locked(&s.lock, &s.stats, _linear_reset_unlocked, s, "LinearAllocator")
 
 
 cdef class LinearAllocator(Allocator):
@@ -224,13 +205,8 @@ cdef class LinearAllocator(Allocator):
         linear_sync_stats(self.s)
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        out.state = self.s
-        out.take = _linear_take
-        out.give = _linear_give
-        out.lo = &self.s.lo
-        out.hi = &self.s.hi
-        out.span = _linear_span
-        return 0
+        return pgo_backend_init(out, self.s, _linear_take, _linear_give, _linear_span,
+                                &self.s.lo, &self.s.hi)
 
     cdef int _c_reset(self) noexcept:
         return _linear_reset_unlocked(self.s)

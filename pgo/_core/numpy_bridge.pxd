@@ -1,9 +1,9 @@
 # numpy's data-memory handler (NEP 49) over pgo allocators: the router, a
 # table of size classes each served by one allocator, with everything else
 # on a system path that keeps what numpy's default handler does (a small
-# block cache, huge pages from 4 MiB).  The C-level API is for other handlers
-# built on the router (the profiler's recorder, per-site routing): it never
-# raises, never needs the GIL and never touches the Python C-API.
+# block cache, huge pages from 4 MiB).  The C-level API (the router's
+# struct and the owner lookup) never raises, never needs the GIL and never
+# touches the Python C-API.
 
 from libc.stdint cimport uint64_t
 
@@ -31,11 +31,5 @@ ctypedef struct pgo_router_t:
     uint64_t errors           # atomic: frees an owner refused (kept, never recycled)
 
 
-# n bytes: from the route whose class holds n when `routed`, else (or when
-# that allocator is exhausted, counted in fallback) from the system path.
-# NULL only when the system is out of memory.
-cdef void* pgo_route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogil
-# Gives p back to whichever route owns it, else to the system; NULL is a no-op.
-cdef void pgo_route_free(pgo_router_t* r, void* p) noexcept nogil
 # Index of the owner (r.owners) of p, or -1 for the system path.
 cdef int pgo_route_owner(pgo_router_t* r, void* p) noexcept nogil

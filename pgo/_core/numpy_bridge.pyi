@@ -1,10 +1,13 @@
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from pgo._core._base import Allocator
+
+SMALL_BLOCK_BYTES: int
+HUGEPAGE_MIN_BYTES: int
 
 class SizeClass:
     min_bytes: int
@@ -22,10 +25,6 @@ class Router:
     ) -> None: ...
     def owner_of(self, address: int) -> Allocator | None: ...
     def stats(self) -> dict[str, Any]: ...
-    @classmethod
-    def from_config(
-        cls, entries: Sequence[Mapping[str, Any]], *, source: str = "<config>", name: str = "pgo"
-    ) -> Router: ...
 
 class use:
     capsule: object
@@ -40,6 +39,7 @@ class use:
     ) -> bool: ...
 
 def current_handler() -> object: ...
+def swap_handler(capsule: object) -> object: ...
 def install(target: Allocator | Router) -> Router: ...
 def uninstall() -> Router | None: ...
 def installed() -> Router | None: ...

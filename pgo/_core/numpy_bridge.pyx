@@ -15,34 +15,40 @@ block records), never from the size numpy passes to ``free``, which can
 differ from the size allocated.  A pointer no allocator claims came from the
 system path.
 
-Ownership and lifetime: a handler capsule owns a ``pgo_capsule_t`` (numpy's
-handler struct and the context its callbacks get), which holds a reference
-to the Router, which holds its allocators.  numpy keeps a reference to the
-capsule in every array whose data it allocated, so allocators live until
-the last such array is freed, whatever happens to the Python objects or to
-the installed handler meanwhile.
+The system path (its small-block cache and huge-page advice) is C, in
+``_c/pgo_sys_path.h``; the size rules it follows are exported here as
+``SMALL_BLOCK_BYTES`` and ``HUGEPAGE_MIN_BYTES``.  The handler that threads
+started later take is shared with the recorder through ``_handler_hook``.
 
-Threads and the GIL: the callbacks are ``noexcept nogil`` C that never
-touch the Python C-API.  numpy calls them with or without the GIL (realloc
-runs without it in ``np.fromfile``), and frees run on whichever thread drops
-the last reference, so every allocator behind a router must be made with
-``threadsafe=True`` (the cache always is); the router's own counters are
-atomics and the small-block cache is per thread.
+# NOTE: ownership and lifetime.  A handler capsule owns a ``pgo_capsule_t``
+# (numpy's handler struct and the context its callbacks get), which holds a
+# reference to the Router, which holds its allocators.  numpy keeps a
+# reference to the capsule in every array whose data it allocated, so
+# allocators live until the last such array is freed, whatever happens to
+# the Python objects or to the installed handler meanwhile.
+# NOTE: threads and the GIL.  The callbacks are ``noexcept nogil`` C that
+# never touch the Python C-API.  numpy calls them with or without the GIL
+# (realloc runs without it in ``np.fromfile``), and frees run on whichever
+# thread drops the last reference, so every allocator behind a router must
+# be made with ``threadsafe=True`` (the cache always is); the router's own
+# counters are atomics and the small-block cache is per thread.
 """
 
 from cpython.pycapsule cimport (
     PyCapsule_CheckExact, PyCapsule_GetPointer, PyCapsule_IsValid, PyCapsule_New,
 )
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
-from libc.stdint cimport uint8_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset, strncpy
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, strncpy
 cimport numpy as cnp
 
 from pgo._core._base cimport Allocator, Block
+from pgo._core._c.pgo_memory cimport PGO_HUGEPAGE_MIN_BYTES, PGO_SMALL_BLOCK_BYTES
+from pgo._core._c.pgo_sys_path cimport (
+    pgo_small_count, pgo_sys_path_alloc, pgo_sys_path_free, pgo_sys_path_realloc,
+)
 from pgo._core._npy_handler cimport (
     PyArray_HANDLER, PyDataMem_GetHandler, PyDataMem_Handler, PyDataMem_SetHandler,
-    PyDataMemAllocator,
 )
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_FOREIGN, PGO_OK, pgo_atomic_inc, pgo_atomic_load,
@@ -55,174 +61,16 @@ import threading
 
 import numpy as np
 
-from pgo._errors import ConfigError
+from pgo._core._handler_hook import set_thread_handler, thread_handler, wrapped_handler
 
 cnp.import_array()
 
-
-cdef extern from *:
-    """
-    #include <pthread.h>
-    #include <stdint.h>
-    #include <stdlib.h>
-    #include <string.h>
-    #include <sys/mman.h>
-
-    /* The system path.  Every block from it starts with a 16-byte header
-       (so data stays 16-byte aligned) saying that it is a system block and,
-       for a small one, its bucket: a free then needs neither the size numpy
-       passes (untrusted) nor malloc_usable_size.  Small blocks (requests
-       under 4 KiB; bucket b serves 16*(b-1)+1 .. 16*b bytes) are kept for
-       reuse in a per-thread cache, which needs no lock and no GIL.  numpy
-       caches under 1 KiB; pgo goes further because its header would push
-       requests just under 1 KiB past glibc's own per-thread cache (1032
-       bytes).  At most 7 blocks per bucket: about 3.7 MB per thread at
-       worst, numpy's own bound. */
-    #define PGO_SMALL_MAX 4096
-    #define PGO_SC_BUCKETS 257
-    #define PGO_SC_DEPTH 7
-    #define PGO_SYS_MAGIC 0x70676f53u   /* "pgoS" */
-    typedef struct {
-        uint32_t magic;
-        uint32_t bucket;      /* 0: not a small block, never cached */
-        uint64_t spare;
-    } pgo_sys_hdr_t;
-
-    /* One cache line per bucket: its count and its blocks, as numpy's is. */
-    typedef struct {
-        size_t n;
-        pgo_sys_hdr_t *p[PGO_SC_DEPTH];
-    } pgo_small_bucket_t;
-
-    typedef struct {
-        pgo_small_bucket_t b[PGO_SC_BUCKETS];
-    } pgo_small_cache_t;
-
-    #define PGO_SMALL_GONE ((pgo_small_cache_t *)1)
-    /* initial-exec: one 8-byte slot, read with a single instruction instead
-       of a __tls_get_addr call on every small allocation and free. */
-    static __thread pgo_small_cache_t *pgo_tls_small __attribute__((tls_model("initial-exec")));
-    static pthread_key_t pgo_small_key;
-    static pthread_once_t pgo_small_once = PTHREAD_ONCE_INIT;
-
-    static void pgo_small_destroy(void *arg) {
-        /* Thread exit: the cached blocks go back to malloc.  Frees later in
-           this thread's exit (other keys' destructors) bypass the cache. */
-        pgo_small_cache_t *c = (pgo_small_cache_t *)arg;
-        for (int b = 0; b < PGO_SC_BUCKETS; b++)
-            for (size_t i = 0; i < c->b[b].n; i++)
-                free(c->b[b].p[i]);
-        free(c);
-        pgo_tls_small = PGO_SMALL_GONE;
-    }
-
-    static void pgo_small_key_init(void) {
-        pthread_key_create(&pgo_small_key, pgo_small_destroy);
-    }
-
-    static pgo_small_cache_t *pgo_small_get(void) {
-        pgo_small_cache_t *c = pgo_tls_small;
-        if (__builtin_expect(c != NULL, 1))
-            return c == PGO_SMALL_GONE ? NULL : c;
-        pthread_once(&pgo_small_once, pgo_small_key_init);
-        if (posix_memalign((void **)&c, 64, sizeof(*c)) != 0)
-            return NULL;
-        memset(c, 0, sizeof(*c));
-        if (pthread_setspecific(pgo_small_key, c) != 0) {
-            free(c);
-            return NULL;
-        }
-        pgo_tls_small = c;
-        return c;
-    }
-
-    /* What numpy's default handler does for blocks of 4 MiB and more. */
-    static inline void pgo_advise_huge(void *p, size_t n) {
-        uintptr_t a, e;
-        if (p == NULL || n < ((size_t)1 << 22))
-            return;
-        a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
-        e = (uintptr_t)p + n;
-        if (e > a)
-            madvise((void *)a, e - a, MADV_HUGEPAGE);
-    }
-
-    static inline void *pgo_sys_block(pgo_sys_hdr_t *h, uint32_t bucket) {
-        if (h == NULL)
-            return NULL;
-        h->magic = PGO_SYS_MAGIC;
-        h->bucket = bucket;
-        return h + 1;
-    }
-
-    /* n > 0; zero: calloc semantics. */
-    static inline void *pgo_sys_path_alloc(size_t n, int small_cache, int huge, int zero) {
-        pgo_sys_hdr_t *h;
-        if (n < PGO_SMALL_MAX && small_cache) {
-            size_t b = (n + 15) >> 4;
-            pgo_small_cache_t *c = pgo_small_get();
-            if (c != NULL && c->b[b].n) {
-                h = c->b[b].p[--c->b[b].n];
-                if (zero)
-                    memset(h + 1, 0, n);
-                return pgo_sys_block(h, (uint32_t)b);
-            }
-            h = zero ? calloc(1, sizeof(pgo_sys_hdr_t) + (b << 4))
-                     : malloc(sizeof(pgo_sys_hdr_t) + (b << 4));
-            return pgo_sys_block(h, (uint32_t)b);
-        }
-        if (n > SIZE_MAX - sizeof(pgo_sys_hdr_t))
-            return NULL;
-        h = zero ? calloc(1, sizeof(pgo_sys_hdr_t) + n) : malloc(sizeof(pgo_sys_hdr_t) + n);
-        if (huge)
-            pgo_advise_huge(h, sizeof(pgo_sys_hdr_t) + n);
-        return pgo_sys_block(h, 0);
-    }
-
-    /* 0, or -1 when p is not a system-path block (left alone). */
-    static inline int pgo_sys_path_free(void *p) {
-        pgo_sys_hdr_t *h = (pgo_sys_hdr_t *)p - 1;
-        pgo_small_cache_t *c;
-        if (__builtin_expect(h->magic != PGO_SYS_MAGIC, 0))
-            return -1;
-        if (h->bucket && (c = pgo_small_get()) != NULL && c->b[h->bucket].n < PGO_SC_DEPTH) {
-            pgo_small_bucket_t *bk = &c->b[h->bucket];
-            h->magic = 0;   /* cached: a second free of it is refused (set again when reused) */
-            bk->p[bk->n++] = h;
-            return 0;
-        }
-        h->magic = 0;
-        free(h);
-        return 0;
-    }
-
-    /* NULL with p untouched on failure (or when p is not a system block). */
-    static inline void *pgo_sys_path_realloc(void *p, size_t n, int huge) {
-        pgo_sys_hdr_t *h = (pgo_sys_hdr_t *)p - 1;
-        if (h->magic != PGO_SYS_MAGIC || n > SIZE_MAX - sizeof(pgo_sys_hdr_t))
-            return NULL;
-        h = realloc(h, sizeof(pgo_sys_hdr_t) + n);
-        if (huge)
-            pgo_advise_huge(h, sizeof(pgo_sys_hdr_t) + n);
-        /* Its size is no longer its bucket's: never cached. */
-        return pgo_sys_block(h, 0);
-    }
-
-    /* Test hook: the calling thread's cached block count. */
-    static size_t pgo_small_count(void) {
-        pgo_small_cache_t *c = pgo_tls_small;
-        size_t k = 0;
-        if (c == NULL || c == PGO_SMALL_GONE)
-            return 0;
-        for (int b = 0; b < PGO_SC_BUCKETS; b++)
-            k += c->b[b].n;
-        return k;
-    }
-    """
-    void* pgo_sys_path_alloc(size_t n, bint small_cache, bint huge, bint zero) noexcept nogil
-    int pgo_sys_path_free(void* p) noexcept nogil
-    void* pgo_sys_path_realloc(void* p, size_t n, bint huge) noexcept nogil
-    size_t pgo_small_count() noexcept nogil
+#: Requests under this many bytes are small blocks: the system path keeps
+#: them per thread for reuse, and a size-class cache serves from here up.
+SMALL_BLOCK_BYTES = PGO_SMALL_BLOCK_BYTES
+#: Blocks of this many bytes and more are advised MADV_HUGEPAGE, as numpy's
+#: default handler does.
+HUGEPAGE_MIN_BYTES = PGO_HUGEPAGE_MIN_BYTES
 
 
 # -- the router, in C ---------------------------------------------------------
@@ -230,10 +78,6 @@ cdef extern from *:
 cdef inline void _sys_free(pgo_router_t* r, void* p) noexcept nogil:
     if pgo_sys_path_free(p) != 0:
         pgo_atomic_inc(&r.errors)     # not a block of ours: leaked, never freed blindly
-
-
-cdef void* pgo_route_alloc(pgo_router_t* r, size_t n, bint routed) noexcept nogil:
-    return _route_alloc(r, n, routed, False)
 
 
 cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed, bint zero) noexcept nogil:
@@ -254,10 +98,6 @@ cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed, bint zero
                 pgo_atomic_inc(&r.fallback)
                 break
     return pgo_sys_path_alloc(n, r.small_cache, r.hugepages, zero)
-
-
-cdef void pgo_route_free(pgo_router_t* r, void* p) noexcept nogil:
-    _route_free(r, p)
 
 
 cdef inline void _route_free(pgo_router_t* r, void* p) noexcept nogil:
@@ -521,22 +361,6 @@ cdef class Router:
                 "errors": pgo_atomic_load(<size_t*>&self.r.errors),
                 "routes": routes}
 
-    @classmethod
-    def from_config(cls, entries, *, source="<config>", name="pgo"):
-        """A Router from the ``[[numpy.size_class]]`` tables of a pgo config
-        (a list of dicts, as ``tomllib`` reads them).
-
-        Each entry: ``min_bytes`` (required), ``max_bytes`` (optional),
-        ``allocator`` (one of ``cache``, ``slab``, ``arena``, ``linear``,
-        ``stack``) and that allocator's settings (see ``CONFIG_KEYS``).
-
-        Raises:
-            pgo.ConfigError: naming ``source``, the entry and the valid
-                choices, for unknown keys or allocators and bad values.
-        """
-        from pgo._core._routes import router_from_config
-        return router_from_config(cls, entries, source=source, name=name)
-
     def __repr__(self):
         return f"<Router {self.name!r} {list(self.size_classes)!r}>"
 
@@ -641,55 +465,13 @@ def current_handler():
 
 cdef object _installed = None        # (router, capsule, previous handler)
 _install_lock = threading.Lock()
-_thread_hook_done = False
 
 
-def _swap_handler(capsule):
+def swap_handler(capsule):
     """Sets numpy's handler in this context and returns the one before:
     for a wrapper that keeps it in its own frame and puts it back (one C
     call each way, no stack of saved handlers as ``use`` needs)."""
     return PyDataMem_SetHandler(capsule)
-
-
-def _patch_threads():
-    # numpy gives every new thread the default handler (its ContextVar
-    # starts empty there), so a thread started after install() sets pgo's
-    # handler itself before running its target: threading.Thread and what
-    # is built on it (concurrent.futures, multiprocessing.pool.ThreadPool).
-    global _thread_hook_done
-    if _thread_hook_done:
-        return
-    original = threading.Thread._bootstrap_inner
-
-    def _bootstrap_inner(self):
-        capsule = _thread_capsule
-        try:
-            if capsule is not None:
-                PyDataMem_SetHandler(capsule)
-        finally:
-            original(self)          # whatever happened: Thread.start() waits for it
-
-    threading.Thread._bootstrap_inner = _bootstrap_inner
-    _thread_hook_done = True
-
-
-cdef object _thread_capsule = None   # the handler threads started from now on take
-
-
-def _set_thread_handler(capsule):
-    """The handler capsule (or None: numpy's default) that threads started
-    from now on take; returns the one before.  One hook for every pgo
-    handler (install(), the profiler's recorder), so that the last one set
-    wins whatever order they were set up in."""
-    global _thread_capsule
-    _patch_threads()
-    previous = _thread_capsule
-    _thread_capsule = capsule
-    return previous
-
-
-def _thread_handler():
-    return _thread_capsule
 
 
 def install(target):
@@ -708,7 +490,7 @@ def install(target):
     with _install_lock:
         if _installed is not None:
             _uninstall_locked()
-        _set_thread_handler(capsule)
+        set_thread_handler(capsule)
         previous = PyDataMem_SetHandler(capsule)
         _installed = (router, capsule, previous)
     return router
@@ -722,8 +504,8 @@ cdef object _uninstall_locked():
     # request to the system path: uninstall is process-wide too.  Blocks
     # already handed out still go back to their allocators.
     pgo_atomic_store(&_ours(capsule).active, 0)
-    if _thread_capsule is capsule:
-        _set_thread_handler(None)
+    if thread_handler() is capsule:
+        set_thread_handler(None)
     if PyDataMem_GetHandler() is capsule:
         PyDataMem_SetHandler(previous)
     return router
@@ -803,10 +585,9 @@ def owner(array):
     capsule = <object>cap
     h = _ours(capsule)
     if h == NULL:
-        # The profiler's recorder passes every call on to the handler it
-        # wraps, which may be a pgo router: look there.
-        from pgo._core import recorder
-        inner = recorder._wrapped(capsule)
+        # A wrapping handler (the profiler's recorder) passes every call on
+        # to the handler it wraps, which may be a pgo router: look there.
+        inner = wrapped_handler(capsule)
         if inner is None:
             return None
         h = _ours(inner)
@@ -820,6 +601,6 @@ def owner(array):
     return (<Router><object>h.keep)._owners[i]
 
 
-def _small_cache_count():
-    """Test hook: small system blocks cached by the calling thread."""
+def _small_cache_count_for_tests():
+    """Test-only: small system blocks cached by the calling thread."""
     return pgo_small_count()

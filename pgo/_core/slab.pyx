@@ -12,29 +12,37 @@ double free an error, not a corrupted free list.  The common paths are
 inline in ``slab.pxd``; the complete ones (locking, growth, errors, the test
 build's fill and canary) are here.
 
-Ownership: the ``pgo_slab_t``, its reservation, bitmaps, slot stack and
-slab table belong to the SlabAllocator object, or to the C caller of
-``slab_create``; ``slab_destroy`` unmaps the reservation.
+# NOTE: ownership.  The ``pgo_slab_t``, its reservation, bitmaps, slot
+# stack and slab table belong to the SlabAllocator object, or to the C
+# caller of ``slab_create``; ``slab_destroy`` unmaps the reservation.  A
+# Python Block holds its allocator, so the slabs outlive every Block and
+# array made from them.
+# NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
+# nogil.  Without threadsafe=True the struct relies on its single user (or
+# the GIL) for exclusion; with it, every entry point in slab.pxd and every
+# backend call (numpy's handler) takes the mutex.  ``base``, ``stride`` and
+# ``max_slots`` never change, so range tests need no lock.
 """
 
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_fail, pgo_fail_at, pgo_fail_null, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_locked, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
 )
+from pgo._core._c.pgo_memory cimport PGO_HUGE_PAGE_BYTES, PGO_PAGE_BYTES
 from pgo._core._memory cimport (
     pgo_sys_calloc, pgo_sys_commit, pgo_sys_free, pgo_sys_realloc,
     pgo_sys_reserve, pgo_sys_unreserve,
 )
 from pgo._core._typedefs cimport (
-    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE,
-    PGO_ERR_FOREIGN, PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM,
-    PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
-    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_t, pgo_bad_align, pgo_canary_ok,
-    pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init,
-    pgo_mul_overflow, pgo_unlock, pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy,
-    pgo_vg_free, pgo_vg_noaccess, pgo_vg_trim,
+    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN,
+    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_give,
+    pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take, pgo_bad_align,
+    pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_mul_overflow,
+    pgo_unlock, pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess,
+    pgo_vg_trim,
 )
 
 from pgo._errors import AllocatorError
@@ -42,7 +50,6 @@ from pgo._errors import AllocatorError
 cdef enum:
     MAX_SLAB_SLOTS = 16777216   # 2**24; literals only: overflowcheck mis-compiles constant expressions here
     DEFAULT_SLAB_BYTES = 262144
-    HUGE_PAGE = 2097152
 
 # Address space reserved when no max_bytes is given: 64 GiB, untouched
 # until committed.  Far below the 128 TiB a process has.
@@ -90,7 +97,8 @@ cdef pgo_slab_t* slab_create(size_t block_size, size_t align, size_t first_slots
     if reserve < s.stride:
         reserve = s.stride
     minimum = reserve if max_bytes else first_slots * s.stride
-    s.base = pgo_sys_reserve(reserve, minimum, HUGE_PAGE if reserve >= HUGE_PAGE else 4096,
+    s.base = pgo_sys_reserve(reserve, minimum,
+                             PGO_HUGE_PAGE_BYTES if reserve >= PGO_HUGE_PAGE_BYTES else PGO_PAGE_BYTES,
                              &reserve, &s.raw, &s.raw_len)
     if s.base == NULL:
         pgo_sys_free(s)
@@ -157,7 +165,7 @@ cdef int _slab_grow(pgo_slab_t* s) noexcept nogil:
     if pgo_mul_overflow(s.nslots, s.stride, &offset) or pgo_mul_overflow(nslots, s.stride, &nbytes):
         return PGO_ERR_OVERFLOW
     # Commits are whole pages; the slab may already sit in the last one.
-    end = _round_up(offset + nbytes, 4096)
+    end = _round_up(offset + nbytes, PGO_PAGE_BYTES)
     if end > s.committed:
         if pgo_sys_commit(s.base + s.committed, end - s.committed) != 0:
             return PGO_ERR_NOMEM
@@ -235,7 +243,8 @@ cdef int _slab_free_slot(pgo_slab_t* s, size_t slot, bint from_python) noexcept 
     return PGO_OK
 
 
-cdef int _slab_free_unlocked(pgo_slab_t* s, void* p) noexcept nogil:
+cdef int _slab_free_unlocked(void* state, void* p) noexcept nogil:
+    cdef pgo_slab_t* s = <pgo_slab_t*>state
     cdef size_t slot
     cdef int err
     if p == NULL:
@@ -246,86 +255,89 @@ cdef int _slab_free_unlocked(pgo_slab_t* s, void* p) noexcept nogil:
     return _slab_free_slot(s, slot, False)
 
 
-cdef void* _slab_alloc_slow(pgo_slab_t* s) noexcept nogil:
-    cdef void* p = NULL
+cdef int _slab_alloc_c(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    # One slot (n and align are the slab's own).
     cdef size_t slot
-    cdef int err
-    pgo_lock(&s.lock, &s.stats)
-    err = _slab_alloc_unlocked(s, &p, &slot)
-    pgo_unlock(&s.lock)
-    if err != PGO_OK:
-        return pgo_fail_null(err, "SlabAllocator", s.block_size, s.align)
-    return p
+    return _slab_alloc_unlocked(<pgo_slab_t*>state, out, &slot)
+
+
+cdef void* _slab_alloc_slow(pgo_slab_t* s) noexcept nogil:
+    return pgo_locked_alloc(&s.lock, &s.stats, _slab_alloc_c, s, s.block_size, s.align,
+                            "SlabAllocator")
 
 
 cdef int _slab_free_slow(pgo_slab_t* s, void* p) noexcept nogil:
-    cdef int err
-    pgo_lock(&s.lock, &s.stats)
-    err = _slab_free_unlocked(s, p)
-    pgo_unlock(&s.lock)
-    if err != PGO_OK:
-        return pgo_fail_at(err, "SlabAllocator", p)
-    return 0
+    return pgo_locked_free(&s.lock, &s.stats, _slab_free_unlocked, s, p, "SlabAllocator")
 
 
 # -- numpy's handler (see pgo_backend_t) ----------------------------------
 # A block taken for an array is marked as Python-owned, as a Block's is, so
 # C code cannot free it and reset() refuses while it is alive.
 
-cdef int _slab_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    cdef pgo_slab_t* s = <pgo_slab_t*>state
-    cdef size_t slot
-    cdef int err
-    if n > s.block_size:
-        return PGO_ERR_TOO_BIG
-    pgo_lock(&s.lock, &s.stats)
-    err = _slab_alloc_unlocked(s, out, &slot)
+cdef int _slab_alloc_py(pgo_slab_t* s, size_t n, void** out, size_t* slot) noexcept nogil:
+    # A slot Python owns (an array's or a Block's) for n bytes: C code cannot
+    # free it.
+    cdef int err = _slab_alloc_unlocked(s, out, slot)
     if err == PGO_OK:
-        s.pybits[slot >> 6] |= (<uint64_t>1) << (slot & 63)
+        s.pybits[slot[0] >> 6] |= (<uint64_t>1) << (slot[0] & 63)
         s.py_allocs += 1
         s.py_requested += n
-        s.stats.live_blocks += 1
-    pgo_unlock(&s.lock)
-    if zero and err == PGO_OK:
-        memset(out[0], 0, n)
+    return err
+
+
+cdef int _slab_take_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    cdef size_t slot
+    return _slab_alloc_py(<pgo_slab_t*>state, n, out, &slot)
+
+
+cdef int _slab_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+    if n > (<pgo_slab_t*>state).block_size:
+        return PGO_ERR_TOO_BIG
+    return pgo_backend_take(&(<pgo_slab_t*>state).lock, &(<pgo_slab_t*>state).stats,
+                            _slab_take_unlocked, state, n, zero, out)
+
+
+cdef bint _slab_holds(void* state, void* p) noexcept nogil:
+    # base and max_slots never change: no lock needed.
+    cdef pgo_slab_t* s = <pgo_slab_t*>state
+    return (<uintptr_t>p >= <uintptr_t>s.base
+            and (<uintptr_t>p - <uintptr_t>s.base) // s.stride < s.max_slots)
+
+
+cdef int _slab_give_unlocked(void* state, void* p) noexcept nogil:
+    cdef pgo_slab_t* s = <pgo_slab_t*>state
+    cdef size_t slot
+    cdef int err = _slab_locate(s, p, &slot)
+    if err == PGO_ERR_FOREIGN:
+        return PGO_ERR_DOUBLE_FREE      # in the reservation, past the slabs: gone already
+    if err == PGO_OK and not (s.pybits[slot >> 6] & ((<uint64_t>1) << (slot & 63))):
+        return PGO_ERR_DOUBLE_FREE
+    if err == PGO_OK:
+        err = _slab_free_slot(s, slot, True)
     return err
 
 
 cdef int _slab_give(void* state, void* p) noexcept nogil:
+    return pgo_backend_give(&(<pgo_slab_t*>state).lock, &(<pgo_slab_t*>state).stats,
+                            _slab_holds, _slab_give_unlocked, state, p)
+
+
+cdef size_t _slab_span_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_slab_t* s = <pgo_slab_t*>state
     cdef size_t slot
-    cdef int err
-    # base and max_slots never change: the range test needs no lock.
-    if <uintptr_t>p < <uintptr_t>s.base or (<uintptr_t>p - <uintptr_t>s.base) // s.stride >= s.max_slots:
-        return PGO_ERR_FOREIGN
-    pgo_lock(&s.lock, &s.stats)
-    err = _slab_locate(s, p, &slot)
-    if err == PGO_ERR_FOREIGN:
-        err = PGO_ERR_DOUBLE_FREE       # in the reservation, past the slabs: gone already
-    if err == PGO_OK and not (s.pybits[slot >> 6] & ((<uint64_t>1) << (slot & 63))):
-        err = PGO_ERR_DOUBLE_FREE
-    if err == PGO_OK:
-        err = _slab_free_slot(s, slot, True)
-        if err == PGO_OK:
-            s.stats.live_blocks -= 1
-    pgo_unlock(&s.lock)
-    return err
+    if (_slab_locate(s, p, &slot) == PGO_OK
+            and s.bitmap[slot >> 6] & ((<uint64_t>1) << (slot & 63))):
+        return s.block_size
+    return 0
 
 
 cdef size_t _slab_span(void* state, void* p) noexcept nogil:
+    return pgo_backend_span(&(<pgo_slab_t*>state).lock, &(<pgo_slab_t*>state).stats,
+                            _slab_holds, _slab_span_unlocked, state, p)
+
+
+cdef int _slab_reset_unlocked(void* state) noexcept nogil:
     cdef pgo_slab_t* s = <pgo_slab_t*>state
-    cdef size_t slot, n = 0
-    if <uintptr_t>p < <uintptr_t>s.base or (<uintptr_t>p - <uintptr_t>s.base) // s.stride >= s.max_slots:
-        return 0
-    pgo_lock(&s.lock, &s.stats)
-    if (_slab_locate(s, p, &slot) == PGO_OK
-            and s.bitmap[slot >> 6] & ((<uint64_t>1) << (slot & 63))):
-        n = s.block_size
-    pgo_unlock(&s.lock)
-    return n
-
-
-cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
     cdef size_t i
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
@@ -353,13 +365,7 @@ cdef int _slab_reset_unlocked(pgo_slab_t* s) noexcept nogil:
 
 
 cdef int slab_reset(pgo_slab_t* s) except -1 nogil:
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _slab_reset_unlocked(s)
-    pgo_unlock(&s.lock)
-    if code != PGO_OK:
-        return pgo_raise(code, "SlabAllocator", 0, 0)
-    return 0
+    return pgo_locked(&s.lock, &s.stats, _slab_reset_unlocked, s, "SlabAllocator")
 
 
 cdef size_t _natural_align(size_t block_size) noexcept:
@@ -405,21 +411,13 @@ cdef class SlabAllocator(Allocator):
         slab_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        cdef size_t slot
-        cdef int err
         if nbytes > self.s.block_size:
             self.s.stats.failed += 1
             return PGO_ERR_TOO_BIG
         if align > self.s.align:
             self.s.stats.failed += 1
             return PGO_ERR_ALIGN
-        err = _slab_alloc_unlocked(self.s, out, &slot)
-        if err == PGO_OK:
-            token[0] = slot
-            self.s.py_allocs += 1
-            self.s.py_requested += nbytes
-            self.s.pybits[slot >> 6] |= (<uint64_t>1) << (slot & 63)
-        return err
+        return _slab_alloc_py(self.s, nbytes, out, token)
 
     cdef int _c_free(self, Block b) noexcept:
         return _slab_free_slot(self.s, b.token, True)
@@ -431,13 +429,8 @@ cdef class SlabAllocator(Allocator):
         slab_sync_stats(self.s)
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        out.state = self.s
-        out.take = _slab_take
-        out.give = _slab_give
-        out.lo = &self.s.lo
-        out.hi = &self.s.hi
-        out.span = _slab_span
-        return 0
+        return pgo_backend_init(out, self.s, _slab_take, _slab_give, _slab_span,
+                                &self.s.lo, &self.s.hi)
 
     cdef size_t _canary_len(self, Block b) noexcept:
         return self.s.stride - b.nbytes if PGO_CANARY else 0

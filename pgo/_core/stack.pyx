@@ -7,73 +7,54 @@ previous block), which is what lets ``free`` check LIFO order and lets a
 Python Block that dies out of order be released later, once every block
 above it is gone, instead of corrupting the stack.
 
-Ownership: the ``pgo_stack_t`` and its buffer belong to the StackAllocator
-object (created in ``__cinit__``, freed in ``__dealloc__``); C callers of
-``stack_create`` own what it returns and free it with ``stack_destroy``.
-
-# NOTE: without threadsafe=True the struct relies on its single user (or the
-# GIL) for exclusion; with it, every entry point in stack.pxd locks.
+# NOTE: ownership.  The ``pgo_stack_t`` and its buffer belong to the
+# StackAllocator object (created in ``__cinit__``, freed in
+# ``__dealloc__``); C callers of ``stack_create`` own what it returns and
+# free it with ``stack_destroy``.  A Python Block holds its allocator, so
+# the buffer outlives every Block and array made from it.
+# NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
+# nogil.  Without threadsafe=True the struct relies on its single user (or
+# the GIL) for exclusion; with it, every entry point in stack.pxd and every
+# backend call (numpy's handler) takes the mutex.
 """
 
 cimport cython
+from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_fail, pgo_fail_at, pgo_fail_null, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_locked,
+    pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
 )
-from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
-from libc.stdint cimport uintptr_t
-
 from pgo._core._typedefs cimport (
-    pgo_backend_t,
-    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE,
-    PGO_ERR_FOREIGN, PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM,
-    PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG,
-    PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow, pgo_align_up,
-    pgo_bad_align, pgo_canary_ok, pgo_lock, pgo_lock_destroy,
-    pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
-    pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess,
+    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
+    PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_ERR_OVERRUN,
+    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
+    pgo_align_up, pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_t,
+    pgo_backend_take, pgo_bad_align, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_unlock,
+    pgo_vg_alloc, pgo_vg_free,
 )
 
 import warnings
 
 
 cdef pgo_stack_t* stack_create(size_t capacity, bint threadsafe) except NULL nogil:
-    cdef pgo_stack_t* s = <pgo_stack_t*>pgo_sys_calloc(1, sizeof(pgo_stack_t))
-    if s == NULL:
-        pgo_raise(PGO_ERR_NOMEM, "StackAllocator", sizeof(pgo_stack_t), 0)
-        return NULL
-    s.base = <char*>pgo_sys_alloc(capacity, 64)
-    if s.base == NULL:
-        pgo_sys_free(s)
-        pgo_raise(PGO_ERR_NOMEM, "StackAllocator", capacity, 64)
-        return NULL
-    s.size = capacity
-    s.lo = <size_t>s.base
-    s.hi = <size_t>s.base + capacity
-    s.stats.capacity = capacity
-    pgo_lock_init(&s.lock, threadsafe)
-    # Decided here, by pgo's own build, not by the build of whoever inlines
-    # the .pxd paths.
-    s.fast = not threadsafe and not PGO_DEBUG_FILL
-    if PGO_DEBUG_FILL:
-        memset(s.base, PGO_FILL_FREE, capacity)
-    pgo_vg_create(s)
-    pgo_vg_noaccess(s.base, capacity)
+    cdef pgo_stack_t* s = <pgo_stack_t*>pgo_buffer_new(sizeof(pgo_stack_t), capacity,
+                                                      "StackAllocator")
+    pgo_buffer_init(s.base, capacity, threadsafe, &s.size, &s.lo, &s.hi, &s.fast, &s.stats,
+                    &s.lock)
     return s
 
 
 cdef void stack_destroy(pgo_stack_t* s) noexcept nogil:
     if s != NULL:
-        pgo_vg_destroy(s)
-        pgo_lock_destroy(&s.lock)
-        pgo_sys_free(s.base)
-        pgo_sys_free(s)
+        pgo_buffer_free(s, s.base, &s.lock)
 
 
-cdef int _stack_alloc_unlocked(pgo_stack_t* s, size_t n, size_t align, void** out) noexcept nogil:
+cdef int _stack_alloc_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
     # The complete allocation: what stack_alloc inlines, plus the test
     # build's fill and canary, and the failure codes.
+    cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef uintptr_t p
     cdef size_t off, take
     if pgo_bad_align(align):
@@ -152,25 +133,17 @@ cdef int _stack_free_unlocked(pgo_stack_t* s, void* p, bint from_python) noexcep
     return PGO_OK
 
 
+cdef int _stack_free_c(void* state, void* p) noexcept nogil:
+    return _stack_free_unlocked(<pgo_stack_t*>state, p, False)
+
+
 cdef void* _stack_alloc_slow(pgo_stack_t* s, size_t n, size_t align) noexcept nogil:
-    cdef void* p = NULL
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _stack_alloc_unlocked(s, n, align, &p)
-    pgo_unlock(&s.lock)
-    if code != PGO_OK:
-        return pgo_fail_null(code, "StackAllocator", n, align)
-    return p
+    return pgo_locked_alloc(&s.lock, &s.stats, _stack_alloc_unlocked, s, n, align,
+                            "StackAllocator")
 
 
 cdef int _stack_free_slow(pgo_stack_t* s, void* p) noexcept nogil:
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _stack_free_unlocked(s, p, False)
-    pgo_unlock(&s.lock)
-    if code != PGO_OK:
-        return pgo_fail_at(code, "StackAllocator", p)
-    return 0
+    return pgo_locked_free(&s.lock, &s.stats, _stack_free_c, s, p, "StackAllocator")
 
 
 cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
@@ -188,18 +161,24 @@ cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
 # Arrays die in any order: a block given back below the top is marked dead
 # and released with the blocks above it, as a dropped Block's is.
 
-cdef int _stack_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+cdef int _stack_alloc_py(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    # A block Python owns (an array's or a Block's): C code cannot free it.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    cdef int err
-    pgo_lock(&s.lock, &s.stats)
-    err = _stack_alloc_unlocked(s, n, 16, out)
+    cdef int err = _stack_alloc_unlocked(s, n, align, out)
     if err == PGO_OK:
         _stack_hdr(s, <uintptr_t>out[0] - <uintptr_t>s.base).flags |= PGO_STACK_PY
-        s.stats.live_blocks += 1
-    pgo_unlock(&s.lock)
-    if zero and err == PGO_OK:
-        memset(out[0], 0, n)
     return err
+
+
+cdef int _stack_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
+    return pgo_backend_take(&(<pgo_stack_t*>state).lock, &(<pgo_stack_t*>state).stats,
+                            _stack_alloc_py, state, n, zero, out)
+
+
+cdef bint _stack_holds(void* state, void* p) noexcept nogil:
+    # base and size never change: no lock needed.
+    cdef pgo_stack_t* s = <pgo_stack_t*>state
+    return <uintptr_t>p > <uintptr_t>s.base and <uintptr_t>p - <uintptr_t>s.base < s.size
 
 
 cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept nogil:
@@ -215,16 +194,10 @@ cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept no
             and h.prev_last < off)
 
 
-cdef int _stack_give(void* state, void* p) noexcept nogil:
+cdef int _stack_give_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    cdef uintptr_t a = <uintptr_t>p
-    cdef size_t off
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
     cdef int err = PGO_OK
-    # base and size never change: the range test needs no lock.
-    if a <= <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
-        return PGO_ERR_FOREIGN
-    off = a - <uintptr_t>s.base
-    pgo_lock(&s.lock, &s.stats)
     if off != s.last and not _stack_looks_like_block(s, off):
         # Not the top, and no header of a block under it: say what it is
         # (the walk is as deep as the stack, but only misuse gets here).
@@ -235,30 +208,31 @@ cdef int _stack_give(void* state, void* p) noexcept nogil:
         err = PGO_ERR_DOUBLE_FREE if _stack_hdr(s, off).flags & PGO_STACK_DEAD else PGO_ERR_PY_OWNED
     if err == PGO_OK:
         _stack_kill_unlocked(s, p)
-        s.stats.live_blocks -= 1
-    pgo_unlock(&s.lock)
     return err
 
 
-cdef size_t _stack_span(void* state, void* p) noexcept nogil:
+cdef int _stack_give(void* state, void* p) noexcept nogil:
+    return pgo_backend_give(&(<pgo_stack_t*>state).lock, &(<pgo_stack_t*>state).stats,
+                            _stack_holds, _stack_give_unlocked, state, p)
+
+
+cdef size_t _stack_span_unlocked(void* state, void* p) noexcept nogil:
     # Walks down from the top: a block ends where the one above it began
     # (its header's prev_top), the top block at the top.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    cdef uintptr_t a = <uintptr_t>p
-    cdef size_t off, k, end, n = 0
-    if a <= <uintptr_t>s.base or a - <uintptr_t>s.base >= s.size:
-        return 0
-    off = a - <uintptr_t>s.base
-    pgo_lock(&s.lock, &s.stats)
-    k = s.last
-    end = s.top
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
+    cdef size_t k = s.last, end = s.top
     while k > off:
         end = _stack_hdr(s, k).prev_top
         k = _stack_hdr(s, k).prev_last
     if k == off and off != 0 and not (_stack_hdr(s, k).flags & PGO_STACK_DEAD):
-        n = end - off - PGO_CANARY
-    pgo_unlock(&s.lock)
-    return n
+        return end - off - PGO_CANARY
+    return 0
+
+
+cdef size_t _stack_span(void* state, void* p) noexcept nogil:
+    return pgo_backend_span(&(<pgo_stack_t*>state).lock, &(<pgo_stack_t*>state).stats,
+                            _stack_holds, _stack_span_unlocked, state, p)
 
 
 cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
@@ -307,7 +281,8 @@ cdef int stack_release(pgo_stack_t* s, pgo_stack_mark_t m) except -1 nogil:
     return 0
 
 
-cdef int _stack_reset_unlocked(pgo_stack_t* s) noexcept nogil:
+cdef int _stack_reset_unlocked(void* state) noexcept nogil:
+    cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef pgo_stack_mark_t zero
     if s.stats.live_blocks:
         return PGO_ERR_LIVE
@@ -321,13 +296,7 @@ cdef int _stack_reset_unlocked(pgo_stack_t* s) noexcept nogil:
 
 
 cdef int stack_reset(pgo_stack_t* s) except -1 nogil:
-    cdef int code
-    pgo_lock(&s.lock, &s.stats)
-    code = _stack_reset_unlocked(s)
-    pgo_unlock(&s.lock)
-    if code != PGO_OK:
-        return pgo_raise(code, "StackAllocator", 0, 0)
-    return 0
+    return pgo_locked(&s.lock, &s.stats, _stack_reset_unlocked, s, "StackAllocator")
 
 
 cdef class StackAllocator(Allocator):
@@ -362,10 +331,7 @@ cdef class StackAllocator(Allocator):
         stack_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        cdef int code = _stack_alloc_unlocked(self.s, nbytes, align, out)
-        if code == PGO_OK:
-            _stack_hdr(self.s, <char*>out[0] - self.s.base).flags |= PGO_STACK_PY
-        return code
+        return _stack_alloc_py(self.s, nbytes, align, out)
 
     cdef int _c_free(self, Block b) noexcept:
         return _stack_free_unlocked(self.s, b.ptr, True)
@@ -374,13 +340,8 @@ cdef class StackAllocator(Allocator):
         _stack_kill_unlocked(self.s, b.ptr)
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        out.state = self.s
-        out.take = _stack_take
-        out.give = _stack_give
-        out.lo = &self.s.lo
-        out.hi = &self.s.hi
-        out.span = _stack_span
-        return 0
+        return pgo_backend_init(out, self.s, _stack_take, _stack_give, _stack_span,
+                                &self.s.lo, &self.s.hi)
 
     cdef int _c_reset(self) noexcept:
         return _stack_reset_unlocked(self.s)
