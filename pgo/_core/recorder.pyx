@@ -40,7 +40,9 @@ kept.
 # The frame walk (site lookup) runs only when PyGILState_Check() says this
 # thread holds the GIL, saves and restores any pending exception, and
 # creates no Python objects except the frame objects CPython materializes
-# on request (as sys._getframe does).  The site table is touched only with
+# on request (as sys._getframe does), with the collector off meanwhile: a
+# collection started there could traverse a container whose allocation
+# called us halfway through its change.  The site table is touched only with
 # the GIL held; the event buffer, counters and file only under the trace's
 # lock (a pthread mutex, never held while calling into Python: ``stats``
 # copies the counters out first).  The recorder owns the trace files from

@@ -112,8 +112,17 @@ uint32_t pgo_site(void) {
     PyObject *et, *ev, *tb;
     PyFrameObject *f;
     uint32_t id = 1;
+    int gc_was_on;
     if (!PyGILState_Check())
         return 0;
+    /* NOTE: no collection while the frames are walked.  PyFrame_GetBack
+       makes frame objects, and making a GC object can start a collection
+       (3.11 collects right there); the allocation that called us may be in
+       the middle of changing a container: list_resize reallocs the item
+       array before it stores the new pointer, so a collection would
+       traverse the freed array (json.dumps crashed that way under the
+       object sampler). */
+    gc_was_on = PyGC_Disable();
     PyErr_Fetch(&et, &ev, &tb);
     f = PyEval_GetFrame();
     Py_XINCREF(f);
@@ -144,6 +153,8 @@ uint32_t pgo_site(void) {
     Py_XDECREF(f);
     PyErr_Clear();
     PyErr_Restore(et, ev, tb);
+    if (gc_was_on)
+        PyGC_Enable();
     return id;
 }
 

@@ -7,7 +7,8 @@
    from any thread: without the GIL it answers 0 and touches nothing.  With
    it, it saves and restores any pending exception and creates no Python
    objects except the frame objects CPython materializes on request (as
-   sys._getframe does).  Linked into the recorder module. */
+   sys._getframe does), with the collector off while it does (making one
+   could start a collection inside an allocation).  Linked into the recorder module. */
 #ifndef PGO_SITES_H
 #define PGO_SITES_H
 
