@@ -41,7 +41,7 @@ class Runtime:
     def __init__(self, cfg: Config, source: str = "<config>") -> None:
         self.config = cfg
         self.source = source
-        self.gc: GCPolicy | None = GCPolicy(cfg.gc) if cfg.gc is not None else None
+        self.gc: GCPolicy | None = GCPolicy(cfg.gc, source) if cfg.gc is not None else None
         self.router: Any = None
         self.sites: SiteRouter | None = None
         self.warnings: list[str] = []
@@ -146,9 +146,12 @@ def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None) 
         cfg, source = config, "<config>"
     else:
         cfg, source = cfgmod.load(config), os.fspath(config)
+    # Made (and so checked) before the active one is taken back: a config
+    # refused here leaves the process as it was.
+    runtime = Runtime(cfg, source)
     if _active is not None:
         _active.stop()
-    runtime = Runtime(cfg, source).start()
+    runtime.start()
     _active = runtime
     if stats:
         import atexit

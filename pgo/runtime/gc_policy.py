@@ -21,8 +21,9 @@
   collector exactly, for heaps whose collections free nothing.  Cyclic
   garbage is still collected, and held under that factor of the live heap
   (or of the profiled peak).
-- ``freeze_after_startup``: ``gc.freeze()`` at ``startup_s`` after start
-  (a timer thread): what start-up built is never scanned again.
+- ``freeze_after_startup``: ``gc.collect()`` then ``gc.freeze()`` at
+  ``startup_s`` after start (a timer thread): what start-up built is never
+  scanned again, and no garbage of that moment is frozen with it.
 
 Python versions
 ---------------
@@ -220,6 +221,10 @@ class GCPolicy:
         return False
 
     def _freeze(self) -> None:
+        # Cyclic garbage alive at this moment would be frozen with the rest
+        # and never collected: collect it first (one full collection, of
+        # the heap that will not be scanned again).
+        gc.collect()
         gc.freeze()
         self.frozen = gc.get_freeze_count()
 
