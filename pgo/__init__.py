@@ -26,14 +26,13 @@ if TYPE_CHECKING:
     from pgo._core.containers import IntMap, StringBuilder, Vector
     from pgo._core.linear import LinearAllocator
     from pgo._core.numpy_bridge import (
-        SizeClass, current_handler, handler_name, install, installed, owner,
+        Router, SizeClass, current_handler, handler_name, install, installed, owner,
         uninstall, use,
     )
     from pgo._core.slab import SlabAllocator
     from pgo._core.stack import StackAllocator, StackFrame
     from pgo.analysis.optimizer import ProfileGuidedOptimizer
     from pgo.pools import BufferPool, ObjectPool
-    from pgo.runtime.allocators import Router
 
 _LAZY = {
     "pgo._core._base": ("DEBUG_BUILD", "Allocator", "Block"),
@@ -47,8 +46,8 @@ _LAZY = {
     "pgo._core.stack": ("StackAllocator", "StackFrame"),
     "pgo.analysis.optimizer": ("ProfileGuidedOptimizer",),
     "pgo.pools": ("BufferPool", "ObjectPool"),
-    # The C class, with from_config (which reads the config format _core
-    # does not know).
+    # The C class; importing it from here gives Router.from_config the
+    # config reader (_core does not know the format).
     "pgo.runtime.allocators": ("Router",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

@@ -527,7 +527,8 @@ def _fmix(x: np.ndarray) -> np.ndarray:
     x = x * np.uint64(0xFF51AFD7ED558CCD)
     x = x ^ (x >> np.uint64(33))
     x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
+    out: np.ndarray = x ^ (x >> np.uint64(33))
+    return out
 
 
 def _windows(words: np.ndarray) -> np.ndarray:

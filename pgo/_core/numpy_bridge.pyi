@@ -1,4 +1,4 @@
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +25,12 @@ class Router:
     ) -> None: ...
     def owner_of(self, address: int) -> Allocator | None: ...
     def stats(self) -> dict[str, Any]: ...
+    @classmethod
+    def from_config(
+        cls, entries: Any, *, source: str = "<config>", name: str = "pgo"
+    ) -> Router: ...
+
+def set_config_reader(reader: Callable[..., Router]) -> None: ...
 
 class use:
     capsule: object

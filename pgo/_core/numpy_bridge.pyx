@@ -361,8 +361,40 @@ cdef class Router:
                 "errors": pgo_atomic_load(<size_t*>&self.r.errors),
                 "routes": routes}
 
+    @classmethod
+    def from_config(cls, entries, *, source="<config>", name="pgo"):
+        """A Router from ``[[numpy.size_class]]`` tables given as Python
+        data: a list of dicts with ``min_bytes``, optional ``max_bytes``,
+        ``allocator`` (``cache``, ``slab``, ``arena``, ``linear`` or
+        ``stack``) and that allocator's settings (``pgo.config.SETTINGS``;
+        one left out is the allocator class's default).  The tables are
+        checked as a config file's are.
+
+        Raises:
+            pgo.ConfigError: a bad table, key, type or size, or an
+                allocator that cannot be made; the message names ``source``
+                and the entry.
+        """
+        if _config_reader is None:
+            raise RuntimeError("Router.from_config reads pgo's config format: import "
+                               "pgo.runtime.allocators first (pgo.Router does)")
+        return _config_reader(cls, entries, source=source, name=name)
+
     def __repr__(self):
         return f"<Router {self.name!r} {list(self.size_classes)!r}>"
+
+
+# NOTE: the config format is not _core's to know.  pgo.runtime.allocators
+# (which `pgo.Router` imports) hands its reader in here, so the dependency
+# runs from the runtime to _core and never back.
+cdef object _config_reader = None
+
+
+def set_config_reader(reader):
+    """What ``Router.from_config`` calls: ``reader(cls, entries, *, source,
+    name)``; set once by ``pgo.runtime.allocators``."""
+    global _config_reader
+    _config_reader = reader
 
 
 def _check_routable(sc):

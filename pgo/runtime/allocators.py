@@ -4,6 +4,9 @@
 ``Router.from_config``'s tables); what can still fail here is the machine:
 an allocator that cannot be made (a capacity it cannot map, ranges the
 Router refuses).  That is a ``ConfigError`` naming the rule too.
+
+Importing this module gives ``Router.from_config`` its reader (``_core``
+does not know the config format); ``pgo.Router`` comes from here for that.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgo import config as cfgmod
-from pgo._core.numpy_bridge import Router as _CoreRouter
-from pgo._core.numpy_bridge import SizeClass
+from pgo._core.numpy_bridge import Router, SizeClass, set_config_reader
 from pgo._errors import ConfigError
 from pgo.config import SiteRule, SizeClassRule
 
@@ -51,39 +53,19 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
         raise ConfigError(f"{where}: cannot make the {kind} allocator: {e}") from None
 
 
-class _RouterType(type):
-    # NOTE: pgo's own code (pgo.use(allocator), pgo.install(allocator))
-    # makes Routers of the C class; they are pgo.Routers all the same.
-    def __instancecheck__(cls, obj: Any) -> bool:
-        return isinstance(obj, _CoreRouter)
-
-
-class Router(_CoreRouter, metaclass=_RouterType):
-    __doc__ = _CoreRouter.__doc__
-
-    @classmethod
-    def from_config(cls, entries: Any, *, source: str = "<config>", name: str = "pgo") -> Router:
-        """A Router from ``[[numpy.size_class]]`` tables given as Python data:
-        a list of dicts with ``min_bytes``, optional ``max_bytes``,
-        ``allocator`` (``cache``, ``slab``, ``arena``, ``linear`` or
-        ``stack``) and that allocator's settings (``pgo.config.SETTINGS``;
-        one left out is the allocator class's default).
-
-        Raises:
-            pgo.ConfigError: a bad table, key, type or size, or an allocator
-                that cannot be made; the message names ``source`` and the
-                entry.
-        """
-        made: Router = router(cfgmod.size_classes(entries, source), source=source, name=name)
-        return made
-
-
-def router(rules: tuple[SizeClassRule, ...], *, source: str = "<config>",
-           name: str = "pgo") -> Router:
+def router(rules: tuple[SizeClassRule, ...], *, source: str = "<config>", name: str = "pgo",
+           cls: type[Router] = Router) -> Router:
     """A Router of ``rules`` (``[[numpy.size_class]]``), one allocator each."""
     classes = [SizeClass(r.min_bytes, r.max_bytes, make(r, f"{source}: numpy.size_class[{i}]"))
                for i, r in enumerate(rules)]
     try:
-        return Router(classes, name=name)
+        return cls(classes, name=name)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{source}: numpy.size_class: {e}") from None
+
+
+def _from_config(cls: type[Router], entries: Any, *, source: str, name: str) -> Router:
+    return router(cfgmod.size_classes(entries, source), source=source, name=name, cls=cls)
+
+
+set_config_reader(_from_config)

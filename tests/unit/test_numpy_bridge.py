@@ -9,8 +9,7 @@
   ``resize``), calloc over reused memory, ``free(NULL)``, malformed capsules.
 - Routing: validation, fallback when an allocator is exhausted, reset()
   refused while arrays live, the linear allocator's rewind, uninstall.
-- ``Router.from_config`` (RELIABILITY 22) and a thread stress under one
-  installed router.
+- A thread stress under one installed router.
 
 Comparisons of numpy arrays allocate too, so inside a ``use`` block every
 check that must not disturb a count runs after the block.  The autouse
@@ -974,120 +973,6 @@ def test_linear_does_not_rewind_under_c_level_blocks(cext):
         c = np.ones(10)
     del c
     assert linear.stats()["rewinds"] == 1
-
-
-# -- Router.from_config (RELIABILITY 22) -------------------------------------------------------
-
-def test_from_config_builds_the_allocators():
-    entries = [
-        {"min_bytes": 0, "max_bytes": 64, "allocator": "slab"},
-        {"min_bytes": 65, "max_bytes": 512, "allocator": "slab", "block_size": 512,
-         "slots_per_slab": 32},
-        {"min_bytes": 1024, "max_bytes": 65535, "allocator": "arena", "chunk_size": 1 << 18,
-         "limit_bytes": 4 * MiB},
-        {"min_bytes": 65536, "max_bytes": 1 << 18, "allocator": "linear", "capacity": 4 * MiB},
-        {"min_bytes": (1 << 18) + 1, "max_bytes": MiB, "allocator": "stack", "capacity": 4 * MiB},
-        {"min_bytes": MiB + 1, "allocator": "cache", "max_cached_bytes": 64 * MiB,
-         "hugepages": False, "prefault": True},
-    ]
-    router = pgo.Router.from_config(entries, source="job.toml", name="from-config")
-    assert isinstance(router, pgo.Router) and router.name == "from-config"
-    a = [sc.allocator for sc in router.size_classes]
-    assert [type(x) for x in a] == [pgo.SlabAllocator, pgo.SlabAllocator, pgo.ArenaAllocator,
-                                    pgo.LinearAllocator, pgo.StackAllocator, pgo.CacheAllocator]
-    assert [(sc.min_bytes, sc.max_bytes) for sc in router.size_classes] == [
-        (e["min_bytes"], e.get("max_bytes")) for e in entries]
-    assert a[0].block_size == 64 and a[0].align >= 16
-    assert a[1].block_size == 512
-    assert a[2].stats()["chunk_size"] == 1 << 18 and a[2].stats()["max_bytes"] == 4 * MiB
-    assert a[3].capacity == 4 * MiB and a[4].capacity == 4 * MiB
-    assert a[5].max_cached_bytes == 64 * MiB and "hugepages=False" in repr(a[5])
-    assert all(x.threadsafe for x in a)
-    with pgo.use(router):
-        xs = [np.ones(n // 8 + 1) for n in (8, 300, 5000, 100000, 500000, 2 * MiB)]
-    assert [pgo.owner(x) for x in xs] == a
-    del xs
-    assert all(x.live_blocks == 0 for x in a)
-
-
-def test_from_config_defaults_and_small_slab():
-    router = pgo.Router.from_config([{"min_bytes": 0, "max_bytes": 8, "allocator": "slab"},
-                                     {"min_bytes": 9, "allocator": "cache"}])
-    slab, cache = (sc.allocator for sc in router.size_classes)
-    assert slab.block_size == 8 and slab.align == 16
-    assert cache.max_cached_bytes == 512 * MiB
-    assert router.name == "pgo"
-    with pgo.use(router):
-        x = np.ones(1)
-    assert pgo.owner(x) is slab
-
-
-@pytest.mark.parametrize("entry,pattern", [
-    ({"min_bytes": 0, "allocator": "jemalloc"},
-     r"unknown allocator 'jemalloc'; valid: arena, cache, linear, slab, stack"),
-    ({"min_bytes": 0}, r"unknown allocator None; valid: arena, cache, linear, slab, stack"),
-    ({"min_bytes": 0, "allocator": "cache", "chunk_size": 5},
-     r"unknown key 'chunk_size' for allocator 'cache'; valid: .*max_cached_bytes"),
-    ({"min_bytes": 0, "allocator": "arena", "chunksize": 5}, r"unknown key 'chunksize'"),
-    ({"allocator": "cache"}, r"min_bytes is required"),
-    ({"min_bytes": "0", "allocator": "cache"}, r"min_bytes must be an integer"),
-    ({"min_bytes": 1.0, "allocator": "cache"}, r"min_bytes must be an integer"),
-    ({"min_bytes": True, "allocator": "cache"}, r"min_bytes must be an integer.*bool"),
-    ({"min_bytes": 0, "max_bytes": False, "allocator": "cache"}, r"max_bytes must be an integer"),
-    ({"min_bytes": -1, "allocator": "cache"}, r"min_bytes must be >= 0, got -1"),
-    ({"min_bytes": 100, "max_bytes": 99, "allocator": "cache"}, r"max_bytes must be >= 100"),
-    ({"min_bytes": 0, "allocator": "arena", "chunk_size": 0}, r"chunk_size must be >= 1"),
-    ({"min_bytes": 0, "allocator": "arena", "chunk_size": -4096}, r"chunk_size must be >= 1"),
-    ({"min_bytes": 0, "allocator": "arena", "limit_bytes": -1}, r"limit_bytes must be >= 0"),
-    ({"min_bytes": 0, "allocator": "stack", "capacity": True}, r"capacity must be an integer"),
-    ({"min_bytes": 0, "allocator": "linear", "capacity": "1M"}, r"capacity must be an integer"),
-    ({"min_bytes": 0, "allocator": "cache", "hugepages": 1}, r"hugepages must be true or false"),
-    ({"min_bytes": 0, "allocator": "cache", "prefault": "yes"}, r"prefault must be true or false"),
-    ({"min_bytes": 0, "allocator": "cache", "max_cached_bytes": -1},
-     r"max_cached_bytes must be >= 0"),
-    ({"min_bytes": 0, "allocator": "slab"}, r"slab needs max_bytes or block_size"),
-    ({"min_bytes": 0, "max_bytes": 100, "allocator": "slab", "block_size": 64},
-     r"block_size 64 is smaller than max_bytes 100"),
-    ({"min_bytes": 0, "allocator": "stack", "capacity": 1 << 62}, r"cannot make the stack"),
-])
-def test_from_config_errors_name_source_and_entry(entry, pattern):
-    entries = [{"min_bytes": 1 << 30, "allocator": "cache"}, entry]
-    with pytest.raises(pgo.ConfigError, match=pattern) as e:
-        pgo.Router.from_config(entries, source="job.toml")
-    assert str(e.value).startswith("job.toml: numpy.size_class[1]: ")
-
-
-@pytest.mark.parametrize("entry", [
-    {"min_bytes": 1 << 64, "allocator": "cache"},
-    {"min_bytes": 0, "max_bytes": 1 << 64, "allocator": "cache"},
-    {"min_bytes": 0, "allocator": "arena", "chunk_size": 1 << 64},
-    {"min_bytes": 0, "allocator": "cache", "max_cached_bytes": 1 << 64},
-    {"min_bytes": 0, "max_bytes": 64, "allocator": "slab", "slots_per_slab": 1 << 64},
-])
-def test_from_config_sizes_too_big_for_the_machine_are_config_errors(entry):
-    # A size that does not fit in 64 bits is a bad size like any other, and
-    # a config error must say so (with the source), not raise OverflowError.
-    with pytest.raises(pgo.ConfigError, match="job.toml"):
-        pgo.Router.from_config([entry], source="job.toml")
-
-
-def test_from_config_whole_table_errors():
-    with pytest.raises(pgo.ConfigError, match=r"job.toml: numpy.size_class must be an array"):
-        pgo.Router.from_config({"min_bytes": 0}, source="job.toml")
-    with pytest.raises(pgo.ConfigError, match=r"job.toml: numpy.size_class\[0\]: must be a table"):
-        pgo.Router.from_config([["min_bytes", 0]], source="job.toml")
-    with pytest.raises(pgo.ConfigError, match=r"job.toml: numpy.size_class: .*overlap"):
-        pgo.Router.from_config([{"min_bytes": 0, "max_bytes": 100, "allocator": "cache"},
-                                {"min_bytes": 50, "allocator": "arena"}], source="job.toml")
-    with pytest.raises(pgo.ConfigError, match=r"job.toml: numpy.size_class: .*at most 16"):
-        pgo.Router.from_config([{"min_bytes": 10 * i, "max_bytes": 10 * i + 9,
-                                 "allocator": "cache"} for i in range(17)], source="job.toml")
-    with pytest.raises(pgo.ConfigError, match="job.toml"):
-        pgo.Router.from_config([{"min_bytes": 0, "allocator": "slab", "block_size": 64}],
-                               source="job.toml")
-    with pytest.raises(pgo.ConfigError, match="name"):
-        pgo.Router.from_config([], source="job.toml", name="")
-    assert isinstance(pgo.Router.from_config([]), pgo.Router)
 
 
 # -- the per-thread small-block cache ---------------------------------------------------------
