@@ -52,8 +52,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from enum import StrEnum
-
 from pgo._errors import ConfigError
 
 VERSION = 1
@@ -76,8 +74,10 @@ NOTE_KEYS = ("pattern", "reason", "confidence")
 MAX_SIZE = (1 << 63) - 1      # a size must fit the C layer's signed 64 bits
 
 
-class Pattern(StrEnum):
-    """What `pgo analyze` saw a site or size class do (``pattern = ...``)."""
+class Pattern:
+    """What `pgo analyze` saw a site or size class do (``pattern = ...``).
+    Plain strings, not an Enum: ``pgo run`` imports this module before the
+    program starts, and an Enum class costs milliseconds to make."""
 
     LIFO_SCRATCH = "lifo-scratch"
     SCOPED_TEMPORARIES = "scoped-temporaries"
@@ -87,7 +87,8 @@ class Pattern(StrEnum):
     IRREGULAR = "irregular"
 
 
-PATTERNS = tuple(p.value for p in Pattern)
+PATTERNS = (Pattern.LIFO_SCRATCH, Pattern.SCOPED_TEMPORARIES, Pattern.FIXED_SIZE_CHURN,
+            Pattern.LARGE_REPEATED, Pattern.LONG_LIVED, Pattern.IRREGULAR)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import gc
 import sys
-import sysconfig
 import threading
 import time
 from typing import Any
@@ -98,7 +97,9 @@ def check_python(source: str | None = None) -> None:
     docstring).  ``source``: the config's name, for the message."""
     v = sys.version_info
     name = sys.implementation.name
-    free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    # "t": a free-threaded build (sysconfig would say so too, for 1 ms of
+    # import before the program starts).
+    free_threaded = "t" in getattr(sys, "abiflags", "")
     if name == "cpython" and (v[0], v[1]) in SUPPORTED_PYTHONS and not free_threaded:
         return
     here = (f"{'CPython' if name == 'cpython' else name} {v[0]}.{v[1]}.{v[2]}"
