@@ -70,6 +70,8 @@ ALLOCATORS = tuple(sorted(SETTINGS))
 SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache")
 SIZE_KEYS = ("min_bytes", "max_bytes", "allocator")
 FULL_COLLECTION = ("default", "growth")
+# The most a "growth" plan waits for (the runtime's backoff stops there too).
+MAX_GROWTH_FACTOR = 64.0
 NOTE_KEYS = ("pattern", "reason", "confidence")
 MAX_SIZE = (1 << 63) - 1      # a size must fit the C layer's signed 64 bits
 

@@ -8,18 +8,20 @@ profile measured.
   the thresholds (records.py: 1.28-1.31 s with young collections 70x
   rarer, against 0.99-1.01 s with none), so automatic collections go
   (``thresholds = [0, 0, 0]``) and full collections follow the heap, as
-  Go's collector does: one whenever it has doubled
-  (``full_collection = "growth"``, ``growth_factor = 2.0``).  The profile
-  counts as the last of those: its collections scanned the heap up to its
-  peak and found nothing there, so the first full one waits until the heap
-  has doubled past that peak (``peak_heap_blocks``, the sampled objects'
-  most live at once, in ``sys.getallocatedblocks()``'s units: 6.09 M
-  against 6.05 M on records.py; it misses what was allocated before the
-  profiler started, a few percent at most).  A run like the profiled one then scans
-  nothing at all (records.py: two fruitless full collections, 0.10-0.13 s,
-  without it); a bigger one is collected as Go would from there.  Cyclic
-  garbage is still collected, and held to at most twice the larger of the
-  live heap and the profiled peak.
+  Go's collector does: one whenever it has grown by ``growth_factor``
+  (``full_collection = "growth"``).  The factor comes from ratios that do
+  not change with the input size (the garbage per object allocated, the
+  objects allocated per block of peak heap; see ``_growth_factor``): the
+  largest that holds cyclic garbage under 10% of the heap, up to 64x.  A
+  program profiled on a third of its input then makes no full collection
+  on the whole of it (event_sourcing in benchmarks/corpus: one fruitless
+  0.35 s collection at 3x with a factor of 2).  The profile counts as the
+  last of those collections: its collections scanned the heap up to its
+  peak and found nothing, so the first full one waits for the factor
+  times that peak (``peak_heap_blocks``, the sampled objects' most live
+  at once, in ``sys.getallocatedblocks()``'s units: 6.09 M against
+  6.05 M on records.py; it misses what was allocated before the profiler
+  started, a few percent at most).
 - Collections that do free cycles: young collections get rarer by a
   bounded factor (threshold 10,000) and full collections come at 1.5x heap
   growth, so garbage stays within 1.5x of the live heap.
@@ -39,9 +41,12 @@ from pgo.analysis.features import OBJECTS, Collected, Traced, collect
 from pgo.analysis.lifetimes import Blocks
 from pgo.analysis.summary import live_curve, peak_live_count
 from pgo.bundle import Bundle
+from pgo.config import MAX_GROWTH_FACTOR as MAX_FACTOR
 from pgo.config import GCPlan
 
 MIN_SHARE = 0.05
+GARBAGE_SHARE = 0.10   # cyclic garbage held, as a share of the heap (the +10% RSS bound)
+MIN_FACTOR = 1.25
 
 
 def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
@@ -67,16 +72,18 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
     allocated = float(blocks.weight.sum()) if blocks is not None else 0.0
     freeze, startup = _startup(blocks, wall)
     if objects is not None and allocated > 0 and collected < allocated / 1000:
-        peak = round(_peak_blocks(objects))
+        peak = _peak_blocks(objects)
+        factor, garbage = _growth_factor(collected, allocated, peak)
         return GCPlan(
             thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
-            full_collection="growth", growth_factor=2.0, peak_heap_blocks=peak,
+            full_collection="growth", growth_factor=factor, peak_heap_blocks=round(peak),
             reason=(f"{head}, {collected / max(allocated, 1):.2%} of ~{allocated:,.0f} objects "
                     f"allocated: no young collections (each surviving object was scanned "
-                    f"twice for nothing), a full one whenever the heap has doubled, the "
-                    f"first at 2x the profile's peak of ~{peak:,} blocks, where its "
-                    f"collections found nothing (cyclic garbage, of which the run made almost "
-                    f"none, held under 2x the live heap or that peak)"
+                    f"twice for nothing), a full one whenever the heap has grown {factor:g}x, "
+                    f"the first at {factor:g}x the profile's peak of ~{round(peak):,} blocks, "
+                    f"where its collections found nothing: at its rate (at most "
+                    f"{garbage:.2g} of cyclic garbage per block of heap growth) the garbage "
+                    f"stays under {GARBAGE_SHARE:.0%} of the heap at any input size"
                     + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
     return GCPlan(
         thresholds=(10_000, 10, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
@@ -84,6 +91,28 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
         reason=(f"{head}: collections free cycles, so young collections only 14x rarer and "
                 f"full ones at 1.5x heap growth (garbage held under 1.5x the live heap)"
                 + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
+
+
+def _growth_factor(collected: float, allocated: float, peak: float) -> tuple[float, float]:
+    """(growth factor, garbage per block of heap growth), from ratios that do
+    not change with the input size.
+
+    Between two full collections the heap grows from H to F x H; the run
+    allocates about ``churn`` = allocated / peak objects per block it
+    grows by, and a share ``rate`` of them becomes cyclic garbage (the
+    profile's collected / allocated; with none collected, the rule of
+    three's bound 3 / allocated).  Garbage held: rate x churn x (F - 1) x H,
+    under GARBAGE_SHARE of the F x H heap for every F when rate x churn is
+    at most GARBAGE_SHARE: then the factor is MAX_FACTOR, and a larger run
+    than the profiled one scans no more than GC off does.  Otherwise the
+    largest F that keeps the bound.
+    """
+    rate = max(collected, 3.0) / allocated
+    churn = allocated / max(peak, 1.0)
+    garbage = rate * churn
+    if garbage <= GARBAGE_SHARE:
+        return MAX_FACTOR, garbage
+    return round(max(MIN_FACTOR, min(MAX_FACTOR, garbage / (garbage - GARBAGE_SHARE))), 2), garbage
 
 
 def _peak_blocks(objects: Traced) -> float:

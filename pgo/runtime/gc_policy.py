@@ -81,12 +81,12 @@ import time
 from typing import Any
 
 from pgo._errors import ConfigError
+from pgo.config import MAX_GROWTH_FACTOR as MAX_FACTOR
 from pgo.config import GCPlan
 
 UNREACHABLE = 1_000_000_000   # a third threshold no program reaches
 MIN_HEAP_BLOCKS = 100_000     # never trigger below this many blocks (start-up noise)
 POLL_S = 0.005                # with automatic collections off: how often to look
-MAX_FACTOR = 64.0             # the backoff's bound
 # The (major, minor) versions whose collector this policy knows and is tested on.
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
 

@@ -55,8 +55,10 @@ def test_example_targets_get_their_intended_strategy(name):
         # Collections freed nothing: no automatic collections, full ones on
         # heap growth (Go's way).
         assert cfg.gc.full_collection == "growth" and cfg.gc.thresholds == (0, 0, 0)
-        assert cfg.gc.growth_factor == 2.0
-        # The first full collection waits for 2x the profile's peak, which
+        # 72 objects freed of 9.3 M: the garbage can never reach 10% of the
+        # heap, so the factor is the runtime's bound.
+        assert cfg.gc.growth_factor == 64.0
+        # The first full collection waits for that x the profile's peak, which
         # sys.getallocatedblocks() put at 6.05 M blocks when this ran.
         assert 0.9 * 6.05e6 <= cfg.gc.peak_heap_blocks <= 1.1 * 6.05e6
         assert "GC took" in cfg.gc.reason
@@ -173,6 +175,23 @@ def test_gc_plan_guardrails():
     busy = gc_plan(fake(10**6, 0.5))
     assert busy.full_collection == "growth" and busy.growth_factor == 1.5
     assert busy.thresholds[0] <= 10_000 and "free cycles" in busy.reason
+
+
+def test_the_growth_factor_depends_on_ratios_not_on_the_input_size():
+    from pgo.analysis.gcplan import GARBAGE_SHARE, MAX_FACTOR, _growth_factor
+
+    # The profile and a run 3x its size have the same ratios: same factor.
+    for collected, allocated, peak in [(0, 3e6, 2e6), (72, 9.3e6, 6.1e6), (900, 1e6, 1e4)]:
+        assert _growth_factor(collected, allocated, peak)[0] == \
+            _growth_factor(3 * collected, 3 * allocated, 3 * peak)[0]
+    # Nothing collected on a heap that only grows: the garbage cannot reach
+    # the bound, so a larger run waits as long as the runtime ever does.
+    assert _growth_factor(0, 3.4e6, 2.0e6)[0] == MAX_FACTOR
+    # A churning heap with some garbage: the factor that keeps the garbage
+    # (rate x churn x (F - 1) of each F x H heap) at the bound.
+    factor, garbage = _growth_factor(200, 1e6, 1e3)    # rate 2e-4, churn 1000
+    assert factor == 2.0
+    assert garbage * (factor - 1) <= GARBAGE_SHARE * factor * 1.01
 
 
 def test_suggestions_for_code_no_config_can_fix():
