@@ -378,7 +378,9 @@ def test_object_sampler_never_starts_a_collection_inside_an_allocation(tmp_path)
         assert gc.isenabled() and gc.get_threshold()[0] == 20
         print("ok", len(keep))
     """)
+    # cwd: not the checkout, whose pgo/ (without its built extensions)
+    # `python -c` would import before the installed one.
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "objects.trace")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok", "20000"]
