@@ -4,8 +4,9 @@
 # error codes of the noexcept C paths into Python exceptions.
 
 from pgo._core._typedefs cimport (
-    PGO_OK, pgo_alloc_fn, pgo_backend_t, pgo_free_fn, pgo_lock, pgo_lock_t, pgo_locked_fn,
-    pgo_stats_t, pgo_unlock,
+    PGO_ERR_ALIGN, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_OK, pgo_alloc_fn, pgo_backend_t,
+    pgo_bad_align, pgo_fit, pgo_free_fn, pgo_lock, pgo_lock_t, pgo_locked_fn, pgo_stats_t,
+    pgo_unlock,
 )
 
 # Raises the exception for `code` (MemoryError naming nbytes, ValueError for
@@ -33,6 +34,24 @@ cdef void pgo_buffer_init(char* base, size_t capacity, bint threadsafe, size_t* 
                           pgo_lock_t* lock) noexcept nogil
 # Releases what pgo_buffer_new made (owner: the struct) and its lock.
 cdef void pgo_buffer_free(void* owner, char* base, pgo_lock_t* lock) noexcept nogil
+
+
+# Where a one-buffer allocator's complete (slow) path puts a block: n bytes,
+# `take` with what the allocator keeps after them, at the first address
+# aligned to `align` (raised to min_align) at or after base + start.  PGO_OK
+# with the block's offset in *off; else the error, counted in st.failed: a
+# bad alignment, more than the buffer can ever hold, or more than it has left.
+cdef inline int pgo_buffer_place(char* base, size_t size, size_t start, size_t n, size_t take,
+                                 size_t align, size_t min_align, pgo_stats_t* st,
+                                 size_t* off) noexcept nogil:
+    cdef int err = PGO_OK
+    if pgo_bad_align(align):
+        err = PGO_ERR_ALIGN
+    elif pgo_fit(base, size, start, align if align > min_align else min_align, take, off) == NULL:
+        err = PGO_ERR_TOO_BIG if n > size else PGO_ERR_NOMEM
+    if err != PGO_OK:
+        st.failed += 1
+    return err
 
 
 # The C API's locked entry points: fn run with the allocator's lock held, a
@@ -87,15 +106,26 @@ cdef class Block:
 
 
 cdef class Allocator:
-    # NOTE: _st and _lock point into the subclass's C struct, which the
-    # subclass owns (allocated in __cinit__, released in __dealloc__).  Every
-    # Block holds a reference to its allocator, so the struct outlives them.
+    # NOTE: _st, _lock and _be point into the subclass's C struct, which the
+    # subclass owns (allocated in its __cinit__, released by _c_destroy).
+    # Every Block holds a reference to its allocator, so the struct outlives
+    # them.
     cdef pgo_stats_t* _st
     cdef pgo_lock_t* _lock
+    cdef pgo_backend_t _be     # numpy's handler's entry points, filled in by __cinit__
+    cdef char* _buffer         # a one-buffer allocator's buffer (else NULL): for _where
     cdef size_t _min_align
     cdef size_t _max_align     # most an allocation can be aligned to
     cdef bint _fork_registered # its mutex is in the fork registry (see _base.pyx)
     cdef object __weakref__
+
+    # For each subclass's __cinit__: point _st and _lock at its C struct and
+    # set the alignments it serves.
+    cdef void _bind(self, pgo_stats_t* st, pgo_lock_t* lock, size_t min_align,
+                    size_t max_align) noexcept
+    # Frees the subclass's C struct (NULL when its __cinit__ failed); called
+    # once, by Allocator.__dealloc__, after the mutex left the fork registry.
+    cdef void _c_destroy(self) noexcept
 
     # Hooks, called with the lock held (and the GIL): return a PGO_ERR_* code.
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept
@@ -103,13 +133,14 @@ cdef class Allocator:
     cdef void _c_dead(self, Block b) noexcept
     cdef int _c_reset(self) noexcept
     cdef object _where(self, char* p)
-    # numpy's handler: fills *out, or returns -1 if this allocator cannot
-    # serve one (the base class).  Needs no lock.
+    # numpy's handler: fills *out with _be, or returns -1 if this allocator
+    # has none (the base class).  Needs no lock.
     cdef int _backend(self, pgo_backend_t* out) noexcept
     cdef void _fork_forget(self) noexcept
     cdef void _sync(self) noexcept             # write derived stats into *_st
     cdef size_t _canary_len(self, Block b) noexcept  # test build: bytes checked after a block
     cdef Block _check_free(self, object block)
+    cdef int _refuse_free(self, object block, str instead) except -1
     cdef int _check_releasable(self, Block b) except -1
     cdef bint _canary_broken(self, Block b) noexcept
 

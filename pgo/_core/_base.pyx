@@ -5,10 +5,11 @@ Design
 ------
 a) Each allocator family (stack, linear, arena, slab) is a C struct plus
    ``nogil`` functions in its ``.pxd``; its ``cdef class`` derives from
-   ``Allocator`` and fills in four hooks (``_c_alloc``, ``_c_free``,
-   ``_c_dead``, ``_c_reset``).  Everything users see -- ``alloc``,
-   ``empty``, ``zeros``, ``free``, ``reset``, ``stats`` -- is written once,
-   here.
+   ``Allocator``, hands it the struct's stats and lock (``_bind``) and
+   numpy's entry points (``_be``) in ``__cinit__``, and fills in the hooks
+   (``_c_alloc``, ``_c_free``, ``_c_dead``, ``_c_reset``, ``_c_destroy``).
+   Everything users see -- ``alloc``, ``empty``, ``zeros``, ``free``,
+   ``reset``, ``stats`` -- is written once, here, and so is ``__dealloc__``.
 b) Python never sees a bare pointer.  ``alloc()`` returns a ``Block``, an
    object exporting the memory through the buffer protocol
    (``memoryview(block).obj is block``); ``empty()``/``zeros()`` return numpy
@@ -49,10 +50,10 @@ from pgo._core._c.pgo_fork cimport pgo_fork_hooks, pgo_fork_register, pgo_fork_u
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
-    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN,
-    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_OK, pgo_backend_t, pgo_bad_align,
-    pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_lock_t,
-    pgo_mul_overflow, pgo_stats_t, pgo_unlock, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess,
+    PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED,
+    PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_MAX_ALIGN, PGO_OK, pgo_backend_t, pgo_bad_align,
+    pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_lock_t, pgo_mul_overflow,
+    pgo_stats_t, pgo_unlock, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess,
 )
 
 import numpy as np
@@ -345,7 +346,7 @@ cdef class Allocator:
         self._st = &_NO_STATS
         self._lock = &_NO_LOCK
         self._min_align = 1
-        self._max_align = 4096
+        self._max_align = PGO_MAX_ALIGN
 
     def __init__(self, *args, **kwargs):
         if type(self) is Allocator:
@@ -356,12 +357,27 @@ cdef class Allocator:
                 raise MemoryError("pgo: cannot register the allocator's mutex for fork()")
             self._fork_registered = True
 
+    def __dealloc__(self):
+        # NOTE: the subclasses have no __dealloc__ of their own: their struct
+        # is freed here, through _c_destroy, after its mutex has left the
+        # fork registry (a fork in between would lock freed memory).
+        self._fork_forget()
+        self._c_destroy()
+
+    cdef void _bind(self, pgo_stats_t* st, pgo_lock_t* lock, size_t min_align,
+                    size_t max_align) noexcept:
+        self._st = st
+        self._lock = lock
+        self._min_align = min_align
+        self._max_align = max_align
+
     cdef void _fork_forget(self) noexcept:
-        # Called by each subclass's __dealloc__ before its struct (and the
-        # mutex in it) is freed.
         if self._fork_registered:
             pgo_fork_unregister(&self._lock.mutex)
             self._fork_registered = False
+
+    cdef void _c_destroy(self) noexcept:
+        pass
 
     # -- hooks filled in by each allocator family ------------------------
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
@@ -377,10 +393,15 @@ cdef class Allocator:
         return PGO_OK
 
     cdef object _where(self, char* p):
-        return "?"
+        if self._buffer != NULL:
+            return f"offset {p - self._buffer}"
+        return f"address {<uintptr_t>p:#x}"
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        return -1
+        if self._be.take == NULL:
+            return -1
+        out[0] = self._be
+        return 0
 
     cdef void _sync(self) noexcept:
         pass
@@ -602,6 +623,13 @@ cdef class Allocator:
             raise AllocatorError(f"{self!r}: double free of the {b.nbytes}-byte block "
                                  f"at {self._where(b.ptr)}")
         return b
+
+    cdef int _refuse_free(self, object block, str instead) except -1:
+        # free() of the allocators that have none (linear, arena): a misused
+        # block is reported as such (a foreign one names its owner), any
+        # other is told what to do `instead`.
+        self._check_free(block)
+        raise AllocatorError(f"{self!r} has no individual free; {instead}")
 
     def _raise_free(self, int code, Block b):
         message = _FREE_ERRORS.get(code)

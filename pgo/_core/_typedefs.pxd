@@ -57,6 +57,14 @@ ctypedef struct pgo_stats_t:
     Py_ssize_t live_blocks # Python-level Block objects not yet dead
 
 
+cdef inline void pgo_stats_reset(pgo_stats_t* st) noexcept nogil:
+    # What every reset does to the counters: counts itself, and what was
+    # requested and lost since the last one starts over.
+    st.resets += 1
+    st.requested = 0
+    st.lost = 0
+
+
 ctypedef struct pgo_lock_t:
     bint enabled
     pthread_mutex_t mutex
@@ -116,6 +124,23 @@ cdef inline bint pgo_bad_align(size_t align) noexcept nogil:
 
 cdef inline uintptr_t pgo_align_up(uintptr_t x, size_t align) noexcept nogil:
     return (x + align - 1) & ~(<uintptr_t>align - 1)
+
+
+cdef inline char* pgo_fit(char* base, size_t size, size_t start, size_t align, size_t n,
+                          size_t* off) noexcept nogil:
+    # The bump of the stack, linear and arena allocators: the first address
+    # aligned to `align` at or after base + start (its offset left in *off),
+    # or NULL if n bytes from there do not fit in [base, base + size).
+    cdef uintptr_t p = pgo_align_up(<uintptr_t>base + start, align)
+    off[0] = p - <uintptr_t>base
+    if off[0] > size or n > size - off[0]:
+        return NULL
+    return <char*>p
+
+
+cdef inline bint pgo_within(const void* p, const char* base, size_t size) noexcept nogil:
+    # Whether p lies in [base, base + size): can it be one of a buffer's blocks.
+    return <uintptr_t>p >= <uintptr_t>base and <uintptr_t>p - <uintptr_t>base < size
 
 
 cdef inline void pgo_lock_init(pgo_lock_t* l, bint enabled) noexcept nogil:

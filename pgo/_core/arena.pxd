@@ -20,12 +20,10 @@
 # just before each recycle): call arena_sync_stats(a) before reading
 # a.stats.
 
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport uint32_t, uint64_t
 
 from pgo._core._base cimport Allocator
-from pgo._core._typedefs cimport (
-    pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t, pgo_unlikely,
-)
+from pgo._core._typedefs cimport pgo_bad_align, pgo_fit, pgo_lock_t, pgo_stats_t, pgo_unlikely
 
 cdef enum:
     PGO_ARENA_MIN_ALIGN = 8   # block starts are stored as offset / 8
@@ -85,22 +83,21 @@ cdef inline void arena_sync_stats(pgo_arena_t* a) noexcept nogil:
 cdef inline void* arena_alloc(pgo_arena_t* a, size_t n, size_t align) except NULL nogil:
     """Allocate n bytes aligned to align (>= 8); raises MemoryError/ValueError."""
     cdef pgo_arena_chunk_t* c = &a.chunks[a.current]
-    cdef uintptr_t p
+    cdef char* p
     cdef size_t off
     if pgo_unlikely(not a.fast or pgo_bad_align(align) or n == 0):
         return _arena_alloc_slow(a, n, align)
     if align < PGO_ARENA_MIN_ALIGN:
         align = PGO_ARENA_MIN_ALIGN
-    p = pgo_align_up(<uintptr_t>c.base + c.top, align)
-    off = p - <uintptr_t>c.base
-    if pgo_unlikely(off > c.size or n > c.size - off or c.nblocks == c.cap_blocks):
+    p = pgo_fit(c.base, c.size, c.top, align, n, &off)
+    if pgo_unlikely(p == NULL or c.nblocks == c.cap_blocks):
         return _arena_alloc_slow(a, n, align)
     c.starts[c.nblocks] = <uint32_t>(off >> 3)
     c.nblocks += 1
     a.stats.allocs += 1
     a.stats.requested += n
     c.top = off + n
-    return <void*>p
+    return p
 
 
 cdef class ArenaAllocator(Allocator):

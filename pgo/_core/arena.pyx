@@ -33,14 +33,12 @@ from pgo._core._base cimport (
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_LIVE,
-    PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK,
-    pgo_add_overflow, pgo_align_up, pgo_atomic_load, pgo_atomic_store, pgo_backend_give,
-    pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take, pgo_bad_align, pgo_lock,
-    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
+    PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_MAX_ALIGN,
+    PGO_OK, pgo_add_overflow, pgo_atomic_load, pgo_atomic_store, pgo_backend_give, pgo_backend_init,
+    pgo_backend_span, pgo_backend_take, pgo_bad_align, pgo_fit, pgo_lock, pgo_lock_destroy,
+    pgo_lock_gil_held, pgo_lock_init, pgo_stats_reset, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
     pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
 )
-
-from pgo._errors import AllocatorError
 
 cdef enum:
     DEF_CHUNK = 1048576         # 1 MiB; literals only: overflowcheck mis-compiles constant expressions here
@@ -220,11 +218,11 @@ cdef void _arena_free_ranges(pgo_arena_t* a) noexcept nogil:
 cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t* chunk) noexcept nogil:
     # The complete bump in the current chunk; PGO_ERR_NOMEM if it is full.
     cdef pgo_arena_chunk_t* c = &a.chunks[a.current]
-    cdef uintptr_t p = pgo_align_up(<uintptr_t>c.base + c.top, align)
-    cdef size_t off = p - <uintptr_t>c.base
+    cdef size_t off
     # A zero-byte block still takes a byte, so that it has an address of its own.
     cdef size_t take = n + (n == 0)
-    if off > c.size or take > c.size - off:
+    cdef char* p = pgo_fit(c.base, c.size, c.top, align, take, &off)
+    if p == NULL:
         return CHUNK_FULL
     if c.nblocks == c.cap_blocks and _arena_grow_blocks(c) != PGO_OK:
         return PGO_ERR_NOMEM
@@ -235,8 +233,8 @@ cdef int _arena_bump(pgo_arena_t* a, size_t n, size_t align, void** out, size_t*
     a.stats.requested += n
     c.top = off + take
     if PGO_DEBUG_FILL:
-        memset(<void*>p, PGO_FILL_ALLOC, n)
-    out[0] = <void*>p
+        memset(p, PGO_FILL_ALLOC, n)
+    out[0] = p
     # The token of a block: its chunk, and its number in the chunk.
     chunk[0] = a.current | ((c.nblocks - 1) << 32)
     return PGO_OK
@@ -444,9 +442,7 @@ cdef int _arena_reset_unlocked(void* state) noexcept nogil:
     a.current = 0
     a.recycled = 0
     a.stats.in_use = 0
-    a.stats.resets += 1
-    a.stats.requested = 0
-    a.stats.lost = 0
+    pgo_stats_reset(&a.stats)
     return PGO_OK
 
 
@@ -472,12 +468,11 @@ cdef class ArenaAllocator(Allocator):
 
     def __cinit__(self, size_t chunk_size=DEF_CHUNK, size_t max_bytes=0, *, bint threadsafe=False):
         self.a = arena_create(chunk_size, max_bytes, threadsafe)
-        self._st = &self.a.stats
-        self._lock = &self.a.lock
-        self._min_align = PGO_ARENA_MIN_ALIGN
+        pgo_backend_init(&self._be, self.a, _arena_take, _arena_give, _arena_span, &self.a.lo,
+                         &self.a.hi)
+        self._bind(&self.a.stats, &self.a.lock, PGO_ARENA_MIN_ALIGN, PGO_MAX_ALIGN)
 
-    def __dealloc__(self):
-        self._fork_forget()
+    cdef void _c_destroy(self) noexcept:
         arena_destroy(self.a)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
@@ -491,10 +486,6 @@ cdef class ArenaAllocator(Allocator):
 
     cdef void _sync(self) noexcept:
         arena_sync_stats(self.a)
-
-    cdef int _backend(self, pgo_backend_t* out) noexcept:
-        return pgo_backend_init(out, self.a, _arena_take, _arena_give, _arena_span,
-                                &self.a.lo, &self.a.hi)
 
     cdef object _where(self, char* p):
         cdef size_t chunk
@@ -532,9 +523,8 @@ cdef class ArenaAllocator(Allocator):
         Raises:
             AllocatorError: always (naming the real owner of a foreign block).
         """
-        self._check_free(block)
-        raise AllocatorError(f"{self!r} has no individual free; drop the block (its chunk is "
-                             f"reused once nothing in it is alive) or reset()")
+        self._refuse_free(block, "drop the block (its chunk is reused once nothing in it is "
+                                 "alive) or reset()")
 
     def __repr__(self):
         return (f"<ArenaAllocator chunk_size={self.a.chunk_size} chunks={self.a.nchunks} "

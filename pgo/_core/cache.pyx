@@ -35,9 +35,9 @@ from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free, pgo_sys_map, pgo_sy
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED,
     PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_atomic_load, pgo_atomic_store,
-    pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take,
-    pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc,
-    pgo_vg_create, pgo_vg_destroy, pgo_vg_free,
+    pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_take, pgo_lock,
+    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
+    pgo_vg_destroy, pgo_vg_free,
 )
 
 
@@ -461,14 +461,16 @@ cdef class CacheAllocator(Allocator):
     def __cinit__(self, size_t max_cached_bytes=DEF_MAX_CACHED, *, bint hugepages=True,
                   bint prefault=False):
         self.c = cache_create(max_cached_bytes, hugepages, prefault)
-        self._st = &self.c.stats
-        self._lock = &self.c.lock
-        self._min_align = 1
-        self._max_align = PGO_PAGE_BYTES
+        pgo_backend_init(&self._be, self.c, _cache_take, _cache_give, _cache_span, &self.c.lo,
+                         &self.c.hi)
+        self._bind(&self.c.stats, &self.c.lock, 1, PGO_PAGE_BYTES)
 
-    def __dealloc__(self):
-        self._fork_forget()
+    cdef void _c_destroy(self) noexcept:
         cache_destroy(self.c)
+
+    @property
+    def max_cached_bytes(self):
+        return self.c.max_cached_bytes
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
         return _cache_alloc_unlocked(self.c, nbytes, True, False, out)
@@ -484,13 +486,6 @@ cdef class CacheAllocator(Allocator):
         _evict_to(self.c, 0, False)
         self.c.stats.resets += 1
         return PGO_OK
-
-    cdef int _backend(self, pgo_backend_t* out) noexcept:
-        return pgo_backend_init(out, self.c, _cache_take, _cache_give, _cache_span,
-                                &self.c.lo, &self.c.hi)
-
-    cdef object _where(self, char* p):
-        return f"address {<uintptr_t>p:#x}"
 
     def trim(self):
         """Give every cached (free) block back to the system.
@@ -535,10 +530,6 @@ cdef class CacheAllocator(Allocator):
                 "cached_bytes": cached_bytes, "cached_blocks": cached_blocks,
                 "evictions": evictions, "trims": trims,
                 "max_cached_bytes": self.c.max_cached_bytes}
-
-    @property
-    def max_cached_bytes(self):
-        return self.c.max_cached_bytes
 
     def __repr__(self):
         return (f"<CacheAllocator max_cached_bytes={self.c.max_cached_bytes} "

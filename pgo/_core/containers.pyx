@@ -125,13 +125,16 @@ cdef int vector_push_f64(pgo_vector_t* v, double x) except -1 nogil:
     return 0
 
 
-cdef inline void _export_1d(Py_buffer* buf, char* data, size_t n, Py_ssize_t itemsize,
-                            Py_ssize_t* shape, bint readonly, char* fmt, int flags) noexcept:
-    # A contiguous one-dimensional view of n items at data, its shape read
-    # from `shape` (NULL: buf.len, for bytes); the caller sets buf.obj.
-    # What Vector and StringBuilder export.
-    buf.buf = data
-    buf.len = <Py_ssize_t>(n * itemsize)
+cdef inline void _export_1d(Py_buffer* buf, object owner, Py_ssize_t* exports, char* data,
+                            size_t* length, Py_ssize_t itemsize, Py_ssize_t* shape, bint readonly,
+                            char* fmt, int flags) noexcept:
+    # What Vector and StringBuilder export: a contiguous one-dimensional view
+    # of the *length items at data (an empty container's data may be NULL:
+    # the view gets a valid address all the same), its shape read from
+    # `shape` (NULL: buf.len, for bytes), counted in *exports until
+    # __releasebuffer__.
+    buf.buf = data if data != NULL else <char*>length
+    buf.len = <Py_ssize_t>(length[0] * itemsize)
     buf.readonly = readonly
     buf.itemsize = itemsize
     buf.format = fmt if flags & PyBUF_FORMAT else NULL
@@ -140,6 +143,8 @@ cdef inline void _export_1d(Py_buffer* buf, char* data, size_t n, Py_ssize_t ite
     buf.strides = &buf.itemsize
     buf.suboffsets = NULL
     buf.internal = NULL
+    buf.obj = owner
+    exports[0] += 1
 
 
 @cython.no_gc
@@ -290,11 +295,9 @@ cdef class Vector:
     def __getbuffer__(self, Py_buffer* buf, int flags):
         # NOTE: the view shares the data; exports stops vector_reserve from
         # moving it until every view is released.
-        _export_1d(buf, self.v.data if self.v.data != NULL else <char*>&self.v.length,
-                   self.v.length, 8, <Py_ssize_t*>&self.v.length, False,
+        _export_1d(buf, self, &self.v.exports, self.v.data, &self.v.length, 8,
+                   <Py_ssize_t*>&self.v.length, False,
                    b"q" if self.v.kind == PGO_VEC_I64 else b"d", flags)
-        buf.obj = self
-        self.v.exports += 1
 
     def __releasebuffer__(self, Py_buffer* buf):
         self.v.exports -= 1
@@ -705,10 +708,8 @@ cdef class StringBuilder:
         # reset until every view is released.
         if flags & PyBUF_WRITABLE:
             raise BufferError("StringBuilder views are read-only")
-        _export_1d(buf, self.b.data if self.b.data != NULL else <char*>&self.b.length,
-                   self.b.length, 1, NULL, True, b"B", flags)
-        buf.obj = self
-        self.b.exports += 1
+        _export_1d(buf, self, &self.b.exports, self.b.data, &self.b.length, 1, NULL, True, b"B",
+                   flags)
 
     def __releasebuffer__(self, Py_buffer* buf):
         self.b.exports -= 1

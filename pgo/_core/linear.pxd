@@ -8,17 +8,17 @@
 #   linear_reset(s)
 #   linear_destroy(s)
 
-from libc.stdint cimport uintptr_t
 from pgo._core._base cimport Allocator
-from pgo._core._typedefs cimport (
-    pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t, pgo_unlikely,
-)
+from pgo._core._typedefs cimport pgo_bad_align, pgo_fit, pgo_lock_t, pgo_stats_t, pgo_unlikely
 
 
 ctypedef struct pgo_linear_t:
+    # First what linear_alloc reads, together:
     char* base
     size_t size
     size_t top
+    bint fast                 # no lock, normal build: the inline path applies
+    # numpy's handler, and when the buffer may rewind by itself:
     size_t handler_live       # blocks numpy's handler took and has not given back
     bint handler_used         # the handler took blocks since the last rewind
     # Rewinding by itself is safe only while every block since the last
@@ -28,7 +28,6 @@ ctypedef struct pgo_linear_t:
     size_t allocs_at_rewind   # stats.allocs at the last rewind or reset
     size_t rewinds            # rewinds the handler made (reset() counts in stats.resets)
     size_t lo, hi             # the buffer's address range
-    bint fast                 # no lock, normal build: the inline path applies
     pgo_stats_t stats
     pgo_lock_t lock
 
@@ -55,18 +54,17 @@ cdef inline void linear_sync_stats(pgo_linear_t* s) noexcept nogil:
 
 cdef inline void* linear_alloc(pgo_linear_t* s, size_t n, size_t align) except NULL nogil:
     """Allocate n bytes aligned to align; raises MemoryError/ValueError."""
-    cdef uintptr_t p
+    cdef char* p
     cdef size_t off
     if pgo_unlikely(not s.fast or pgo_bad_align(align) or n == 0):
         return _linear_alloc_slow(s, n, align)
-    p = pgo_align_up(<uintptr_t>s.base + s.top, align)
-    off = p - <uintptr_t>s.base
-    if pgo_unlikely(off > s.size or n > s.size - off):
+    p = pgo_fit(s.base, s.size, s.top, align, n, &off)
+    if pgo_unlikely(p == NULL):
         return _linear_alloc_slow(s, n, align)
     s.top = off + n
     s.stats.allocs += 1
     s.stats.requested += n
-    return <void*>p
+    return p
 
 
 cdef class LinearAllocator(Allocator):

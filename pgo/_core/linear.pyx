@@ -6,8 +6,8 @@ moves ``top`` back to 0, and refuses while any Python Block or array from
 the allocator is alive, so no view can outlive its memory.
 
 # NOTE: ownership.  The ``pgo_linear_t`` and its buffer belong to the
-# LinearAllocator object (created in ``__cinit__``, freed in
-# ``__dealloc__``), or to the C caller of ``linear_create``, who frees it
+# LinearAllocator object (created in ``__cinit__``, freed by ``_c_destroy``
+# when it dies), or to the C caller of ``linear_create``, who frees it
 # with ``linear_destroy``.  A Python Block holds its allocator, so the
 # buffer outlives every Block and array made from it.
 # NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
@@ -21,17 +21,14 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_locked,
-    pgo_locked_alloc,
+    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_buffer_place,
+    pgo_locked, pgo_locked_alloc,
 )
 from pgo._core._typedefs cimport (
-    PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_LIVE, PGO_ERR_NOMEM,
-    PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_align_up, pgo_backend_give,
-    pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take, pgo_bad_align,
-    pgo_lock_gil_held, pgo_unlock, pgo_vg_alloc, pgo_vg_trim,
+    PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_LIVE, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_MAX_ALIGN,
+    PGO_OK, pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_take,
+    pgo_lock_gil_held, pgo_unlock, pgo_vg_alloc, pgo_vg_trim, pgo_within,
 )
-
-from pgo._errors import AllocatorError
 
 
 cdef pgo_linear_t* linear_create(size_t capacity, bint threadsafe) except NULL nogil:
@@ -49,25 +46,19 @@ cdef void linear_destroy(pgo_linear_t* s) noexcept nogil:
 
 cdef int _linear_alloc_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
     cdef pgo_linear_t* s = <pgo_linear_t*>state
-    cdef uintptr_t p
     cdef size_t off
     # A zero-byte block still takes a byte, so that it has an address of its own.
     cdef size_t take = n + (n == 0)
-    if pgo_bad_align(align):
-        s.stats.failed += 1
-        return PGO_ERR_ALIGN
-    p = pgo_align_up(<uintptr_t>s.base + s.top, align)
-    off = p - <uintptr_t>s.base
-    if off > s.size or take > s.size - off:
-        s.stats.failed += 1
-        return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
+    cdef int err = pgo_buffer_place(s.base, s.size, s.top, n, take, align, 1, &s.stats, &off)
+    if err != PGO_OK:
+        return err
     pgo_vg_alloc(s, s.base + s.top, off + take - s.top)    # padding included
     s.top = off + take
     s.stats.allocs += 1
     s.stats.requested += n
     if PGO_DEBUG_FILL:
-        memset(<void*>p, PGO_FILL_ALLOC, n)
-    out[0] = <void*>p
+        memset(s.base + off, PGO_FILL_ALLOC, n)
+    out[0] = s.base + off
     return PGO_OK
 
 
@@ -133,7 +124,7 @@ cdef int _linear_take(void* state, size_t n, bint zero, void** out) noexcept nog
 cdef bint _linear_holds(void* state, void* p) noexcept nogil:
     # base and size never change: no lock needed.
     cdef pgo_linear_t* s = <pgo_linear_t*>state
-    return <uintptr_t>p >= <uintptr_t>s.base and <uintptr_t>p - <uintptr_t>s.base < s.size
+    return pgo_within(p, s.base, s.size)
 
 
 cdef int _linear_give_unlocked(void* state, void* p) noexcept nogil:
@@ -183,11 +174,12 @@ cdef class LinearAllocator(Allocator):
 
     def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = linear_create(capacity, threadsafe)
-        self._st = &self.s.stats
-        self._lock = &self.s.lock
+        pgo_backend_init(&self._be, self.s, _linear_take, _linear_give, _linear_span, &self.s.lo,
+                         &self.s.hi)
+        self._bind(&self.s.stats, &self.s.lock, 1, PGO_MAX_ALIGN)
+        self._buffer = self.s.base
 
-    def __dealloc__(self):
-        self._fork_forget()
+    cdef void _c_destroy(self) noexcept:
         linear_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
@@ -204,15 +196,8 @@ cdef class LinearAllocator(Allocator):
     cdef void _sync(self) noexcept:
         linear_sync_stats(self.s)
 
-    cdef int _backend(self, pgo_backend_t* out) noexcept:
-        return pgo_backend_init(out, self.s, _linear_take, _linear_give, _linear_span,
-                                &self.s.lo, &self.s.hi)
-
     cdef int _c_reset(self) noexcept:
         return _linear_reset_unlocked(self.s)
-
-    cdef object _where(self, char* p):
-        return f"offset {p - self.s.base}"
 
     def _describe_nomem(self, size_t nbytes):
         return (f"{self!r}: cannot allocate {nbytes:,} bytes: {self.s.size - self.s.top:,} "
@@ -231,9 +216,7 @@ cdef class LinearAllocator(Allocator):
         Raises:
             AllocatorError: always (naming the real owner of a foreign block); drop the block and call ``reset()``.
         """
-        self._check_free(block)
-        raise AllocatorError(f"{self!r} has no individual free; drop the block and "
-                             f"call reset() once nothing from it is alive")
+        self._refuse_free(block, "drop the block and call reset() once nothing from it is alive")
 
     def __repr__(self):
         return (f"<LinearAllocator capacity={self.s.size} top={self.s.top} "

@@ -39,10 +39,9 @@ from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN,
     PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_give,
-    pgo_backend_init, pgo_backend_span, pgo_backend_t, pgo_backend_take, pgo_bad_align,
-    pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_mul_overflow,
-    pgo_unlock, pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess,
-    pgo_vg_trim,
+    pgo_backend_init, pgo_backend_span, pgo_backend_take, pgo_bad_align, pgo_canary_ok,
+    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_mul_overflow, pgo_unlock, pgo_vg_alloc,
+    pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_vg_trim, pgo_within,
 )
 
 from pgo._errors import AllocatorError
@@ -300,8 +299,7 @@ cdef int _slab_take(void* state, size_t n, bint zero, void** out) noexcept nogil
 cdef bint _slab_holds(void* state, void* p) noexcept nogil:
     # base and max_slots never change: no lock needed.
     cdef pgo_slab_t* s = <pgo_slab_t*>state
-    return (<uintptr_t>p >= <uintptr_t>s.base
-            and (<uintptr_t>p - <uintptr_t>s.base) // s.stride < s.max_slots)
+    return pgo_within(p, s.base, s.max_slots * s.stride)
 
 
 cdef int _slab_give_unlocked(void* state, void* p) noexcept nogil:
@@ -402,13 +400,20 @@ cdef class SlabAllocator(Allocator):
             raise ValueError("block_size must be at least 1")
         cdef size_t a = _natural_align(block_size) if align is None else align
         self.s = slab_create(block_size, a, slots_per_slab, max_bytes, threadsafe)
-        self._st = &self.s.stats
-        self._lock = &self.s.lock
-        self._max_align = self.s.align
+        pgo_backend_init(&self._be, self.s, _slab_take, _slab_give, _slab_span, &self.s.lo,
+                         &self.s.hi)
+        self._bind(&self.s.stats, &self.s.lock, 1, self.s.align)
 
-    def __dealloc__(self):
-        self._fork_forget()
+    cdef void _c_destroy(self) noexcept:
         slab_destroy(self.s)
+
+    @property
+    def block_size(self):
+        return self.s.block_size
+
+    @property
+    def align(self):
+        return self.s.align
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
         if nbytes > self.s.block_size:
@@ -427,10 +432,6 @@ cdef class SlabAllocator(Allocator):
 
     cdef void _sync(self) noexcept:
         slab_sync_stats(self.s)
-
-    cdef int _backend(self, pgo_backend_t* out) noexcept:
-        return pgo_backend_init(out, self.s, _slab_take, _slab_give, _slab_span,
-                                &self.s.lo, &self.s.hi)
 
     cdef size_t _canary_len(self, Block b) noexcept:
         return self.s.stride - b.nbytes if PGO_CANARY else 0
@@ -478,14 +479,6 @@ cdef class SlabAllocator(Allocator):
                                  f"{self._where(<char*>address)}")
         if code != PGO_OK:
             pgo_raise_at(code, "SlabAllocator", <void*>address)
-
-    @property
-    def block_size(self):
-        return self.s.block_size
-
-    @property
-    def align(self):
-        return self.s.align
 
     def __repr__(self):
         return (f"<SlabAllocator block_size={self.s.block_size} align={self.s.align} "

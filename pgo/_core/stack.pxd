@@ -20,9 +20,7 @@
 from libc.stdint cimport uint32_t, uintptr_t
 
 from pgo._core._base cimport Allocator
-from pgo._core._typedefs cimport (
-    pgo_align_up, pgo_bad_align, pgo_lock_t, pgo_stats_t, pgo_unlikely,
-)
+from pgo._core._typedefs cimport pgo_bad_align, pgo_fit, pgo_lock_t, pgo_stats_t, pgo_unlikely
 
 cdef enum:
     PGO_STACK_MAGIC = 0x5354434B
@@ -97,18 +95,17 @@ cdef inline void stack_sync_stats(pgo_stack_t* s) noexcept nogil:
 
 cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NULL nogil:
     """Allocate n bytes aligned to align (>= 8); raises MemoryError/ValueError."""
-    cdef uintptr_t p
+    cdef char* p
     cdef size_t off
     if pgo_unlikely(not s.fast or pgo_bad_align(align)):
         return _stack_alloc_slow(s, n, align)
     if align < PGO_STACK_MIN_ALIGN:
         align = PGO_STACK_MIN_ALIGN
-    p = pgo_align_up(<uintptr_t>s.base + s.top + sizeof(pgo_stack_hdr_t), align)
-    off = p - <uintptr_t>s.base
-    if pgo_unlikely(off > s.size or n > s.size - off):
+    p = pgo_fit(s.base, s.size, s.top + sizeof(pgo_stack_hdr_t), align, n, &off)
+    if pgo_unlikely(p == NULL):
         return _stack_alloc_slow(s, n, align)
     _stack_push(s, off, n, n)
-    return <void*>p
+    return p
 
 
 cdef inline int stack_free(pgo_stack_t* s, void* p) except -1 nogil:

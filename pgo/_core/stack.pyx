@@ -8,8 +8,8 @@ Python Block that dies out of order be released later, once every block
 above it is gone, instead of corrupting the stack.
 
 # NOTE: ownership.  The ``pgo_stack_t`` and its buffer belong to the
-# StackAllocator object (created in ``__cinit__``, freed in
-# ``__dealloc__``); C callers of ``stack_create`` own what it returns and
+# StackAllocator object (created in ``__cinit__``, freed by ``_c_destroy``
+# when it dies); C callers of ``stack_create`` own what it returns and
 # free it with ``stack_destroy``.  A Python Block holds its allocator, so
 # the buffer outlives every Block and array made from it.
 # NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
@@ -19,20 +19,19 @@ above it is gone, instead of corrupting the stack.
 """
 
 cimport cython
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport SIZE_MAX, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_locked,
-    pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_buffer_place,
+    pgo_locked, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
 )
 from pgo._core._typedefs cimport (
-    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
-    PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_ERR_OVERRUN,
-    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_add_overflow,
-    pgo_align_up, pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_t,
-    pgo_backend_take, pgo_bad_align, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_unlock,
-    pgo_vg_alloc, pgo_vg_free,
+    PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
+    PGO_ERR_LIVE, PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_FILL_ALLOC, PGO_FILL_FREE,
+    PGO_MAX_ALIGN, PGO_OK, pgo_add_overflow, pgo_backend_give, pgo_backend_init, pgo_backend_span,
+    pgo_backend_take, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_stats_reset, pgo_unlock,
+    pgo_vg_alloc, pgo_vg_free, pgo_within,
 )
 
 import warnings
@@ -55,25 +54,21 @@ cdef int _stack_alloc_unlocked(void* state, size_t n, size_t align, void** out) 
     # The complete allocation: what stack_alloc inlines, plus the test
     # build's fill and canary, and the failure codes.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    cdef uintptr_t p
     cdef size_t off, take
-    if pgo_bad_align(align):
-        s.stats.failed += 1
-        return PGO_ERR_ALIGN
-    if align < PGO_STACK_MIN_ALIGN:
-        align = PGO_STACK_MIN_ALIGN
-    p = pgo_align_up(<uintptr_t>s.base + s.top + sizeof(pgo_stack_hdr_t), align)
-    off = p - <uintptr_t>s.base
-    if pgo_add_overflow(n, PGO_CANARY, &take) or off > s.size or take > s.size - off:
-        s.stats.failed += 1
-        return PGO_ERR_TOO_BIG if n > s.size else PGO_ERR_NOMEM
+    cdef int err
+    if pgo_add_overflow(n, PGO_CANARY, &take):
+        take = SIZE_MAX                 # fails below, as too big
+    err = pgo_buffer_place(s.base, s.size, s.top + sizeof(pgo_stack_hdr_t), n, take, align,
+                           PGO_STACK_MIN_ALIGN, &s.stats, &off)
+    if err != PGO_OK:
+        return err
     # For valgrind a block runs from the old top (padding and header
     # included) to the end of its canary.
     pgo_vg_alloc(s, s.base + s.top, off + take - s.top)
     _stack_push(s, off, n, take)
     if PGO_DEBUG_FILL:
-        memset(<void*>p, PGO_FILL_ALLOC, take)
-    out[0] = <void*>p
+        memset(s.base + off, PGO_FILL_ALLOC, take)
+    out[0] = s.base + off
     return PGO_OK
 
 
@@ -178,7 +173,7 @@ cdef int _stack_take(void* state, size_t n, bint zero, void** out) noexcept nogi
 cdef bint _stack_holds(void* state, void* p) noexcept nogil:
     # base and size never change: no lock needed.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    return <uintptr_t>p > <uintptr_t>s.base and <uintptr_t>p - <uintptr_t>s.base < s.size
+    return p != s.base and pgo_within(p, s.base, s.size)    # offset 0 is never a block
 
 
 cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept nogil:
@@ -289,9 +284,7 @@ cdef int _stack_reset_unlocked(void* state) noexcept nogil:
     zero.top = 0
     zero.last = 0
     _stack_release_unlocked(s, zero)
-    s.stats.resets += 1
-    s.stats.requested = 0
-    s.stats.lost = 0
+    pgo_stats_reset(&s.stats)
     return PGO_OK
 
 
@@ -322,12 +315,12 @@ cdef class StackAllocator(Allocator):
 
     def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = stack_create(capacity, threadsafe)
-        self._st = &self.s.stats
-        self._lock = &self.s.lock
-        self._min_align = PGO_STACK_MIN_ALIGN
+        pgo_backend_init(&self._be, self.s, _stack_take, _stack_give, _stack_span, &self.s.lo,
+                         &self.s.hi)
+        self._bind(&self.s.stats, &self.s.lock, PGO_STACK_MIN_ALIGN, PGO_MAX_ALIGN)
+        self._buffer = self.s.base
 
-    def __dealloc__(self):
-        self._fork_forget()
+    cdef void _c_destroy(self) noexcept:
         stack_destroy(self.s)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
@@ -339,15 +332,8 @@ cdef class StackAllocator(Allocator):
     cdef void _c_dead(self, Block b) noexcept:
         _stack_kill_unlocked(self.s, b.ptr)
 
-    cdef int _backend(self, pgo_backend_t* out) noexcept:
-        return pgo_backend_init(out, self.s, _stack_take, _stack_give, _stack_span,
-                                &self.s.lo, &self.s.hi)
-
     cdef int _c_reset(self) noexcept:
         return _stack_reset_unlocked(self.s)
-
-    cdef object _where(self, char* p):
-        return f"offset {p - self.s.base}"
 
     def _describe_nomem(self, size_t nbytes):
         return (f"{self!r}: cannot allocate {nbytes:,} bytes: {self.s.size - self.s.top:,} "
