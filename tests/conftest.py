@@ -121,3 +121,17 @@ def cext(tmp_path_factory):
         yield importlib.import_module(EXT_NAME)
     finally:
         sys.path.remove(str(out))
+
+
+@pytest.fixture
+def restore_gc():
+    """Puts back what the GC policy and the runtime change: the thresholds,
+    the frozen generation, an installed numpy handler."""
+    import gc
+
+    import pgo
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
+    gc.unfreeze()
+    pgo.uninstall()

@@ -22,13 +22,8 @@ PLAN = GCPlan(thresholds=(1000, 5, 10), full_collection="growth", growth_factor=
               freeze_after_startup=True, startup_s=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _restore_gc():
-    before = gc.get_threshold()
-    yield
-    gc.set_threshold(*before)
-    gc.unfreeze()
-    pgo.uninstall()
+# The GC thresholds, the frozen generation and numpy's handler, as they were.
+pytestmark = pytest.mark.usefixtures("restore_gc")
 
 
 def as_python(monkeypatch, *version):

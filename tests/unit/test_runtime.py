@@ -18,13 +18,8 @@ from pgo.runtime.gc_policy import UNREACHABLE, GCPolicy
 from pgo.runtime.sites import DECORATOR, SiteRouter
 
 
-@pytest.fixture(autouse=True)
-def _restore_gc():
-    before = gc.get_threshold()
-    yield
-    gc.set_threshold(*before)
-    gc.unfreeze()
-    pgo.uninstall()
+# The GC thresholds, the frozen generation and numpy's handler, as they were.
+pytestmark = pytest.mark.usefixtures("restore_gc")
 
 
 def test_thresholds_and_growth_driven_full_collections():
@@ -131,12 +126,17 @@ def test_freeze_after_startup():
     policy = GCPolicy(GCPlan(freeze_after_startup=True, startup_s=0.05))
     policy.start()
     try:
-        deadline = time.monotonic() + 30
-        while policy.frozen == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert policy.frozen > 0 and gc.get_freeze_count() > 0
+        _wait_until_frozen(policy)
+        assert gc.get_freeze_count() > 0
     finally:
         policy.stop()
+
+
+def _wait_until_frozen(policy):
+    deadline = time.monotonic() + 30
+    while policy.frozen == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert policy.frozen > 0
 
 
 def test_freeze_collects_the_garbage_of_that_moment_first():
@@ -154,15 +154,11 @@ def test_freeze_collects_the_garbage_of_that_moment_first():
         policy = GCPolicy(GCPlan(freeze_after_startup=True, startup_s=0.0))
         policy.start()
         try:
-            deadline = time.monotonic() + 30
-            while policy.frozen == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert policy.frozen > 0
+            _wait_until_frozen(policy)
             assert dead() is None
         finally:
             policy.stop()
     finally:
-        gc.unfreeze()
         gc.enable()
 
 
