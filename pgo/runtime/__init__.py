@@ -54,14 +54,15 @@ class Runtime:
                    f"{platform.python_version()}: its thresholds may not fit")
             self.warnings.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if cfg.size_classes or cfg.sites:
+            # Only for a config that routes: it loads the compiled core.
+            from pgo.runtime import allocators
         if cfg.size_classes:
             from pgo._core.numpy_bridge import install
-            from pgo.runtime import allocators
             self.router = allocators.router(cfg.size_classes, source=self.source, name="pgo-run")
             install(self.router)
         if cfg.sites:
-            from pgo.runtime.allocators import make
-            self.sites = SiteRouter([(s.function, make(s, f"{self.source}: site[{i}]"))
+            self.sites = SiteRouter([(s.function, allocators.make(s, f"{self.source}: site[{i}]"))
                                      for i, s in enumerate(cfg.sites)], self.router)
             self.sites.install_import_hook()
             self._wrap_loaded()

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgo import config as cfgmod
 from pgo._core.numpy_bridge import Router, SizeClass, set_config_reader
 from pgo._errors import ConfigError
-from pgo.config import SiteRule, SizeClassRule
+from pgo.config import SiteRule, SizeClassRule, size_classes
 
 # config key -> the allocator class's argument, where they differ
 _ARGUMENT = {"limit_bytes": "max_bytes"}
@@ -65,7 +64,7 @@ def router(rules: tuple[SizeClassRule, ...], *, source: str = "<config>", name: 
 
 
 def _from_config(cls: type[Router], entries: Any, *, source: str, name: str) -> Router:
-    return router(cfgmod.size_classes(entries, source), source=source, name=name, cls=cls)
+    return router(size_classes(entries, source), source=source, name=name, cls=cls)
 
 
 set_config_reader(_from_config)
