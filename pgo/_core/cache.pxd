@@ -5,14 +5,17 @@
 # block waits in its size class (eight classes per power of two) for the
 # next request of that class, with its pages still mapped.
 #
-#   cdef pgo_cache_t* c = cache_create(512 << 20, True, False)
+#   cdef pgo_cache_t* c = cache_create(512 << 20, PGO_CACHE_NO_HEADROOM, True, False)
 #   cdef void* p = cache_alloc(c, 48 << 20)
 #   cache_free(c, p)            # kept: the next cache_alloc of that class reuses it
 #   cache_trim(c)               # gives every kept block back to the system
 #   cache_destroy(c)
 #
 # Free blocks are bounded by max_cached_bytes, evicting the least recently
-# freed first.  Every operation takes the cache's mutex (a cache is always
+# freed first, and, with a headroom, by the cache's own peak: live + cached
+# bytes stay within (100 + headroom)% of the most bytes ever live in it, so
+# the cache adds at most that share to the peak footprint of what it serves,
+# whatever the sizes a run brings (a bound that scales with the input).  Every operation takes the cache's mutex (a cache is always
 # thread-safe: large blocks are few, and the lock costs nothing next to
 # touching their pages).  Every block, live or cached, is found from its
 # address in a hash table, so a free is checked (a foreign pointer, a double
@@ -38,8 +41,14 @@ ctypedef struct pgo_cblock_t:
     bint python_owned           # a Python Block or a numpy array owns it
 
 
+cdef enum:
+    PGO_CACHE_MAX_HEADROOM = 1000000    # percent (10,000x): the largest headroom taken
+    PGO_CACHE_NO_HEADROOM = 1000001     # no bound from the cache's peak (and any larger value)
+
+
 ctypedef struct pgo_cache_t:
     size_t max_cached_bytes
+    size_t headroom             # percent of stats.peak; PGO_CACHE_NO_HEADROOM: none
     bint hugepages              # madvise(MADV_HUGEPAGE) blocks of 4 MiB and more
     bint prefault               # populate a fresh block's pages when it is made
     pgo_cblock_t** table        # every block, live or cached, by address: a
@@ -59,7 +68,8 @@ ctypedef struct pgo_cache_t:
     pgo_lock_t lock
 
 
-cdef pgo_cache_t* cache_create(size_t max_cached_bytes, bint hugepages, bint prefault) except NULL nogil
+cdef pgo_cache_t* cache_create(size_t max_cached_bytes, size_t headroom, bint hugepages,
+                               bint prefault) except NULL nogil
 cdef void cache_destroy(pgo_cache_t* c) noexcept nogil
 # n bytes (page aligned); MemoryError when the system refuses, after the
 # cached blocks were given back to it and the request tried again.

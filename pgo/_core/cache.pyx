@@ -9,7 +9,14 @@ mapped from the system (``pgo_sys_map``: zero pages, so ``np.zeros`` needs
 no memset; huge-page aligned and advised from 4 MiB).
 A freed block goes to the front of its class list and to the new end of a
 cache-wide recency list; while the cached bytes exceed ``max_cached_bytes``
-the oldest cached block goes back to the system.  If the system refuses a
+the oldest cached block goes back to the system.  With a headroom, the
+cached bytes are also bounded by the cache's own peak: live + cached stay
+within (100 + headroom)% of the most bytes ever live in it.  A free moves
+bytes from live to cached and never crosses that line; a fresh block that
+would (the program moved on to other sizes) first pushes out the oldest
+cached ones.  So the peak footprint of what the cache serves grows by at
+most the headroom, at any input size, and a steady loop keeps every block
+it reuses.  If the system refuses a
 fresh block, everything cached is given back and the request tried again,
 so the cache never makes an allocation fail that would succeed without it.
 
@@ -85,7 +92,8 @@ cdef inline size_t _hash(const void* p, size_t mask) noexcept nogil:
     return <size_t>((x * 0x9E3779B97F4A7C15ULL) >> 20) & mask
 
 
-cdef pgo_cache_t* cache_create(size_t max_cached_bytes, bint hugepages, bint prefault) except NULL nogil:
+cdef pgo_cache_t* cache_create(size_t max_cached_bytes, size_t headroom, bint hugepages,
+                               bint prefault) except NULL nogil:
     cdef pgo_cache_t* c = <pgo_cache_t*>pgo_sys_calloc(1, sizeof(pgo_cache_t))
     if c == NULL:
         pgo_raise(PGO_ERR_NOMEM, "CacheAllocator", sizeof(pgo_cache_t), 0)
@@ -100,6 +108,7 @@ cdef pgo_cache_t* cache_create(size_t max_cached_bytes, bint hugepages, bint pre
         return NULL
     c.table_mask = FIRST_TABLE - 1
     c.max_cached_bytes = max_cached_bytes
+    c.headroom = headroom if headroom <= PGO_CACHE_MAX_HEADROOM else PGO_CACHE_NO_HEADROOM
     c.hugepages = hugepages
     c.prefault = prefault
     pgo_lock_init(&c.lock, True)
@@ -235,6 +244,18 @@ cdef size_t _evict_to(pgo_cache_t* c, size_t limit, bint evicted) noexcept nogil
     return freed
 
 
+cdef size_t _cached_limit(pgo_cache_t* c) noexcept nogil:
+    # The most bytes that may wait in the cache now (the lock is held).
+    # peak <= 2**48 and headroom <= 10**6: the product cannot overflow.
+    cdef size_t allowed
+    if c.headroom == PGO_CACHE_NO_HEADROOM:
+        return c.max_cached_bytes
+    allowed = c.stats.peak + c.stats.peak / 100 * c.headroom
+    if allowed <= c.stats.in_use:
+        return 0
+    return min(allowed - c.stats.in_use, c.max_cached_bytes)
+
+
 # -- allocation -----------------------------------------------------------------
 
 cdef void _prefault(char* p, size_t n) noexcept nogil:
@@ -323,12 +344,15 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
     c.stats.in_use += size
     if c.stats.in_use > c.stats.peak:
         c.stats.peak = c.stats.in_use
+    if fresh and c.cached_bytes:
+        _evict_to(c, _cached_limit(c), True)
     out[0] = b.ptr
     return PGO_OK
 
 
 cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcept nogil:
     cdef pgo_cblock_t* b
+    cdef size_t limit
     if p == NULL:
         return PGO_OK
     b = _table_take(c, p, False)
@@ -348,14 +372,15 @@ cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcep
     c.stats.in_use -= b.size
     c.stats.requested -= b.requested
     c.stats.lost -= b.size - b.requested
-    if b.size > c.max_cached_bytes:
+    limit = _cached_limit(c)
+    if b.size > limit:
         _table_take(c, p, True)
         c.stats.capacity -= b.size
         c.evictions += 1
         _release_block(c, b)
         return PGO_OK
     _push_free(c, b)
-    _evict_to(c, c.max_cached_bytes, True)
+    _evict_to(c, limit, True)
     return PGO_OK
 
 
@@ -446,6 +471,11 @@ cdef class CacheAllocator(Allocator):
         max_cached_bytes: most bytes of freed blocks kept for reuse (the
             least recently freed go back to the system first); blocks in use
             are not limited.  0 keeps nothing (every free goes back).
+        headroom_percent: also keep live + cached bytes within
+            (100 + headroom_percent)% of the most bytes ever live in this
+            cache, so it raises the peak footprint of what it serves by at
+            most that share, at any input size (``pgo analyze`` writes 10).
+            None (the default): only ``max_cached_bytes`` bounds the cache.
         hugepages: ask for transparent huge pages on blocks of 4 MiB and
             more, as numpy's default handler does (True by default).
         prefault: populate a fresh block's pages when it is made, so the
@@ -459,8 +489,14 @@ cdef class CacheAllocator(Allocator):
     """
 
     def __cinit__(self, size_t max_cached_bytes=DEF_MAX_CACHED, *, bint hugepages=True,
-                  bint prefault=False):
-        self.c = cache_create(max_cached_bytes, hugepages, prefault)
+                  bint prefault=False, object headroom_percent=None):
+        cdef size_t headroom = PGO_CACHE_NO_HEADROOM
+        if headroom_percent is not None:
+            if not 0 <= headroom_percent <= PGO_CACHE_MAX_HEADROOM:
+                raise ValueError(f"headroom_percent must be None or 0 to {PGO_CACHE_MAX_HEADROOM:,}"
+                                 f" (percent of the cache's peak); got {headroom_percent!r}")
+            headroom = headroom_percent
+        self.c = cache_create(max_cached_bytes, headroom, hugepages, prefault)
         pgo_backend_init(&self._be, self.c, _cache_take, _cache_give, _cache_span, &self.c.lo,
                          &self.c.hi)
         self._bind(&self.c.stats, &self.c.lock, 1, PGO_PAGE_BYTES)
@@ -471,6 +507,10 @@ cdef class CacheAllocator(Allocator):
     @property
     def max_cached_bytes(self):
         return self.c.max_cached_bytes
+
+    @property
+    def headroom_percent(self):
+        return None if self.c.headroom == PGO_CACHE_NO_HEADROOM else self.c.headroom
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
         return _cache_alloc_unlocked(self.c, nbytes, True, False, out)
@@ -529,8 +569,10 @@ cdef class CacheAllocator(Allocator):
                 "hit_rate": <double>hits / (hits + misses) if hits + misses else 0.0,
                 "cached_bytes": cached_bytes, "cached_blocks": cached_blocks,
                 "evictions": evictions, "trims": trims,
-                "max_cached_bytes": self.c.max_cached_bytes}
+                "max_cached_bytes": self.c.max_cached_bytes,
+                "headroom_percent": self.headroom_percent}
 
     def __repr__(self):
         return (f"<CacheAllocator max_cached_bytes={self.c.max_cached_bytes} "
+                f"headroom_percent={self.headroom_percent} "
                 f"cached={self.c.cached_bytes} hugepages={bool(self.c.hugepages)}>")

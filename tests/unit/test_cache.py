@@ -35,7 +35,7 @@ C = pgo.CacheAllocator
 PAGE = 4096
 MAX_REQUEST = 1 << 48
 EXTRA_KEYS = {"hits", "misses", "hit_rate", "cached_bytes", "cached_blocks", "evictions",
-              "trims", "max_cached_bytes"}
+              "trims", "max_cached_bytes", "headroom_percent"}
 
 
 def snapshot(c):
@@ -50,6 +50,11 @@ def check_invariants(c):
     assert 0 <= s["in_use"] <= s["capacity"]
     assert s["capacity"] == s["in_use"] + s["cached_bytes"]
     assert s["cached_bytes"] <= s["max_cached_bytes"]
+    if s["headroom_percent"] is not None:
+        # What the cache serves, live and waiting, stays within the headroom
+        # of its own peak (integer percent of whole bytes, as the C side).
+        allowed = s["peak"] + s["peak"] // 100 * s["headroom_percent"]
+        assert s["in_use"] + s["cached_bytes"] <= max(allowed, s["in_use"])
     assert s["allocations"] >= s["frees"]
     assert s["allocations"] - s["frees"] == s["live_blocks"] >= 0
     assert s["peak"] >= s["in_use"]
@@ -330,6 +335,90 @@ def test_max_cached_bytes_zero_keeps_nothing():
 def test_default_bound():
     assert C().max_cached_bytes == 512 << 20
     assert C().stats()["max_cached_bytes"] == 512 << 20
+
+
+def test_headroom_keeps_a_steady_loop_in_the_cache():
+    # A loop that frees its temporaries and makes them again never crosses
+    # its own peak: every block is reused, nothing is evicted.
+    c = C(headroom_percent=0)
+    assert c.headroom_percent == 0
+    for _ in range(5):
+        temps = [c.alloc(n) for n in (300_000, 300_000, 90_000)]
+        for b in temps:
+            c.free(b)
+    s = check_invariants(c)
+    assert s["misses"] == 3 and s["hits"] == 12 and s["evictions"] == 0
+
+
+def test_headroom_gives_back_blocks_of_a_finished_phase():
+    # Phase one caches 2 x 80 KiB; phase two makes a 192 KiB block: live +
+    # cached would be 352 KiB against a 192 KiB peak + 10%, so the oldest
+    # cached blocks go back first, until the cache fits in the headroom.
+    c = C(headroom_percent=10)
+    first = [c.alloc(80 << 10) for _ in range(2)]
+    for b in first:
+        c.free(b)
+    assert c.stats()["cached_bytes"] == 160 << 10
+    big = c.alloc(192 << 10)
+    s = check_invariants(c)
+    assert s["peak"] == 192 << 10 and s["evictions"] == 2 and s["cached_bytes"] == 0
+    c.free(big)
+    # Its own free stays: live + cached is its peak.
+    s = check_invariants(c)
+    assert s["cached_bytes"] == 192 << 10 and s["evictions"] == 2
+    # The first phase's blocks were given back: its size is a miss now (and
+    # the 192 KiB block goes too: 80 + 192 KiB is over the headroom).
+    hits = s["hits"]
+    again = c.alloc(80 << 10)
+    s = check_invariants(c)
+    assert s["hits"] == hits and s["misses"] == 4 and s["evictions"] == 3
+    c.free(again)
+
+
+def test_headroom_keeps_the_most_recent_blocks_within_it():
+    # (The bound is integer arithmetic, peak // 100 * percent, as in C.)
+    c = C(headroom_percent=60)
+    peak = [c.alloc(64 << 10) for _ in range(4)]   # peak: 256 KiB; allowed ~409.6 KiB
+    for b in peak:
+        c.free(b)
+    other = [c.alloc(96 << 10) for _ in range(2)]  # 192 KiB live + 256 cached > 409.6
+    s = check_invariants(c)
+    assert s["in_use"] == 192 << 10 and s["cached_bytes"] == 192 << 10
+    assert s["evictions"] == 1
+    # The newest freed survive: peak[1..3], most recent first.
+    addrs = [b.address for b in peak]
+    reused = [c.alloc(64 << 10) for _ in range(3)]
+    assert [b.address for b in reused] == [addrs[3], addrs[2], addrs[1]]
+    for b in other + reused:
+        c.free(b)
+
+
+def test_headroom_none_is_bounded_by_max_cached_bytes_only():
+    c = C(max_cached_bytes=1 << 20)
+    assert c.headroom_percent is None and c.stats()["headroom_percent"] is None
+    small = [c.alloc(64 << 10) for _ in range(4)]
+    for b in small:
+        c.free(b)
+    big = c.alloc(512 << 10)
+    assert c.stats()["cached_bytes"] == 256 << 10 and c.stats()["evictions"] == 0
+    c.free(big)
+
+
+@pytest.mark.parametrize("bad", [-1, 1_000_001, 2 ** 70])
+def test_headroom_out_of_range_is_refused(bad):
+    with pytest.raises((ValueError, OverflowError), match="headroom_percent|int too big"):
+        C(headroom_percent=bad)
+
+
+def test_headroom_of_the_wrong_type_is_refused():
+    with pytest.raises(TypeError):
+        C(headroom_percent="10")
+
+
+def test_headroom_in_repr_and_stats():
+    c = C(1 << 20, headroom_percent=25)
+    assert "headroom_percent=25" in repr(c)
+    assert c.stats()["headroom_percent"] == 25
 
 
 # -- trim and reset ---------------------------------------------------------------
@@ -711,6 +800,18 @@ class CacheMachine(RuleBasedStateMachine):
 TestCacheMachine = CacheMachine.TestCase
 TestCacheMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+class HeadroomCacheMachine(CacheMachine):
+    # The same traffic under the peak bound: check_invariants holds live +
+    # cached within the headroom after every step.
+    def __init__(self):
+        super().__init__()
+        self.c = C(max_cached_bytes=256 << 10, headroom_percent=20)
+
+
+TestHeadroomCacheMachine = HeadroomCacheMachine.TestCase
+TestHeadroomCacheMachine.settings = TestCacheMachine.settings
 
 
 # -- threads -----------------------------------------------------------------------------
