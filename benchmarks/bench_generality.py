@@ -225,7 +225,12 @@ def config_rules(path: Path) -> dict[str, Any]:
     sites = [{k: v for k, v in d.items() if k != "reason"} for d in doc.get("site", [])]
     declared = 0
     for d in size_classes + sites:
-        for key in ("max_cached_bytes", "limit_bytes", "capacity"):
+        # A cache with a headroom declares no size: it promises to stay
+        # within that share of its own peak, so the RSS verdict holds it
+        # to the plain +10% bound.
+        keys = (("limit_bytes", "capacity") if d.get("headroom_percent") is not None else
+                ("max_cached_bytes", "limit_bytes", "capacity"))
+        for key in keys:
             if isinstance(d.get(key), int):
                 declared += d[key]
     return {"gc": gc, "gc_reason": doc.get("gc", {}).get("reason", ""),
@@ -429,7 +434,9 @@ def print_summary(s: dict[str, Any]) -> None:
 def run_item(item: Item, work: Path, scales: list[float], runs: int, peers: str,
              progress: Callable[[str], None], profile_args: list[str]) -> dict[str, Any]:
     d = work / item.name
-    d.mkdir(parents=True, exist_ok=True)
+    # A --keep folder used before holds that run's files: this run's replace them.
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
     res: dict[str, Any] = {"name": item.name, "source": item.source, "kind": item.kind,
                            "targets": list(item.targets), "what": item.what,
                            "profile_scale": item.profile_scale,

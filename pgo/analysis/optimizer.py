@@ -7,7 +7,9 @@ Only sites that matter make rules: 1% of numpy's bytes, and for a slab
 or a per-function rule a thousand blocks.
 - ``cache`` sites of large repeated blocks: one numpy size class from
   1 MiB up to a CacheAllocator (it keeps freed blocks mapped: no page
-  faults on reuse);
+  faults on reuse), bounded by a headroom over its own peak rather than
+  by a size from the profile, so larger arrays on a larger input are
+  served as well and the peak footprint grows by at most 10%;
 - ``slab`` sites: one size class from 1 byte to the largest such block
   (rounded up to 16, at most 4 KiB) to a SlabAllocator of that block size;
 - ``cache`` sites of scoped temporaries, ``arena`` and ``stack`` sites: one
@@ -114,12 +116,12 @@ def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
         biggest = max(d.site.max_size for d in cache)
         top = max(cache, key=lambda d: (d.site.bytes, d.site.name))
         out.append(SizeClassRule(
-            features.LARGE, None, "cache",
-            (("max_cached_bytes", int(min(4 << 30, max(256 * MiB, _next_pow2(biggest * 8))))),),
+            features.LARGE, None, "cache", cache_settings(CACHE_SAFETY_BYTES),
             pattern=Pattern.LARGE_REPEATED, confidence=_weighted_conf(cache),
             reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
                     f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
-                    f"{top.reason}")))
+                    f"{top.reason}; cached blocks keep what the cache serves within "
+                    f"{CACHE_HEADROOM_PERCENT}% of its own peak")))
     return tuple(sorted(out, key=lambda r: r.min_bytes))
 
 
@@ -150,12 +152,25 @@ def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
     return tuple(rules)
 
 
+# What a cache may add to the peak footprint of the blocks it serves, in
+# percent of that peak (CacheAllocator's headroom_percent): the bound that
+# follows the run's own sizes, where a size from the profile would not (a
+# run 3x bigger makes arrays 3x bigger).  With it the process-wide cache
+# needs no size from the profile: max_cached_bytes is only a safety net.
+CACHE_HEADROOM_PERCENT = 10
+CACHE_SAFETY_BYTES = 4 << 30
+
+
+def cache_settings(max_cached_bytes: int) -> tuple[tuple[str, int], ...]:
+    return (("headroom_percent", CACHE_HEADROOM_PERCENT), ("max_cached_bytes", max_cached_bytes))
+
+
 def site_settings(strategy: str, biggest: float) -> tuple[tuple[str, int], ...]:
     """A ``[[site]]`` allocator's settings from the largest block it serves."""
     if strategy == "cache":
         # Room for a few calls' worth of freed blocks: a call's temporaries
         # come back from the cache, never from the system.
-        return (("max_cached_bytes", int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16))))),)
+        return cache_settings(int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16)))))
     if strategy == "arena":
         return (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
     return (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)
