@@ -9,19 +9,21 @@ and installs things: it never imports the profiler or the analysis.
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import platform
 import sys
 import warnings
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgo import config as cfgmod
 from pgo.config import Config
 from pgo.runtime.gc_policy import GCPolicy
-from pgo.runtime.sites import DECORATOR, SiteRouter
+
+if TYPE_CHECKING:
+    from pgo.runtime.sites import SiteRouter
+
+# `pgo run` pays for every import here before the program starts (and a
+# bench's config arm does, in its measured time): what only some configs
+# need (the site router, inspect) is imported by those.
 
 __all__ = ["Runtime", "apply", "active"]
 
@@ -48,10 +50,10 @@ class Runtime:
 
     def start(self) -> Runtime:
         cfg = self.config
-        here = ".".join(platform.python_version_tuple()[:2])
+        here = "%d.%d" % sys.version_info[:2]
         if cfg.python and ".".join(cfg.python.split(".")[:2]) != here:
             msg = (f"{self.source}: the GC plan was made for Python {cfg.python}, this is "
-                   f"{platform.python_version()}: its thresholds may not fit")
+                   f"{_python_version()}: its thresholds may not fit")
             self.warnings.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if cfg.size_classes or cfg.sites:
@@ -62,6 +64,7 @@ class Runtime:
             self.router = allocators.router(cfg.size_classes, source=self.source, name="pgo-run")
             install(self.router)
         if cfg.sites:
+            from pgo.runtime.sites import SiteRouter
             self.sites = SiteRouter([(s.function, allocators.make(s, f"{self.source}: site[{i}]"))
                                      for i, s in enumerate(cfg.sites)], self.router)
             self.sites.install_import_hook()
@@ -73,6 +76,7 @@ class Runtime:
     def _wrap_loaded(self) -> None:
         # Modules already imported (pgo.apply() called from a running
         # program): their functions are replaced in place.
+        import inspect
         assert self.sites is not None
         for module, qualnames in self.sites.by_module.items():
             mod = sys.modules.get(module)
@@ -103,10 +107,13 @@ class Runtime:
         return lambda source, filename: sites.compile(source, filename, "__main__")
 
     def init_globals(self) -> dict[str, Any]:
-        return {DECORATOR: self.sites.decorator} if self.sites is not None else {}
+        if self.sites is None:
+            return {}
+        from pgo.runtime.sites import DECORATOR
+        return {DECORATOR: self.sites.decorator}
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"config": self.source, "python": platform.python_version(),
+        out: dict[str, Any] = {"config": self.source, "python": _python_version(),
                                "warnings": list(self.warnings)}
         if self.gc is not None:
             out["gc"] = self.gc.stats()
@@ -161,7 +168,16 @@ def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None) 
 
 
 def write_stats(runtime: Runtime, path: str) -> None:
+    import json
     data = runtime.stats()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=1, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+def _python_version() -> str:
+    # platform.python_version() without importing platform (1.3 ms).
+    v = sys.version_info
+    return f"{v.major}.{v.minor}.{v.micro}" + ("" if v.releaselevel == "final" else
+                                              f"{v.releaselevel[0]}{v.serial}")
