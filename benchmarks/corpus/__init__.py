@@ -80,6 +80,8 @@ CORPUS: tuple[Program, ...] = (
             "80k bonds priced one by one with 4-120 element arrays (many small arrays)"),
     Program("columnar_groupby", "columnar_groupby.py", "alloc-bound",
             "1.5M-row columns: argsort/reduceat group-by, unique, quantile (4-24 MiB temporaries)"),
+    Program("path_simulation", "path_simulation.py", "alloc-bound",
+            "Monte Carlo paths x 252 steps per option; the arrays grow with the input (11 -> 32 MiB)"),
     Program("feature_store", "feature_store.py", "mixed",
             "20k user objects with float32 embeddings, batched matmul + argpartition top-k"),
     Program("threaded_etl", "threaded_etl.py", "threaded",
