@@ -15,8 +15,12 @@ import os
 import re
 import runpy
 import shutil
+import signal
+import subprocess
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any, Callable
@@ -221,6 +225,39 @@ def pgo_argv(python: list[str], module: str, *args: str) -> list[str]:
     boot = (f"import sys; sys.path.pop(0); from {module} import main; "
             f"sys.path.insert(0, ''); sys.exit(main())")
     return [*python, "-c", boot, *args]
+
+
+@contextmanager
+def signals_to(child: subprocess.Popen) -> Iterator[None]:
+    """In a launcher, while its child runs the program: signals reach the
+    program as they would reach ``python job.py``.
+
+    A terminal's ^C goes to the whole foreground process group, so the
+    child gets SIGINT itself (KeyboardInterrupt, exit 130) and this process
+    ignores it.  SIGTERM is sent to this process alone (kill, timeout, a
+    supervisor), so it is passed on, and the child dies of it.  Set only
+    once the child has started: a child inherits an ignored SIGINT, and
+    Python then never raises KeyboardInterrupt (the old launchers' bug)."""
+    def forward(signum: int, frame: object) -> None:
+        try:
+            child.send_signal(signum)
+        except OSError:
+            pass
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def exit_status(returncode: int) -> tuple[int, str | None]:
+    """A child's Popen returncode as a shell's status (128 + N for signal
+    N) and the signal's name."""
+    if returncode < 0:
+        return 128 - returncode, signal.Signals(-returncode).name
+    return returncode, None
 
 
 # -- the status line a child sends its launcher ------------------------------------

@@ -9,6 +9,7 @@ import atexit
 import gc
 import json
 import os
+import signal
 import sys
 
 from pgo import _target
@@ -29,6 +30,7 @@ def main() -> int:
         _target.send_status(fd, error=f"cannot start the profiler: {type(e).__name__}: {e}")
         return 2
     atexit.register(lambda: profiler.stop(exit_code=exit_code[0]))
+    _finish_on_sigterm(profiler)
     # pgo's own start-up objects (and numpy's, which the recorder needs)
     # would otherwise sit in the program's heap for every full collection
     # to scan: frozen, the collector sees what it would without pgo.
@@ -38,6 +40,25 @@ def main() -> int:
     code = _target.run(target)
     exit_code[0] = code
     return code
+
+
+def _finish_on_sigterm(profiler: Profiler) -> None:
+    """SIGTERM kills a program without its atexit handlers; the bundle is
+    written first, then the process dies of the signal as it would have
+    (exit status 143).  Only where SIGTERM has its default action: a
+    program that handles it (or runs with it ignored) keeps its own way,
+    and atexit writes the bundle when it exits."""
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            profiler.stop()
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def start_child(spec: str) -> None:

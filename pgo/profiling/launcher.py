@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pgo._errors import ProfilerError
-from pgo._target import Target, pgo_argv, read_status
+from pgo._target import Target, exit_status, pgo_argv, read_status, signals_to
 from pgo.profiling import cpu
 from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV, Options
 
@@ -72,7 +71,6 @@ def profile(target: Target, directory: Path, options: Options, *,
         env[SKIP_ENV] = "1"
         env["PYTHONPATH"] = os.pathsep.join([HOOK_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
     argv = pgo_argv(target.python, "pgo.profiling.child", json.dumps(control))
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # the child gets ^C and decides
     try:
         try:
             child = subprocess.Popen(argv, env=env, pass_fds=(write_fd,))
@@ -81,14 +79,14 @@ def profile(target: Target, directory: Path, options: Options, *,
             raise ProfilerError(f"cannot start {target.python[0]}: {e}") from None
         finally:
             os.close(write_fd)
-        status = read_status(read_fd)
-        sampler = None
-        if status.get("started") and cpu_options.enabled:
-            sampler = cpu.Sampler(child.pid, directory, cpu_options)
-            sampler.start()
-        returncode = child.wait()
+        with signals_to(child):        # ^C and SIGTERM reach the program as under python
+            status = read_status(read_fd)
+            sampler = None
+            if status.get("started") and cpu_options.enabled:
+                sampler = cpu.Sampler(child.pid, directory, cpu_options)
+                sampler.start()
+            returncode = child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
         os.close(read_fd)
     if not status.get("started"):
         _discard(directory, created)
@@ -100,11 +98,7 @@ def profile(target: Target, directory: Path, options: Options, *,
     cpu_info = sampler.finish() if sampler is not None else {"status": "off"}
     if cpu_info.get("warning"):
         warnings.append(cpu_info["warning"])
-    sig = None
-    code = returncode
-    if returncode < 0:
-        sig = signal.Signals(-returncode).name
-        code = 128 - returncode
+    code, sig = exit_status(returncode)
     _complete_manifest(directory, returncode, sig, cpu_info, warnings)
     return Result(directory, code, sig, warnings)
 
@@ -126,7 +120,9 @@ def _complete_manifest(directory: Path, returncode: int, sig: str | None, cpu_in
     path = directory / fmt.MANIFEST
     manifest = fmt.read_json(path, fmt.JSON_FORMATS[fmt.MANIFEST])
     if sig is not None:
-        manifest["complete"] = False
+        # Whole only if the child wrote the bundle before it died (its
+        # SIGTERM handler does; SIGKILL leaves what was streamed).
+        manifest["complete"] = bool(manifest.get("complete"))
         manifest["exit"] = {"code": None, "signal": sig}
         if manifest.get("duration_s") is None:
             manifest["duration_s"] = round(time.time() - manifest.get("start_unix", time.time()), 6)

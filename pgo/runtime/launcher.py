@@ -1,16 +1,16 @@
 """The parent side of ``pgo run``: starts the target under the runtime in a
 child process with the terminal's stdin/stdout/stderr, and returns its exit
-status (128 + N for signal N)."""
+status (128 + N for signal N).  ^C and SIGTERM reach the program as under
+``python`` (``_target.signals_to``)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 
 from pgo._errors import PgoError
-from pgo._target import Target, pgo_argv, read_status
+from pgo._target import Target, exit_status, pgo_argv, read_status, signals_to
 
 
 def launch(target: Target, config_path: str, *, stats: str | None = None,
@@ -19,7 +19,6 @@ def launch(target: Target, config_path: str, *, stats: str | None = None,
     control = {"config": os.path.abspath(config_path), "target": target.to_json(),
                "status_fd": write_fd, "stats": os.path.abspath(stats) if stats else None}
     argv = pgo_argv(target.python, "pgo.runtime.child", json.dumps(control))
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
             child = subprocess.Popen(argv, pass_fds=(write_fd,), env=env)
@@ -27,18 +26,14 @@ def launch(target: Target, config_path: str, *, stats: str | None = None,
             raise PgoError(f"cannot start {target.python[0]}: {e}") from None
         finally:
             os.close(write_fd)
-        status = read_status(read_fd)
-        returncode = child.wait()
+        with signals_to(child):
+            status = read_status(read_fd)
+            returncode = child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
         os.close(read_fd)
     if not status.get("started"):
         if "error" in status:
             raise PgoError(str(status["error"]))
         raise PgoError(f"the runtime did not start in {target.python[0]} (exit status "
                        f"{returncode}); is pgo installed for that interpreter?")
-    if returncode < 0:
-        return 128 - returncode, signal.Signals(-returncode).name
-    return returncode, None
-
-
+    return exit_status(returncode)
