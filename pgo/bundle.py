@@ -760,6 +760,27 @@ def in_memory(manifest: dict[str, Any], events: np.ndarray, *,
                   _events=EventTrace(events=events, t0_ns=t0_ns, complete=True))
 
 
+# How a profiled run ended, for `pgo analyze`: "ok" (exit 0), "interrupted"
+# (^C or SIGTERM: the user stopped it, what ran is a sample of the run) or
+# "failed" (another exit code or signal: the run did not do its work).
+INTERRUPT_CODES = (130, 143)
+INTERRUPT_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def run_outcome(manifest: dict[str, Any]) -> tuple[str, str]:
+    """("ok" | "interrupted" | "failed" | "unknown", how it ended in words)."""
+    ex = manifest.get("exit") or {}
+    text = _exit_text(manifest)
+    if ex.get("signal"):
+        return ("interrupted" if ex["signal"] in INTERRUPT_SIGNALS else "failed"), text
+    code = ex.get("code")
+    if code is None:
+        return "unknown", text
+    if code == 0:
+        return "ok", text
+    return ("interrupted" if code in INTERRUPT_CODES else "failed"), text
+
+
 def _exit_text(manifest: dict[str, Any]) -> str:
     ex = manifest.get("exit") or {}
     if ex.get("signal"):

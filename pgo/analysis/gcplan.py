@@ -1,7 +1,9 @@
 """The GC plan: thresholds, full collections and gc.freeze() from what the
 profile measured.
 
-- GC under 5% of the wall time: nothing to win; the plan leaves it alone.
+- GC under 5% of the wall time, or under 10 ms in all: nothing to win (or
+  too little to judge from: a plan made of one or two pauses is noise);
+  the plan leaves it alone.
 - Collections that free (almost) nothing (under one object per thousand
   allocated): the collector is scanning a heap with no garbage.  Every
   object that survives is scanned in each young generation once, whatever
@@ -45,6 +47,7 @@ from pgo.config import MAX_GROWTH_FACTOR as MAX_FACTOR
 from pgo.config import GCPlan
 
 MIN_SHARE = 0.05
+MIN_PAUSE_S = 0.010
 GARBAGE_SHARE = 0.10   # cyclic garbage held, as a share of the heap (the +10% RSS bound)
 MIN_FACTOR = 1.25
 
@@ -67,6 +70,9 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
             f"{full} full ones taking {full_s:.3g} s; {collected:,} objects freed)")
     if share < MIN_SHARE:
         return GCPlan(reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
+    if pause_s < MIN_PAUSE_S:
+        return GCPlan(reason=f"{head}: under {MIN_PAUSE_S * 1e3:.0f} ms in all, too little "
+                             f"to judge from; left as it is")
     objects = (traces or collect(bundle))[0].get(OBJECTS)
     blocks = objects.blocks if objects is not None else None
     allocated = float(blocks.weight.sum()) if blocks is not None else 0.0

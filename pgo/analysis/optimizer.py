@@ -44,6 +44,7 @@ class Plan:
     clusters: list[cls.Cluster]
     suggestions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    failed_runs: list[str] = field(default_factory=list)   # the profiled runs that failed
 
     def bytes_by_strategy(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -71,8 +72,26 @@ class ProfileGuidedOptimizer:
             gc=gcplan.plan(b, collected),
             size_classes=_size_classes(decisions),
             sites=_site_rules(decisions))
+        warnings, failed = run_warnings(b)
         return Plan(config=cfg, decisions=decisions, clusters=clusters,
-                    suggestions=suggestions(sites), warnings=list(b.warnings))
+                    suggestions=suggestions(sites), warnings=list(b.warnings) + warnings,
+                    failed_runs=failed)
+
+
+def run_warnings(b: fmt.Bundle) -> tuple[list[str], list[str]]:
+    """(warnings, failures) from how the profiled run(s) ended: a run
+    stopped by ^C or SIGTERM is a sample of the real one (a warning); one
+    that failed (another exit code, a crash) did not do its work, and a
+    config made from it describes something else."""
+    warnings, failed = [], []
+    for r in b.runs or [b]:
+        outcome, text = fmt.run_outcome(r.manifest)
+        if outcome == "interrupted":
+            warnings.append(f"{r.path}: the profiled run was stopped ({text}): the config "
+                            f"describes the part that ran")
+        elif outcome == "failed":
+            failed.append(f"{r.path}: the profiled run failed ({text})")
+    return warnings, failed
 
 
 def _weighted_conf(ds: list[cls.Decision]) -> float:

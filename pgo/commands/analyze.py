@@ -26,6 +26,11 @@ class AnalyzeCommand:
 
     --explain prints the sites, the clusters and the GC plan with their
     reasons; code changes no config can make are listed at the end.
+
+    A profile of a run that failed (an exit code other than 0, or 130/143
+    for ^C/SIGTERM, or a crash) is refused unless --allow-failed; one of a
+    run stopped by ^C or SIGTERM gives a config with a warning.  Warnings
+    go to stderr, with -q too.
     """
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
@@ -39,7 +44,12 @@ class AnalyzeCommand:
                             help="sites in the --explain table (default: 15, by bytes)")
         parser.add_argument("--json", action="store_true",
                             help="print the plan as JSON (decisions, clusters, config)")
-        parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+        parser.add_argument("--allow-failed", action="store_true",
+                            help="write a config even when the profiled run failed (an exit "
+                                 "code other than 0, 130 or 143, or a crash); without it that "
+                                 "is an error")
+        parser.add_argument("-q", "--quiet", action="store_true",
+                            help="print nothing but warnings (on stderr)")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import config
@@ -47,8 +57,16 @@ class AnalyzeCommand:
         if args.top < 1:
             parser.error("--top must be at least 1")
         plan = ProfileGuidedOptimizer(args.bundle).analyze()
+        if plan.failed_runs and not args.allow_failed:
+            from pgo._errors import CommandError
+            raise CommandError("; ".join(plan.failed_runs) + ": a config made from it would "
+                               "describe a run that did not do its work. Profile a run that "
+                               "succeeds, or pass --allow-failed to write one anyway")
         out = Path(args.output)
         config.write(plan.config, out)
+        # Loud, and never only on stdout: a config from a doubtful profile.
+        for w in plan.failed_runs + plan.warnings:
+            print(f"pgo analyze: warning: {w}", file=sys.stderr)
         if args.json:
             json.dump(_plan_json(plan), sys.stdout, indent=1, sort_keys=True)
             print()
@@ -135,6 +153,4 @@ def _summary(con, plan, out: Path) -> None:
         con.print(f"  GC: {what}: {g.reason}")
     for s in plan.suggestions:
         con.print(f"  [yellow]suggestion:[/] {s}")
-    for w in plan.warnings:
-        con.print(f"  [yellow]warning:[/] {w}")
     con.print(f"wrote {out}; next: pgo run --config {out} -- python ...", soft_wrap=True)

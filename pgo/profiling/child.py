@@ -6,7 +6,6 @@ target's own atexit handlers and non-daemon threads."""
 from __future__ import annotations
 
 import atexit
-import gc
 import json
 import os
 import signal
@@ -31,11 +30,7 @@ def main() -> int:
         return 2
     atexit.register(lambda: profiler.stop(exit_code=exit_code[0]))
     _finish_on_sigterm(profiler)
-    # pgo's own start-up objects (and numpy's, which the recorder needs)
-    # would otherwise sit in the program's heap for every full collection
-    # to scan: frozen, the collector sees what it would without pgo.
-    gc.collect()
-    gc.freeze()
+    profiler.freeze_own_heap()
     _target.started(fd)
     code = _target.run(target)
     exit_code[0] = code

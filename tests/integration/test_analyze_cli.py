@@ -127,3 +127,24 @@ def test_the_gc_plan_measures_the_peak_heap_as_the_runtime_counts_it(tmp_path):
     plan = config.load(tmp_path / "c.toml").gc
     assert plan.thresholds == (0, 0, 0) and plan.full_collection == "growth"
     assert 0.8 * truth <= plan.peak_heap_blocks <= 1.2 * truth, (plan.peak_heap_blocks, truth)
+
+
+def test_analyze_refuses_a_failed_run_and_warns_on_a_stopped_one(tmp_path):
+    (tmp_path / "crash.py").write_text(
+        "import sys\nimport numpy as np\nkeep = [np.ones(2000) for _ in range(2000)]\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    for code in (1, 130):
+        proc = pgo("profile", "--no-cpu", "-q", "-o", str(tmp_path / f"b{code}"), "crash.py",
+                   str(code), cwd=tmp_path)
+        assert proc.returncode == code, proc.stderr
+    failed = pgo("analyze", str(tmp_path / "b1"), "-o", "f.toml", "-q", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert "the profiled run failed (exit code 1)" in failed.stderr
+    assert "--allow-failed" in failed.stderr and not (tmp_path / "f.toml").exists()
+    forced = pgo("analyze", str(tmp_path / "b1"), "-o", "f.toml", "-q", "--allow-failed",
+                 cwd=tmp_path)
+    assert forced.returncode == 0 and (tmp_path / "f.toml").exists()
+    assert "warning:" in forced.stderr and "failed (exit code 1)" in forced.stderr
+    stopped = pgo("analyze", str(tmp_path / "b130"), "-o", "s.toml", "-q", cwd=tmp_path)
+    assert stopped.returncode == 0 and (tmp_path / "s.toml").exists()
+    assert "was stopped (exit code 130)" in stopped.stderr and stopped.stdout == ""

@@ -320,3 +320,16 @@ def test_checked_in_example_bundles_load_and_show_their_pattern(name):
     else:
         assert s["gc"]["collections"] > 100 and s["gc"]["share_of_wall"] > 0.2
         assert s["top_by_bytes"][0]["domain"] == "objects"
+
+
+def test_pgos_own_start_up_collection_is_not_the_programs(project):
+    # pgo collects and freezes its start-up heap before the program's first
+    # line; that collection must not read as the program's GC time.
+    (project / "tiny.py").write_text("import gc\ngc.disable()\nprint(sum(range(10)))\n")
+    out = project / "tiny"
+    proc = pgo("profile", "--no-cpu", "-q", "-o", str(out), "tiny.py", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    b = bundle.load(out)
+    assert b.gc["pauses"]["duration_ns"] == [] and b.gc["total_pause_ns"] == 0
+    assert [g["collections"] for g in b.gc["generations"]] == [0, 0, 0]
+    assert b.gc["freeze_count_at_end"] > 0          # the heap was frozen all the same

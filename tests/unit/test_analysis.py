@@ -170,6 +170,14 @@ def test_gc_plan_guardrails():
         return b
     quiet = gc_plan(fake(0, 0.01))
     assert quiet.thresholds is None and "left as it is" in quiet.reason
+    # A 20 ms program whose one collection took 17% of it: too little GC to
+    # make a plan from.
+    short = fake(0, 0.5)
+    short.gc.update(wall_s=0.02, total_pause_ns=3_400_000)
+    short.manifest["duration_s"] = 0.02
+    tiny = gc_plan(short)
+    assert tiny.thresholds is None and tiny.full_collection == "default"
+    assert "too little to judge" in tiny.reason
     # No objects trace in these bundles: the yield is unknown, so the plan
     # stays bounded (cycles assumed).
     busy = gc_plan(fake(10**6, 0.5))
@@ -226,3 +234,23 @@ def test_a_merged_bundle_gets_the_peak_of_its_largest_run_not_their_sum(tmp_path
     single = gcplan.plan(fmt.load(records)).peak_heap_blocks
     both = gcplan.plan(fmt.load(merged)).peak_heap_blocks
     assert both == single
+
+
+@pytest.mark.parametrize("exit_, outcome", [
+    ({"code": 0, "signal": None}, "ok"),
+    ({"code": 130, "signal": None}, "interrupted"),
+    ({"code": None, "signal": "SIGTERM"}, "interrupted"),
+    ({"code": 1, "signal": None}, "failed"),
+    ({"code": None, "signal": "SIGSEGV"}, "failed"),
+    ({"code": None, "signal": None}, "unknown"),
+])
+def test_how_a_profiled_run_ended_decides_warnings_and_refusals(exit_, outcome):
+    from pgo.analysis.optimizer import run_warnings
+    b, _ = make_bundle({"long-lived": 1})
+    b.manifest["exit"] = exit_
+    assert bundle.run_outcome(b.manifest)[0] == outcome
+    warnings, failed = run_warnings(b)
+    assert bool(failed) == (outcome == "failed")
+    assert bool(warnings) == (outcome == "interrupted")
+    plan = ProfileGuidedOptimizer(b).analyze()
+    assert plan.failed_runs == failed
