@@ -58,6 +58,37 @@ class Target:
             return self.name.rsplit(".", 1)[-1] or "module"
         return "code"
 
+    def identity(self) -> dict[str, str]:
+        """What a config records of the program it was made for, and
+        ``pgo run`` compares: its name (a script's file name, a module's
+        name, ``-c``) and the SHA-256 of its source (empty when it cannot
+        be read).  A path is not part of it: the same job is often profiled
+        in one checkout and run in another."""
+        source: bytes | None = None
+        if self.kind == "script":
+            path = os.path.realpath(self.name)
+            program = os.path.basename(path.rstrip(os.sep)) or self.name
+            if os.path.isdir(path):
+                path = os.path.join(path, "__main__.py")
+            try:
+                with open(path, "rb") as f:
+                    source = f.read()
+            except OSError:
+                pass
+        elif self.kind == "module":
+            program = self.name
+            try:
+                _, spec, _ = runpy._get_module_details(self.name)  # type: ignore[attr-defined]
+                if spec.origin and os.path.isfile(spec.origin):
+                    with open(spec.origin, "rb") as f:
+                        source = f.read()
+            except Exception:
+                pass
+        else:
+            program, source = "-c", self.name.encode()
+        return {"program": program,
+                "program_sha256": _sha256(source).hexdigest() if source is not None else ""}
+
     def command(self) -> list[str]:
         head = {"script": [self.name], "module": ["-m", self.name], "code": ["-c", self.name]}
         return [*self.python, *head[self.kind], *self.args]
@@ -211,6 +242,19 @@ def _exit_status(e: SystemExit) -> int:
         return code & 0xFF
     print(code, file=sys.stderr)
     return 1
+
+
+def _sha256(data: bytes) -> Any:
+    # The built-in implementation: hashlib loads OpenSSL first (2 ms more
+    # before the program starts, under `pgo run`); the digest is the same.
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found]   # 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment]
+    return sha256(data)
 
 
 # -- starting pgo's own child processes ------------------------------------------

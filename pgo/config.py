@@ -10,6 +10,10 @@ config gives the same bytes):
     profile_started_at = "2026-11-27T..."    # ... when it was recorded
     pgo = "0.1.0"                            # ... and by which pgo
     python = "3.11.7"                        # the GC plan was made for this Python
+    numpy = "2.1.3"                          # ... and the size classes for this numpy
+    program = "job.py"                       # the program profiled (a script's file
+    program_sha256 = "9f2c..."               # name, a -m module) and its source's hash:
+                                             # `pgo run` warns on another (--strict: error)
 
     [gc]
     thresholds = [50000, 20, 100]            # gc.set_threshold (0 first: no automatic GC)
@@ -74,6 +78,9 @@ FULL_COLLECTION = ("default", "growth")
 # The most a "growth" plan waits for (the runtime's backoff stops there too).
 MAX_GROWTH_FACTOR = 64.0
 NOTE_KEYS = ("pattern", "reason", "confidence")
+# [pgo]'s provenance: what the config was made from and for.
+HEAD_STRINGS = ("profile", "profile_started_at", "pgo", "python", "numpy", "program",
+                "program_sha256")
 MAX_SIZE = (1 << 63) - 1      # a size must fit the C layer's signed 64 bits
 
 
@@ -141,6 +148,9 @@ class Config:
     profile_started_at: str = ""
     pgo: str = ""
     python: str = ""
+    numpy: str = ""
+    program: str = ""
+    program_sha256: str = ""
     gc: GCPlan | None = None
     size_classes: tuple[SizeClassRule, ...] = ()
     sites: tuple[SiteRule, ...] = field(default=())
@@ -152,7 +162,7 @@ def dumps(cfg: Config) -> str:
     out: list[str] = ["# pgo config: written by `pgo analyze`; applied by `pgo run` / pgo.apply().",
                       "", "[pgo]"]
     out.append(f"version = {cfg.version}")
-    for key in ("profile", "profile_started_at", "pgo", "python"):
+    for key in HEAD_STRINGS:
         value = getattr(cfg, key)
         if value:
             out.append(f"{key} = {_value(value)}")
@@ -297,14 +307,12 @@ class _Reader:
         head = doc.get("pgo")
         if not isinstance(head, dict):
             raise self.fail("pgo", None, None, "the [pgo] table is required (with version = 1)")
-        self.check_keys("pgo", None, head, ("version", "profile", "profile_started_at", "pgo",
-                                            "python"))
+        self.check_keys("pgo", None, head, ("version", *HEAD_STRINGS))
         version = self.typed("pgo", None, head, "version", int, required=True)
         if version != VERSION:
             raise self.fail("pgo", None, "version", f"version {version} is not supported "
                                                     f"(this pgo reads version {VERSION})")
-        strings = {k: self.typed("pgo", None, head, k, str, "") for k in
-                   ("profile", "profile_started_at", "pgo", "python")}
+        strings = {k: self.typed("pgo", None, head, k, str, "") for k in HEAD_STRINGS}
         gc_plan = self.gc(doc["gc"]) if "gc" in doc else None
         numpy = doc.get("numpy", {})
         if not isinstance(numpy, dict):

@@ -66,9 +66,12 @@ class ProfileGuidedOptimizer:
         sites = features.extract(b, collected)
         decisions, clusters = cls.classify(sites)
         m = b.manifest
+        target = m.get("target") or {}
         cfg = Config(
             profile=str(b.path), profile_started_at=str(m.get("started_at", "")),
-            pgo=__version__, python=str(m.get("python", "")),
+            pgo=__version__, python=str(m.get("python", "")), numpy=str(m.get("numpy") or ""),
+            program=str(target.get("program", "")),
+            program_sha256=str(target.get("program_sha256", "")),
             gc=gcplan.plan(b, collected),
             size_classes=_size_classes(decisions),
             sites=_site_rules(decisions))

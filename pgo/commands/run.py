@@ -25,6 +25,12 @@ class RunCommand:
     the program runs.  --stats FILE writes what the runtime did (GC
     collections, allocator statistics, routed calls) as JSON at exit.
 
+    The config says which program it was profiled on (its file name and a
+    hash of its source) and with which Python and numpy: another is a
+    warning on stderr (--strict: an error, before the program runs).  A
+    [[site]] rule that routed nothing (its module never imported, no such
+    function) is a warning at exit.
+
     From inside a program: `import pgo.runtime; pgo.runtime.apply("pgo.toml")`.
     """
 
@@ -32,6 +38,10 @@ class RunCommand:
         parser.add_argument("-c", "--config", required=True, metavar="FILE",
                             help="the config (from `pgo analyze`)")
         parser.add_argument("--stats", metavar="FILE", help="write runtime statistics here at exit")
+        parser.add_argument("--strict", action="store_true",
+                            help="refuse (exit 2, the program does not run) a config made for "
+                                 "another program, another version of its source, another "
+                                 "Python or numpy; without it those are warnings")
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
         add_arguments(parser, "run")
 
@@ -44,7 +54,7 @@ class RunCommand:
             config.load(args.config)          # fails here, before the program runs
         except config.ConfigError as e:
             raise CommandError(str(e), exit_code=2) from None
-        code, signal_name = launch(target, args.config, stats=args.stats)
+        code, signal_name = launch(target, args.config, stats=args.stats, strict=args.strict)
         if signal_name:
             print(f"pgo run: the program was killed by {signal_name}", file=sys.stderr)
         return code

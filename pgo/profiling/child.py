@@ -21,7 +21,8 @@ def main() -> int:
     if target is None:
         return 2
     profiler = Profiler(control["bundle"], Options.from_json(control["options"]),
-                        command=target.command(), target=target.to_json())
+                        command=target.command(),
+                        target={**target.to_json(), **target.identity()})
     exit_code: list[int | None] = [None]
     try:
         profiler.start()

@@ -48,12 +48,9 @@ class Runtime:
         self.sites: SiteRouter | None = None
         self.warnings: list[str] = []
 
-    def start(self) -> Runtime:
+    def start(self, mismatched: list[str] | None = None) -> Runtime:
         cfg = self.config
-        here = "%d.%d" % sys.version_info[:2]
-        if cfg.python and ".".join(cfg.python.split(".")[:2]) != here:
-            msg = (f"{self.source}: the GC plan was made for Python {cfg.python}, this is "
-                   f"{_python_version()}: its thresholds may not fit")
+        for msg in mismatched or []:
             self.warnings.append(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         if cfg.size_classes or cfg.sites:
@@ -98,6 +95,23 @@ class Runtime:
                     wrapped = self.sites.decorator(module, qualname)(fn)
                     setattr(owner, parts[-1], kind(wrapped) if kind is not None else wrapped)
 
+    def unmatched_sites(self) -> list[str]:
+        """The ``[[site]]`` rules that routed nothing, each with why: its
+        module was never imported, it has no such function, or the function
+        cannot be routed (a generator)."""
+        if self.sites is None:
+            return []
+        report = self.sites.report()
+        out = []
+        for rule in report["not_found"]:
+            module, _, qualname = rule.partition(":")
+            why = (f"module {module} has no function {qualname} (or its def never ran)"
+                   if module in sys.modules else f"module {module} was never imported")
+            out.append(f"{self.source}: [[site]] {rule} routed nothing: {why}")
+        for rule, why in report["skipped"].items():
+            out.append(f"{self.source}: [[site]] {rule} routed nothing: {why}")
+        return out
+
     def compiler(self) -> Any:
         """For the runner: compiles ``__main__`` with its routed functions
         decorated (None when no rule names ``__main__``)."""
@@ -139,12 +153,18 @@ class Runtime:
             _active = None
 
 
-def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None) -> Runtime:
+def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None,
+          program: dict[str, str] | None = None, strict: bool = False) -> Runtime:
     """Apply a config (a path or a ``pgo.config.Config``) to this process
     now: GC, numpy's router, per-site routing (functions of modules already
     imported are replaced in place; modules imported later are compiled
     with their routed functions decorated).  ``stats``: a JSON file to
     write the runtime's statistics to at exit.
+
+    A config made for another program (``program``: ``Target.identity()``
+    of what runs; by default ``__main__``'s file), another version of it,
+    another Python or numpy is a RuntimeWarning, or with ``strict`` a
+    ConfigError before anything is applied.
 
     Raises:
         pgo.ConfigError: the config is invalid (nothing has been applied).
@@ -154,17 +174,55 @@ def apply(config: Config | str | os.PathLike[str], *, stats: str | None = None) 
         cfg, source = config, "<config>"
     else:
         cfg, source = cfgmod.load(config), os.fspath(config)
+    mismatched = mismatches(cfg, source, program if program is not None else _main_identity())
+    if strict and mismatched:
+        raise cfgmod.ConfigError("; ".join(mismatched) + " (strict: nothing applied)")
     # Made (and so checked) before the active one is taken back: a config
     # refused here leaves the process as it was.
     runtime = Runtime(cfg, source)
     if _active is not None:
         _active.stop()
-    runtime.start()
+    runtime.start(mismatched)
     _active = runtime
     if stats:
         import atexit
         atexit.register(write_stats, runtime, stats)
     return runtime
+
+
+def mismatches(cfg: Config, source: str, program: dict[str, str] | None) -> list[str]:
+    """Why ``cfg`` may not fit what runs here: another program (or its
+    source changed since the profile), another Python, another numpy.  A
+    config that does not say (written by hand, or from an older pgo) is
+    not compared."""
+    out = []
+    if program and cfg.program:
+        if program.get("program") != cfg.program:
+            out.append(f"{source} was made for {cfg.program}, not {program.get('program')}: its "
+                       f"rules describe another program's allocations")
+        elif cfg.program_sha256 and program.get("program_sha256") and \
+                program["program_sha256"] != cfg.program_sha256:
+            out.append(f"{cfg.program} has changed since it was profiled for {source}: profile "
+                       f"it again if its allocations changed")
+    here = "%d.%d" % sys.version_info[:2]
+    if cfg.python and ".".join(cfg.python.split(".")[:2]) != here:
+        out.append(f"{source}: the GC plan was made for Python {cfg.python}, this is "
+                   f"{_python_version()}: its thresholds may not fit")
+    if cfg.numpy and (cfg.size_classes or cfg.sites):
+        import numpy                    # the router needs it anyway
+        if cfg.numpy.split(".")[:2] != numpy.__version__.split(".")[:2]:
+            out.append(f"{source}: the numpy rules were made with numpy {cfg.numpy}, this is "
+                       f"{numpy.__version__}")
+    return out
+
+
+def _main_identity() -> dict[str, str] | None:
+    # pgo.runtime.apply() called from a program's own code: __main__ is it.
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not os.path.isfile(path):
+        return None
+    from pgo._target import Target
+    return Target("script", path, [], []).identity()
 
 
 def write_stats(runtime: Runtime, path: str) -> None:

@@ -18,14 +18,23 @@ def main() -> int:
         return 2
     from pgo import runtime
     try:
-        rt = runtime.apply(control["config"])
+        rt = runtime.apply(control["config"], program=target.identity(),
+                           strict=bool(control.get("strict")))
     except PgoError as e:
         _target.send_status(fd, error=str(e))
         return 2
     if control.get("stats"):
         atexit.register(runtime.write_stats, rt, control["stats"])
     _target.started(fd)
-    return _target.run(target, compiler=rt.compiler(), init_globals=rt.init_globals())
+    code = _target.run(target, compiler=rt.compiler(), init_globals=rt.init_globals())
+    if code == 0:
+        # A [[site]] rule that never found its function routed nothing,
+        # which --stats alone would hide.  Not after a failure: the
+        # program's traceback stays the last thing it printed, as under
+        # python (and it may have stopped before reaching the function).
+        for where in rt.unmatched_sites():
+            print(f"pgo run: warning: {where}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,15 +9,16 @@ import json
 import os
 import subprocess
 
-from pgo._errors import PgoError
+from pgo._errors import CommandError, PgoError
 from pgo._target import Target, exit_status, pgo_argv, read_status, signals_to
 
 
 def launch(target: Target, config_path: str, *, stats: str | None = None,
-           env: dict[str, str] | None = None) -> tuple[int, str | None]:
+           env: dict[str, str] | None = None, strict: bool = False) -> tuple[int, str | None]:
     read_fd, write_fd = os.pipe()
     control = {"config": os.path.abspath(config_path), "target": target.to_json(),
-               "status_fd": write_fd, "stats": os.path.abspath(stats) if stats else None}
+               "status_fd": write_fd, "stats": os.path.abspath(stats) if stats else None,
+               "strict": strict}
     argv = pgo_argv(target.python, "pgo.runtime.child", json.dumps(control))
     try:
         try:
@@ -33,7 +34,8 @@ def launch(target: Target, config_path: str, *, stats: str | None = None,
         os.close(read_fd)
     if not status.get("started"):
         if "error" in status:
-            raise PgoError(str(status["error"]))
+            # The config was refused in the child (--strict): a config error.
+            raise CommandError(str(status["error"]), exit_code=2)
         raise PgoError(f"the runtime did not start in {target.python[0]} (exit status "
                        f"{returncode}); is pgo installed for that interpreter?")
     return exit_status(returncode)

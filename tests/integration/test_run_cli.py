@@ -161,3 +161,35 @@ def test_children_use_the_installed_pgo_not_a_pgo_folder_in_the_working_director
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (argv, proc.stderr[-2000:])
         assert "shadows pgo" not in proc.stderr
+
+
+def test_a_config_for_another_program_or_a_missing_function_is_said(project):
+    # The identity comes from `pgo profile` through `pgo analyze`.
+    prof = pgo("profile", "--no-cpu", "-q", "-o", "b", "job.py", "0", cwd=project)
+    assert prof.returncode == 0, prof.stderr
+    assert pgo("analyze", "b", "-o", "made.toml", "-q", cwd=project).returncode == 0
+    made = (project / "made.toml").read_text()
+    assert 'program = "job.py"' in made and "program_sha256 = " in made
+    assert "numpy = " in made
+    (project / "other.py").write_text("print('other ran')\n")
+    ok = pgo("run", "-c", "made.toml", "job.py", "0", cwd=project)
+    assert ok.returncode == 0 and "warning" not in ok.stderr.lower(), ok.stderr
+    other = pgo("run", "-c", "made.toml", "other.py", cwd=project)
+    assert other.returncode == 0 and "other ran" in other.stdout
+    assert "made.toml was made for job.py, not other.py" in other.stderr
+    strict = pgo("run", "--strict", "-c", "made.toml", "other.py", cwd=project)
+    assert strict.returncode == 2 and "other ran" not in strict.stdout
+    assert "made for job.py, not other.py" in strict.stderr
+    (project / "job.py").write_text(JOB + "\n# edited\n")
+    edited = pgo("run", "-c", "made.toml", "job.py", "0", cwd=project)
+    assert edited.returncode == 0 and "job.py has changed since it was profiled" in edited.stderr
+    # A [[site]] naming a function that is not there: said on stderr at exit.
+    (project / "typo.toml").write_text(CONFIG.replace("__main__:tile", "__main__:tiles")
+                                       + '\n[[site]]\nfunction = "nowhere.mod:f"\n'
+                                         'allocator = "arena"\n')
+    typo = pgo("run", "-c", "typo.toml", "job.py", "0", cwd=project)
+    assert typo.returncode == 0, typo.stderr
+    assert "[[site]] __main__:tiles routed nothing: module __main__ has no function tiles" \
+        in typo.stderr
+    assert "[[site]] nowhere.mod:f routed nothing: module nowhere.mod was never imported" \
+        in typo.stderr

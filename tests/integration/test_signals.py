@@ -28,8 +28,8 @@ PROGRAM = textwrap.dedent("""
     keep = []
     for i in range(200):
         keep.append(np.ones(1000 + i))
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)            # inside the try: a ^C right after is unwound
         while True:
             keep.append(np.ones(10))
             time.sleep(0.01)

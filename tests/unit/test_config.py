@@ -11,7 +11,7 @@ from pgo.config import Config, GCPlan, SiteRule, SizeClassRule
 
 FULL = Config(
     profile="profiles/job-1", profile_started_at="2026-11-27T10:00:00+00:00", pgo="0.1.0",
-    python="3.11.7",
+    python="3.11.7", numpy="2.1.3", program="job.py", program_sha256="ab" * 32,
     gc=GCPlan(thresholds=(50000, 20, 100), freeze_after_startup=True, startup_s=0.75,
               full_collection="growth", growth_factor=2.0, peak_heap_blocks=6_086_835,
               reason="GC took 55% of the run"),

@@ -13,7 +13,8 @@ import pytest
 import pgo
 from pgo import config as cfgmod
 from pgo.config import Config, GCPlan, SiteRule, SizeClassRule
-from pgo.runtime import apply
+import pgo.runtime
+from pgo.runtime import apply, mismatches
 from pgo.runtime.gc_policy import UNREACHABLE, GCPolicy
 from pgo.runtime.sites import DECORATOR, SiteRouter
 
@@ -337,3 +338,40 @@ def test_python_version_mismatch_warns():
         rt = apply(Config(python="2.7.18"))
     rt.stop()
     assert cfgmod.dumps(Config(python="2.7.18"))   # still a valid config
+
+
+def test_a_config_for_another_program_warns_and_strict_refuses(tmp_path):
+    from pgo._target import Target
+    job = tmp_path / "job.py"
+    job.write_text("print('job')\n")
+    me = Target("script", str(job), [], []).identity()
+    assert me["program"] == "job.py" and len(me["program_sha256"]) == 64
+    cfg = Config(program="job.py", program_sha256=me["program_sha256"],
+                 gc=GCPlan(thresholds=(1234, 10, 10)))
+    assert mismatches(cfg, "pgo.toml", me) == []
+    assert mismatches(cfg, "pgo.toml", None) == []           # nothing to compare with
+    assert mismatches(Config(gc=cfg.gc), "pgo.toml", me) == []   # an old or hand-made config
+    other = Target("script", str(tmp_path / "other.py"), [], []).identity()
+    [msg] = mismatches(cfg, "pgo.toml", other)
+    assert "made for job.py, not other.py" in msg
+    job.write_text("print('job, changed')\n")
+    changed = Target("script", str(job), [], []).identity()
+    [msg] = mismatches(cfg, "pgo.toml", changed)
+    assert "job.py has changed since it was profiled" in msg
+    # Warned, and applied; strict: refused with every reason, nothing applied.
+    before = gc.get_threshold()
+    with pytest.warns(RuntimeWarning, match="made for job.py"):
+        rt = apply(cfg, program=other)
+    assert gc.get_threshold()[0] == 1234 and rt.warnings
+    rt.stop()
+    assert gc.get_threshold() == before
+    with pytest.raises(pgo.ConfigError, match="made for job.py.*strict: nothing applied"):
+        apply(cfg, program=other, strict=True)
+    assert gc.get_threshold() == before and pgo.runtime.active() is None
+
+
+def test_another_numpy_warns_only_for_numpy_rules():
+    numpy_rules = Config(numpy="1.0.0", size_classes=(SizeClassRule(1 << 20, None, "cache"),))
+    [msg] = mismatches(numpy_rules, "pgo.toml", None)
+    assert "numpy 1.0.0" in msg
+    assert mismatches(Config(numpy="1.0.0", gc=GCPlan()), "pgo.toml", None) == []
