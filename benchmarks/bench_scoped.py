@@ -62,9 +62,9 @@ def main() -> int:
         # Each with the settings `pgo analyze` would write for these blocks.
         block = edge * edge * 8
         routers = {
-            "arena": pgo.ArenaAllocator(site_settings("arena", block)[0][1], threadsafe=True),
-            "stack": pgo.StackAllocator(site_settings("stack", block)[0][1], threadsafe=True),
-            "cache": pgo.CacheAllocator(site_settings("cache", block)[0][1]),
+            "arena": pgo.ArenaAllocator(**dict(site_settings("arena", block)), threadsafe=True),
+            "stack": pgo.StackAllocator(**dict(site_settings("stack", block)), threadsafe=True),
+            "cache": pgo.CacheAllocator(**dict(site_settings("cache", block))),
         }
         arms: dict[str, tuple[object, object]] = {"glibc": (contextlib.nullcontext(), filter_tile)}
         for name, allocator in routers.items():

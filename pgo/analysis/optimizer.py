@@ -28,11 +28,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pgo import bundle as fmt
 from pgo._version import __version__
 from pgo.analysis import classify as cls
-from pgo.analysis import features, gcplan
-from pgo._sizes import MiB, SMALL_BLOCK_BYTES
+from pgo.analysis import cachesim, features, gcplan
+from pgo._sizes import MiB, SMALL_BLOCK_BYTES, fmt_bytes
 from pgo.config import Config, Pattern, SiteRule, SizeClassRule
 
 
@@ -73,8 +75,8 @@ class ProfileGuidedOptimizer:
             program=str(target.get("program", "")),
             program_sha256=str(target.get("program_sha256", "")),
             gc=gcplan.plan(b, collected),
-            size_classes=_size_classes(decisions),
-            sites=_site_rules(decisions))
+            size_classes=_size_classes(decisions, collected),
+            sites=_site_rules(decisions, collected))
         warnings, failed = run_warnings(b)
         return Plan(config=cfg, decisions=decisions, clusters=clusters,
                     suggestions=suggestions(sites), warnings=list(b.warnings) + warnings,
@@ -121,7 +123,26 @@ def _material(decisions: list[cls.Decision]) -> list[cls.Decision]:
     return [d for d in numpy if d.site.bytes >= MIN_BYTES_SHARE * total]
 
 
-def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
+def _replayed_headroom(collected: features.Collected, keep: np.ndarray) -> tuple[int, str]:
+    """The headroom of a cache serving the numpy blocks ``keep`` selects,
+    from replaying them (``cachesim``), and what it costs, in words."""
+    traced = collected[0].get(features.NUMPY)
+    if traced is None or not keep.any():
+        return CACHE_HEADROOM_PERCENT, ""
+    bl = traced.blocks
+    # Each run's first block, counted among the kept ones.
+    firsts = np.array([int(keep[:s].sum()) for s in traced.run_starts], np.int64)
+    chosen, free = cachesim.choose(bl.size[keep], bl.birth_ev[keep], bl.death_ev[keep],
+                                   run_starts=firsts)
+    what = (f"headroom {chosen.headroom}% (replayed: {chosen.hit_rate:.0%} of "
+            f"{chosen.allocations:,} blocks reused, {free.hit_rate:.0%} with no bound; what it "
+            f"serves peaks {chosen.extra_share:.0%} over its live peak, "
+            f"+{fmt_bytes(chosen.peak_held - chosen.peak_live)} of RSS at the profiled size)")
+    return int(chosen.headroom or CACHE_HEADROOM_PERCENT), what
+
+
+def _size_classes(decisions: list[cls.Decision],
+                  collected: features.Collected) -> tuple[SizeClassRule, ...]:
     out = []
     numpy = _material(decisions)
     slab = [d for d in numpy if d.strategy == "slab"]
@@ -137,17 +158,21 @@ def _size_classes(decisions: list[cls.Decision]) -> tuple[SizeClassRule, ...]:
     if cache:
         biggest = max(d.site.max_size for d in cache)
         top = max(cache, key=lambda d: (d.site.bytes, d.site.name))
+        # The class serves every numpy block from 1 MiB, not only these sites'.
+        traced = collected[0].get(features.NUMPY)
+        keep = (traced.blocks.size >= features.LARGE) if traced is not None else np.zeros(0, bool)
+        headroom, cost = _replayed_headroom(collected, keep)
         out.append(SizeClassRule(
-            features.LARGE, None, "cache", cache_settings(CACHE_SAFETY_BYTES),
+            features.LARGE, None, "cache", cache_settings(CACHE_SAFETY_BYTES, headroom),
             pattern=Pattern.LARGE_REPEATED, confidence=_weighted_conf(cache),
             reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
                     f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
-                    f"{top.reason}; cached blocks keep what the cache serves within "
-                    f"{CACHE_HEADROOM_PERCENT}% of its own peak")))
+                    f"{top.reason}" + (f"; {cost}" if cost else ""))))
     return tuple(sorted(out, key=lambda r: r.min_bytes))
 
 
-def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
+def _site_rules(decisions: list[cls.Decision],
+                collected: features.Collected) -> tuple[SiteRule, ...]:
     by_fn: dict[str, list[cls.Decision]] = {}
     for d in _material(decisions):
         scoped = d.strategy == "cache" and d.pattern != Pattern.LARGE_REPEATED
@@ -165,34 +190,49 @@ def _site_rules(decisions: list[cls.Decision]) -> tuple[SiteRule, ...]:
         mine = [d for d in ds if d.strategy == strategy]
         biggest = max(d.site.max_size for d in mine)
         top = max(mine, key=lambda d: (d.site.bytes, d.site.name))
-        settings = site_settings(strategy, biggest)
+        cost = ""
+        headroom = CACHE_HEADROOM_PERCENT
+        if strategy == "cache":
+            traced = collected[0].get(features.NUMPY)
+            if traced is not None:
+                ids = np.array(sorted({d.site.site_id for d in mine}), np.int64)
+                keep = (np.isin(traced.blocks.site, ids)
+                        & (traced.blocks.size > SMALL_BLOCK_BYTES))
+                headroom, cost = _replayed_headroom(collected, keep)
+        settings = site_settings(strategy, biggest, headroom)
         lines = ", ".join(sorted(d.site.name.rsplit(":", 1)[-1] for d in mine))
         rules.append(SiteRule(
             function=fn, allocator=strategy, settings=settings, pattern=top.pattern,
             confidence=_weighted_conf(mine),
-            reason=f"lines {lines}: {top.reason}"))
+            reason=f"lines {lines}: {top.reason}" + (f"; {cost}" if cost else "")))
     return tuple(rules)
 
 
 # What a cache may add to the peak footprint of the blocks it serves, in
 # percent of that peak (CacheAllocator's headroom_percent): the bound that
 # follows the run's own sizes, where a size from the profile would not (a
-# run 3x bigger makes arrays 3x bigger).  With it the process-wide cache
-# needs no size from the profile: max_cached_bytes is only a safety net.
+# run 3x bigger makes arrays 3x bigger).  The headroom comes from replaying
+# the profile's blocks (cachesim); this is the one where there is nothing
+# to replay.  With it the process-wide cache needs no size from the
+# profile: max_cached_bytes is only a safety net.
 CACHE_HEADROOM_PERCENT = 10
 CACHE_SAFETY_BYTES = 4 << 30
 
 
-def cache_settings(max_cached_bytes: int) -> tuple[tuple[str, int], ...]:
-    return (("headroom_percent", CACHE_HEADROOM_PERCENT), ("max_cached_bytes", max_cached_bytes))
+def cache_settings(max_cached_bytes: int,
+                   headroom: int = CACHE_HEADROOM_PERCENT) -> tuple[tuple[str, int], ...]:
+    return (("headroom_percent", headroom), ("max_cached_bytes", max_cached_bytes))
 
 
-def site_settings(strategy: str, biggest: float) -> tuple[tuple[str, int], ...]:
-    """A ``[[site]]`` allocator's settings from the largest block it serves."""
+def site_settings(strategy: str, biggest: float,
+                  headroom: int = CACHE_HEADROOM_PERCENT) -> tuple[tuple[str, int], ...]:
+    """A ``[[site]]`` allocator's settings from the largest block it serves
+    (and, for a cache, its headroom)."""
     if strategy == "cache":
         # Room for a few calls' worth of freed blocks: a call's temporaries
         # come back from the cache, never from the system.
-        return cache_settings(int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16)))))
+        return cache_settings(int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16)))),
+                              headroom)
     if strategy == "arena":
         return (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
     return (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)

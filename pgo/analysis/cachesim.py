@@ -1,0 +1,145 @@
+"""A CacheAllocator's headroom, chosen by replaying the profile's blocks
+through a model of the cache.
+
+The cache keeps live + cached bytes within (100 + headroom)% of the most
+bytes ever live in it (``CacheAllocator(headroom_percent=...)``).  Too
+little headroom and a program whose phases use different sizes (a tile
+pipeline alternating 2 and 8 MiB tiles) gives back the blocks of one phase
+just before they are asked for again: every phase starts with misses and
+page faults.  Too much and the cache holds memory the run never reuses.
+
+The replay answers it from the profile: the blocks the cache would serve,
+in the order the program allocated and freed them, through the same rules
+as the C cache (size classes, most recently freed first within a class,
+the least recently freed evicted first); for each candidate headroom, the
+misses, and the most bytes held (live + cached) against the most live.
+The choice is the smallest headroom whose hits come within HIT_SLACK of
+an unbounded cache's, and its cost is the measured peak held over peak
+live.  Both are ratios of the traffic's own shape (which sizes follow
+which), so they carry over to a run on a larger input, where arrays (and
+the cache's peak) grow together.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from pgo._sizes import SMALL_BLOCK_BYTES
+
+HEADROOMS = (10, 25, 50, 100, 200, 400)   # percent, smallest first
+HIT_SLACK = 0.02                          # of all allocations: hits given up at most
+MAX_BLOCKS = 500_000                      # replayed at most (the first ones; a profile
+                                          # repeats its phases long before that)
+
+
+def class_size(n: int) -> int:
+    """CacheAllocator.class_size (pinned equal in a test): a page, then
+    eight classes per power of two."""
+    if n <= SMALL_BLOCK_BYTES:
+        return SMALL_BLOCK_BYTES
+    m = n - 1
+    shift = m.bit_length() - 1 - 3
+    return ((m >> shift) + 1) << shift
+
+
+@dataclass(frozen=True)
+class Replay:
+    headroom: int | None        # percent; None: no bound
+    allocations: int
+    misses: int
+    peak_live: int              # bytes, the most live at once
+    peak_held: int              # bytes, the most live + cached at once
+
+    @property
+    def hit_rate(self) -> float:
+        return 1.0 - self.misses / self.allocations if self.allocations else 0.0
+
+    @property
+    def extra_share(self) -> float:
+        """What the cache adds to the peak footprint of what it serves."""
+        return self.peak_held / self.peak_live - 1.0 if self.peak_live else 0.0
+
+
+def replay(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
+           headroom: int | None, *, run_starts: np.ndarray | None = None) -> Replay:
+    """Replay blocks (requested sizes, birth and death event indices; a
+    death < 0: never freed) through the cache model.  ``run_starts``: the
+    index of each run's first block (a merged bundle): every run starts
+    with an empty cache, as every process does."""
+    n = min(len(sizes), MAX_BLOCKS)
+    starts = [int(s) for s in (run_starts if run_starts is not None else [0]) if s < n] or [0]
+    total = Replay(headroom, 0, 0, 0, 0)
+    for a, b in zip(starts, [*starts[1:], n]):
+        r = _replay_run(sizes[a:b], births[a:b], deaths[a:b], headroom)
+        total = Replay(headroom, total.allocations + r.allocations, total.misses + r.misses,
+                       max(total.peak_live, r.peak_live), max(total.peak_held, r.peak_held))
+    return total
+
+
+def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
+                headroom: int | None) -> Replay:
+    cls = [class_size(int(s)) for s in sizes]
+    # Births and deaths in event order (an index is a birth or a death,
+    # never both); (event, 1: birth / 0: death, block).
+    order = sorted([(int(e), 1, i) for i, e in enumerate(births)]
+                   + [(int(e), 0, i) for i, e in enumerate(deaths) if e >= 0])
+    live = peak = held = cached = misses = allocs = 0
+    by_class: dict[int, deque[int]] = {}     # cached tokens per class, oldest first
+    recency: deque[tuple[int, int]] = deque()   # (token, class), oldest freed first
+    alive_tokens: set[int] = set()
+    token = 0
+
+    def limit() -> int:
+        if headroom is None:
+            return 1 << 62
+        return max(0, peak + peak // 100 * headroom - live)
+
+    def evict_to(bound: int) -> None:
+        nonlocal cached
+        while cached > bound and recency:
+            tok, c = recency.popleft()
+            if tok in alive_tokens:
+                alive_tokens.discard(tok)
+                by_class[c].popleft()
+                cached -= c
+
+    for _, is_birth, i in order:
+        c = cls[i]
+        if is_birth:
+            allocs += 1
+            stack = by_class.get(c)
+            live += c
+            peak = max(peak, live)
+            if stack:
+                alive_tokens.discard(stack.pop())       # the most recently freed
+                cached -= c
+            else:
+                misses += 1
+                if cached:
+                    evict_to(limit())
+        else:
+            live -= c
+            bound = limit()
+            if c <= bound:
+                token += 1
+                by_class.setdefault(c, deque()).append(token)
+                recency.append((token, c))
+                alive_tokens.add(token)
+                cached += c
+                evict_to(bound)
+        held = max(held, live + cached)
+    return Replay(headroom, allocs, misses, peak, held)
+
+
+def choose(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray, *,
+           run_starts: np.ndarray | None = None) -> tuple[Replay, Replay]:
+    """(the chosen headroom's replay, an unbounded cache's replay)."""
+    free = replay(sizes, births, deaths, None, run_starts=run_starts)
+    for h in HEADROOMS:
+        r = replay(sizes, births, deaths, h, run_starts=run_starts)
+        if r.misses <= free.misses + HIT_SLACK * free.allocations:
+            return r, free
+    return replay(sizes, births, deaths, HEADROOMS[-1], run_starts=run_starts), free

@@ -1,0 +1,111 @@
+"""The cache replay that chooses a CacheAllocator's headroom: its model
+is the C cache (size classes, reuse and eviction order, the headroom
+bound), checked against a real CacheAllocator driven by the same traffic."""
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pgo
+from pgo.analysis import cachesim
+
+
+@given(st.integers(1, 1 << 40))
+def test_class_size_is_the_caches(n):
+    assert cachesim.class_size(n) == pgo.CacheAllocator.class_size(n)
+
+
+def traffic(seed, n=300, sizes=(1 << 20, 3 << 20, 8 << 20, 5 << 19)):
+    """Blocks as (size, birth event, death event): phases of one size at
+    a time, a few blocks live at once, some never freed."""
+    rng = random.Random(seed)
+    blocks, live, ev = [], [], 0
+    for _ in range(n):
+        if live and (len(live) > 4 or rng.random() < 0.45):
+            i = live.pop(rng.randrange(len(live)))
+            blocks[i][2] = ev
+        else:
+            size = sizes[(len(blocks) // 7) % len(sizes)] + rng.randrange(0, 4096)
+            blocks.append([size, ev, -1])
+            live.append(len(blocks) - 1)
+        ev += 1
+    for i in live[: len(live) // 2]:               # the rest stay alive
+        blocks[i][2] = ev
+        ev += 1
+    a = np.array(blocks, np.int64)
+    return a[:, 0], a[:, 1], a[:, 2]
+
+
+def run_real(sizes, births, deaths, headroom):
+    c = pgo.CacheAllocator(4 << 30, headroom_percent=headroom, hugepages=False)
+    events = sorted([(b, 1, i) for i, b in enumerate(births)]
+                    + [(d, 0, i) for i, d in enumerate(deaths) if d >= 0])
+    held, live = 0, {}
+    for _, is_birth, i in events:
+        if is_birth:
+            live[i] = c.alloc(int(sizes[i]))
+        else:
+            c.free(live.pop(i))
+        s = c.stats()
+        held = max(held, s["in_use"] + s["cached_bytes"])
+    s = c.stats()
+    for b in live.values():
+        c.free(b)
+    return s["misses"], s["peak"], held
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("headroom", [0, 10, 50, None])
+def test_the_replay_counts_what_the_real_cache_does(seed, headroom):
+    sizes, births, deaths = traffic(seed)
+    r = cachesim.replay(sizes, births, deaths, headroom)
+    misses, peak, held = run_real(sizes, births, deaths, headroom)
+    assert (r.misses, r.peak_live, r.peak_held) == (misses, peak, held)
+    assert r.allocations == len(sizes)
+
+
+def test_a_steady_loop_gets_the_least_headroom():
+    # The same three temporaries, again and again: nothing to give back.
+    sizes, births, deaths = [], [], []
+    ev = 0
+    for _ in range(50):
+        for k in range(3):
+            sizes.append((4 + k) << 20)
+            births.append(ev + k)
+            deaths.append(ev + 3 + k)
+        ev += 6
+    chosen, free = cachesim.choose(np.array(sizes), np.array(births), np.array(deaths))
+    assert chosen.headroom == cachesim.HEADROOMS[0]
+    assert chosen.misses == free.misses == 3 and chosen.extra_share == 0.0
+
+
+def test_alternating_phases_get_the_headroom_that_keeps_both():
+    # Tiles of 2 MiB, then one of 8 MiB, each with four temporaries: a
+    # 10% headroom gives the 8 MiB blocks back before they come again.
+    sizes, births, deaths = [], [], []
+    ev = 0
+    for k in range(40):
+        size = (8 << 20) if k % 4 == 0 else (2 << 20)
+        for j in range(4):
+            sizes.append(size)
+            births.append(ev + j)
+            deaths.append(ev + 4 + j)
+        ev += 8
+    s, b, d = np.array(sizes), np.array(births), np.array(deaths)
+    tight = cachesim.replay(s, b, d, 10)
+    chosen, free = cachesim.choose(s, b, d)
+    assert tight.misses > free.misses + 0.02 * free.allocations
+    assert chosen.headroom > 10 and chosen.misses <= free.misses + 0.02 * free.allocations
+    assert chosen.extra_share <= chosen.headroom / 100
+
+
+def test_every_run_of_a_merged_bundle_starts_empty():
+    sizes = np.array([2 << 20] * 4)
+    births = np.array([0, 2, 10, 12])
+    deaths = np.array([1, 3, 11, 13])
+    one = cachesim.replay(sizes, births, deaths, None)
+    two = cachesim.replay(sizes, births, deaths, None, run_starts=np.array([0, 2]))
+    assert (one.misses, two.misses) == (1, 2)
