@@ -83,13 +83,13 @@ def pair(events: np.ndarray, t0_ns: int, *, sample_bytes: int | None = None) -> 
     chrono = np.argsort(ev, kind="stable")
     ev, death_t, death_ev = ev[chrono], death_t[chrono], death_ev[chrono]
     site = events["site"][ev].astype(np.uint32)
-    _inherit_realloc_sites(site, ev, death_ev, kind)
     size = events["size"][ev]
     if sample_bytes is None:
         weight = np.power(4.0, events["level"][ev].astype(np.float64))
     else:
         p = -np.expm1(-size.astype(np.float64) / float(sample_bytes))
         weight = 1.0 / np.maximum(p, 1e-12)
+    _inherit_realloc(site, weight if sample_bytes is not None else None, ev, death_ev, kind)
     censor_t = _censor_times(events, t, ev, death_ev)
     return Blocks(site=site, size=size.astype(np.uint64),
                   birth=t[ev], death=death_t, tid=events["tid"][ev].astype(np.uint32),
@@ -98,11 +98,15 @@ def pair(events: np.ndarray, t0_ns: int, *, sample_bytes: int | None = None) -> 
                   by_realloc=kind[ev] == REALLOC)
 
 
-def _inherit_realloc_sites(site: np.ndarray, ev: np.ndarray, death_ev: np.ndarray,
-                           kind: np.ndarray) -> None:
+def _inherit_realloc(site: np.ndarray, weight: np.ndarray | None, ev: np.ndarray,
+                     death_ev: np.ndarray, kind: np.ndarray) -> None:
     """A realloc recorded without a site (the object sampler's, which keeps
     no site per block) continues the block it moved: give it that block's
-    site, along chains of reallocs, in time order."""
+    site, along chains of reallocs, in time order.  Sampled objects
+    (``weight`` given): it also stands for as many blocks as the one it
+    continues, which was sampled for its own size (a realloc to 0 bytes
+    would otherwise weigh 1/p(0) = 10**12 blocks, and one such block made a
+    GC plan's peak heap 10**12)."""
     todo = np.nonzero((kind[ev] == REALLOC) & (site == 0))[0]
     if len(todo) == 0:
         return
@@ -112,6 +116,8 @@ def _inherit_realloc_sites(site: np.ndarray, ev: np.ndarray, death_ev: np.ndarra
         j = died_at.get(int(ev[i]))
         if j is not None:
             site[i] = site[j]
+            if weight is not None:
+                weight[i] = weight[j]
 
 
 def _censor_times(events: np.ndarray, t: np.ndarray, ev: np.ndarray,

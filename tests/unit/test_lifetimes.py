@@ -60,6 +60,20 @@ def test_weights_undo_sampling():
     assert abs(w[1] - 1 / (1 - np.exp(-64 / 32768))) < 1e-6
 
 
+def test_a_sampled_objects_realloc_stands_for_what_it_continues():
+    # The object sampler sampled a 64-byte block (weight 1/p(64)); realloc
+    # to 0 bytes and back to 32 continues it: the same number of blocks,
+    # not 1/p(0) = 10**12 of them (which made a GC plan's peak heap 10**12).
+    ev = trace([
+        (1, ALLOC, 0xA0, 64, 5, 0, 0),
+        (2, REALLOC, 0xB0, 0, 0, 0xA0, 0),
+        (3, REALLOC, 0xC0, 32, 0, 0xB0, 0),
+        (4, FREE, 0xC0, 0, 0, 0, 0),
+    ])
+    w = pair(ev, 0, sample_bytes=32768).weight
+    assert np.allclose(w, 1 / (1 - np.exp(-64 / 32768)))
+
+
 def test_empty_trace():
     b = pair(np.zeros(0, EVENT_DTYPE), 0)
     assert len(b) == 0 and b.end == 0.0
