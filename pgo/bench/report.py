@@ -36,6 +36,48 @@ def summarize(runs: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
     return out
 
 
+DEFAULT_MAX_RSS_INCREASE = 10.0     # percent: more is flagged
+
+
+def verdict(summary: dict[str, Any], max_rss_increase: float = DEFAULT_MAX_RSS_INCREASE,
+            arm: str = "config") -> dict[str, Any] | None:
+    """The config arm's verdict on time and on memory, in numbers and in
+    words (None without that arm): faster / slower / no significant
+    difference, and its peak RSS against the baseline's, flagged when it is
+    more than ``max_rss_increase`` percent over."""
+    row = summary.get(arm)
+    if not row or row["wall_s"]["ratio"] is None or row["max_rss_kib"]["ratio"] is None:
+        return None
+    w, m = row["wall_s"], row["max_rss_kib"]
+    if w["significant"]:
+        speed = (f"{1 / w['ratio']:.2f}x faster" if w["ratio"] < 1 else
+                 f"{w['ratio']:.2f}x slower")
+        time_text = (f"time: {speed} than the baseline ({w['median']:.3f} vs "
+                     f"{w['baseline_median']:.3f} s, 95% CI of the ratio "
+                     f"{w['ci'][0]:.3f}-{w['ci'][1]:.3f}, p={_p(w['p'])})")
+    else:
+        time_text = (f"time: no significant difference ({w['median']:.3f} vs "
+                     f"{w['baseline_median']:.3f} s, ratio {w['ratio']:.3f}, "
+                     f"p={_p(w['p'])})")
+    increase = (m["ratio"] - 1.0) * 100
+    over = increase > max_rss_increase
+    rss_text = (f"peak RSS: {increase:+.1f}% ({m['median'] / 1024:.0f} vs "
+                f"{m['baseline_median'] / 1024:.0f} MiB), "
+                + (f"over the {max_rss_increase:g}% allowed (--max-rss-increase): this config "
+                   f"buys its speed with memory" if over else
+                   f"within the {max_rss_increase:g}% allowed"))
+    return {"time": time_text, "rss": rss_text, "time_ratio": w["ratio"],
+            "time_significant": w["significant"], "rss_increase_percent": round(increase, 2),
+            "max_rss_increase_percent": max_rss_increase, "rss_over": over}
+
+
+def _p(p: float | None) -> str:
+    # A Mann-Whitney p is never exactly 0 with runs on both sides.
+    if p is None:
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
 def document(target: list[str], config: str | None, arms: list[str], runs: list[dict[str, Any]],
              warnings: list[str], meta: dict[str, Any]) -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "command": target, "config": config,
@@ -61,6 +103,10 @@ def load(path: str) -> dict[str, Any]:
     if not isinstance(doc.get("runs"), list) or not isinstance(doc.get("arms"), list):
         raise ProfileFormatError(f"{path}: runs and arms must be lists")
     doc["summary"] = summarize(doc["runs"], doc["arms"])    # recomputed, not trusted
+    limit = (doc.get("verdict") or {}).get("max_rss_increase_percent") \
+        if isinstance(doc.get("verdict"), dict) else None
+    doc["verdict"] = verdict(doc["summary"], float(limit) if isinstance(limit, (int, float))
+                             else DEFAULT_MAX_RSS_INCREASE)
     return doc
 
 
@@ -107,6 +153,12 @@ def write_html(doc: dict[str, Any], path: str) -> None:
         + "".join(f"<td>{_cell(s[a][k])}</td>" for k, _, _ in METRICS) + "</tr>"
         for a in doc["arms"])
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in doc.get("warnings", []))
+    v = doc.get("verdict")
+    verdicts = ""
+    if v:
+        flag = ' style="color:#a60"' if v["rss_over"] else ""
+        verdicts = (f"<h2>Verdict</h2><p>config, {html.escape(v['time'])}</p>"
+                    f"<p{flag}>config, {html.escape(v['rss'])}</p>")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>pgo bench: {html.escape(' '.join(doc['command']))}</title>
 <style>body{{font-family:sans-serif;margin:2em;}} table{{border-collapse:collapse;}}
@@ -119,6 +171,7 @@ th{{background:#f3f3f3;}} em{{color:#a60;}}</style></head><body>
 <p>Each cell: the arm's median; its ratio to the baseline's median (&lt; 1: lower) with a
 bootstrap 95% confidence interval; the Mann-Whitney U test's p.</p>
 <table><tr><th>arm</th>{head}</tr>{rows}</table>
+{verdicts}
 {'<h3>Warnings</h3><ul>' + warn + '</ul>' if warn else ''}
 <h2>Distributions (every run)</h2>
 <img alt="per-arm distributions" src="data:image/png;base64,{png}">

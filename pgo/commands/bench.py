@@ -31,6 +31,11 @@ class BenchCommand:
     Peers (each its own arm): jemalloc, mimalloc, tcmalloc (LD_PRELOAD of
     the system's library), gc-freeze (gc.freeze() + thresholds 50000/20/100,
     the usual hand-set recipe), gc-off (gc.disable(): the floor).
+
+    With a config, two verdict lines close the table: time (faster, slower
+    or no significant difference) and peak RSS against the baseline's,
+    flagged (and warned on stderr) when the config adds more than
+    --max-rss-increase percent (default 10).
     """
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
@@ -44,6 +49,9 @@ class BenchCommand:
                             help="results as JSON (default: bench.json)")
         parser.add_argument("--html", metavar="FILE",
                             help="the HTML report (default: the JSON's name with .html)")
+        parser.add_argument("--max-rss-increase", type=float, default=10.0, metavar="PCT",
+                            help="peak RSS the config may add over the baseline's, in percent, "
+                                 "before its memory verdict is flagged (default: 10)")
         parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         add_arguments(parser, "measure")
 
@@ -53,6 +61,8 @@ class BenchCommand:
         from pgo._errors import CommandError
         if args.runs < 2:
             parser.error("--runs must be at least 2")
+        if args.max_rss_increase < 0:
+            parser.error("--max-rss-increase must be 0 or more (percent)")
         target = program_target(args, parser)
         if args.config:
             try:
@@ -69,11 +79,15 @@ class BenchCommand:
                                          "machine": f"{platform.node()}, {os.cpu_count()} CPUs, "
                                                     f"Python {platform.python_version()}",
                                          "runs_per_arm": args.runs})
+        doc["verdict"] = report.verdict(doc["summary"], args.max_rss_increase)
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, default=str)
         html_path = args.html or os.path.splitext(args.output)[0] + ".html"
         report.write_html(doc, html_path)
         print_table(doc)
+        v = doc["verdict"]
+        if v is not None and v["rss_over"]:
+            print(f"pgo bench: warning: the config's {v['rss']}", file=sys.stderr)
         print(f"wrote {args.output} and {html_path}")
         failed = sum(1 for r in runs if r.get("error"))
         if failed:
@@ -126,5 +140,10 @@ def print_table(doc: dict[str, Any]) -> None:
                   f"{row['minor_faults']['median']:,.0f}",
                   f"{row['gc_pause_s']['median']:.3f} s")
     con.print(t)
+    v = doc.get("verdict")
+    if v:
+        con.print(f"config, {v['time']}")
+        con.print(("[yellow]" if v["rss_over"] else "") + f"config, {v['rss']}"
+                  + ("[/]" if v["rss_over"] else ""))
     for w in doc.get("warnings", []):
         con.print(f"[yellow]warning:[/] {w}")

@@ -204,7 +204,7 @@ def mismatches(cfg: Config, source: str, program: dict[str, str] | None) -> list
                 program["program_sha256"] != cfg.program_sha256:
             out.append(f"{cfg.program} has changed since it was profiled for {source}: profile "
                        f"it again if its allocations changed")
-    here = "%d.%d" % sys.version_info[:2]
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if cfg.python and ".".join(cfg.python.split(".")[:2]) != here:
         out.append(f"{source}: the GC plan was made for Python {cfg.python}, this is "
                    f"{_python_version()}: its thresholds may not fit")

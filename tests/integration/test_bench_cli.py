@@ -67,8 +67,23 @@ def test_bench_measures_every_arm_interleaved(project):
         assert w["n"] == 3 and w["ci"][0] <= w["ratio"] <= w["ci"][1] and 0 <= w["p"] <= 1
     html = (project / "b.html").read_text()
     assert "data:image/png;base64," in html and "http" not in html.split("<img")[1][:60]
-    for text in ("pgo bench:", "baseline", "config", "vs baseline", "wrote b.json"):
+    for text in ("pgo bench:", "baseline", "config", "vs baseline", "wrote b.json",
+                 "config, time: ", "config, peak RSS: "):
         assert text in proc.stdout
+    v = doc["verdict"]
+    assert v["max_rss_increase_percent"] == 10.0 and v["time_ratio"] == s["config"]["wall_s"]["ratio"]
+    assert "Verdict" in html
+    # The same runs judged against a stricter memory bound: flagged, on
+    # stderr too, and the bound is kept for `pgo report`.
+    strict = pgo("bench", "-c", "pgo.toml", "-n", "2", "--max-rss-increase", "0", "-o", "s.json",
+                 "-q", "--", sys.executable, "job.py", cwd=project)
+    sv = json.loads((project / "s.json").read_text())["verdict"]
+    if sv["rss_increase_percent"] > 0:
+        assert sv["rss_over"] and "over the 0% allowed" in strict.stdout
+        assert "buys its speed with memory" in strict.stderr
+    rebuilt = pgo("report", "s.json", "-o", "s.html", cwd=project)
+    assert rebuilt.returncode == 0 and "config, peak RSS" in rebuilt.stdout
+    assert "allowed" in (project / "s.html").read_text()
 
 
 def test_report_rebuilds_and_refuses_other_files(project):
@@ -92,6 +107,27 @@ def test_bench_errors_before_running(project):
     (project / "fail.py").write_text("raise SystemExit(3)\n")
     proc = pgo("bench", "-n", "2", "-q", "fail.py", cwd=project)
     assert proc.returncode == 1 and "baseline arm failed on its warm-up run" in proc.stderr
+
+
+def test_verdict_words_and_flags():
+    from pgo.bench.report import verdict
+
+    def summary(time_ratio, significant, rss_ratio):
+        return {"config": {
+            "wall_s": {"ratio": time_ratio, "median": time_ratio, "baseline_median": 1.0,
+                       "ci": [time_ratio * 0.98, time_ratio * 1.02], "p": 0.002 if significant
+                       else 0.4, "significant": significant},
+            "max_rss_kib": {"ratio": rss_ratio, "median": rss_ratio * 102400.0,
+                            "baseline_median": 102400.0}}}
+    fast = verdict(summary(0.5, True, 1.04))
+    assert fast["time"].startswith("time: 2.00x faster than the baseline")
+    assert "+4.0% (104 vs 100 MiB), within the 10% allowed" in fast["rss"]
+    assert not fast["rss_over"]
+    costly = verdict(summary(0.8, True, 1.25), max_rss_increase=10)
+    assert costly["rss_over"] and "+25.0%" in costly["rss"] and "over the 10% allowed" in costly["rss"]
+    same = verdict(summary(1.01, False, 1.0))
+    assert same["time"].startswith("time: no significant difference")
+    assert verdict({"baseline": {}}) is None
 
 
 def test_statistics():
