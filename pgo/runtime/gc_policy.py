@@ -140,12 +140,14 @@ class GCPolicy:
         self._thread: threading.Thread | None = None
         self._timer: threading.Timer | None = None
         self._previous: tuple[int, int, int] | None = None
+        self._collections0: list[int] = [s["collections"] for s in gc.get_stats()]
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
         check_python(self.source)
         p = self.plan
         self._previous = gc.get_threshold()
+        self._collections0 = [s["collections"] for s in gc.get_stats()]
         if p.thresholds is not None:
             t0, t1, t2 = p.thresholds
             if p.full_collection == "growth":
@@ -247,4 +249,8 @@ class GCPolicy:
                 "policy_full_collection_s": round(self.full_collection_s, 6),
                 "growth_factor_now": self.factor,
                 "frozen_objects": self.frozen,
-                "collections": [s["collections"] for s in gc.get_stats()]}
+                "collections": [s["collections"] for s in gc.get_stats()],
+                # Those since the plan took over (the rest came before the
+                # program: interpreter and pgo start-up).
+                "collections_under_plan": [
+                    s["collections"] - c0 for s, c0 in zip(gc.get_stats(), self._collections0)]}

@@ -193,3 +193,34 @@ def test_a_config_for_another_program_or_a_missing_function_is_said(project):
         in typo.stderr
     assert "[[site]] nowhere.mod:f routed nothing: module nowhere.mod was never imported" \
         in typo.stderr
+
+
+def test_a_gc_plan_made_at_one_size_holds_at_half_and_twice_it(tmp_path):
+    # records.py keeps every record: collections find nothing at any size.
+    # The plan comes from ratios (garbage per object allocated, objects per
+    # block of peak heap), so a run at 0.5x or 2x the profiled input makes
+    # no automatic collection and no full one, where CPython's own rule
+    # makes more the larger the run (counts, not times, are asserted).
+    records = TARGETS / "records.py"
+    if not records.is_file():
+        pytest.skip("examples not next to the tests")
+    assert pgo("profile", "-q", "--no-cpu", "-o", "b", str(records), "--records", "100000",
+               cwd=tmp_path).returncode == 0
+    assert pgo("analyze", "-q", "b", "-o", "c.toml", cwd=tmp_path).returncode == 0
+    from pgo import config
+    plan = config.load(tmp_path / "c.toml").gc
+    assert plan.thresholds == (0, 0, 0) and plan.full_collection == "growth"
+    for n in (50_000, 200_000):
+        proc = pgo("run", "-c", "c.toml", "--stats", f"s{n}.json", str(records),
+                   "--records", str(n), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        gc_stats = json.loads((tmp_path / f"s{n}.json").read_text())["gc"]
+        assert gc_stats["policy_full_collections"] == 0, (n, gc_stats)
+        assert gc_stats["collections_under_plan"] == [0, 0, 0], (n, gc_stats)
+    # CPython's own rule on the larger run, for contrast.
+    plain = subprocess.run(
+        [sys.executable, "-c", "import gc, runpy, sys; sys.argv = ['r', '--records', '200000'];"
+         f" runpy.run_path({str(records)!r}, run_name='__main__');"
+         " print(sum(s['collections'] for s in gc.get_stats()))"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert int(plain.stdout.split()[-1]) > 100

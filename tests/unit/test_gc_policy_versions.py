@@ -136,7 +136,8 @@ def test_pgo_run_reports_the_refusal_and_does_not_run_the_program(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pgo", "run", "--config", "pgo.toml", "--",
                            str(fake), "job.py"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr
+    # A config refused in the child: exit 2, as for one that does not load.
+    assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("pgo run: error: "), proc.stderr
     assert "pgo.toml: [gc]: " in proc.stderr or "[gc]: " in proc.stderr
     assert "CPython 3.14.0" in proc.stderr and "Remove the [gc] table" in proc.stderr
