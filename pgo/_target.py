@@ -14,18 +14,22 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import shutil
 import signal
-import subprocess
 import sys
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import CodeType
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pgo._errors import PgoError
+
+if TYPE_CHECKING:
+    import subprocess
+
+# The children of `pgo run` and of a bench's config arm import this module
+# before the program starts: what only the launchers need (shutil,
+# subprocess, traceback) is imported where it is used.
 
 # Interpreter options that take a value (python --help).
 _OPTS_WITH_VALUE = {"-W", "-X", "--check-hash-based-pycs"}
@@ -106,6 +110,7 @@ def parse(argv: list[str], *, module: str | None = None) -> Target:
         raise TargetError("no program given: pass `script.py args`, `-m module args` or "
                           "`-- python script.py args`")
     if _PYTHON.match(os.path.basename(argv[0])):
+        import shutil
         exe = shutil.which(argv[0]) if os.sep not in argv[0] else argv[0]
         if exe is None or not os.access(exe, os.X_OK):
             raise TargetError(f"{argv[0]}: no such Python interpreter")
@@ -204,6 +209,7 @@ def run(target: Target, *, compiler: Compiler | None = None,
     except SystemExit as e:
         return _exit_status(e)
     except KeyboardInterrupt:
+        import traceback
         traceback.print_exc()
         return 130
     except BaseException as e:
