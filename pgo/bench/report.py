@@ -110,48 +110,86 @@ def load(path: str) -> dict[str, Any]:
     return doc
 
 
-def _plots(doc: dict[str, Any]) -> str:
+# The plots: (metric, title, unit shown, factor from the stored unit).
+PLOTS = (("wall_s", "wall time", "s", 1.0), ("max_rss_kib", "peak RSS", "MiB", 1 / 1024),
+         ("minor_faults", "minor page faults", "", 1.0), ("gc_pause_s", "GC pause", "ms", 1e3))
+
+
+def _plots(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """One PNG per metric, (title, base64): each is laid out on its own in
+    the page, so nothing is cut off however many arms there are."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     arms = doc["arms"]
-    shown = [m for m in METRICS if m[0] in ("wall_s", "max_rss_kib", "minor_faults", "gc_pause_s")]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6))
-    for ax, (key, title, unit) in zip(axes, shown):
-        data = [[float(r.get(key, 0) or 0) for r in doc["runs"]
+    out = []
+    for key, title, unit, factor in PLOTS:
+        data = [[float(r.get(key, 0) or 0) * factor for r in doc["runs"]
                  if r["arm"] == a and not r.get("error")] for a in arms]
+        fig, ax = plt.subplots(figsize=(max(4.8, 0.9 * len(arms) + 2.2), 3.4))
         ax.boxplot(data, showfliers=False)
         ax.set_xticks(range(1, len(arms) + 1), arms)
         for i, ys in enumerate(data, 1):
-            ax.scatter([i] * len(ys), ys, s=10, alpha=0.6, color="tab:blue", zorder=3)
-        ax.set_title(title + (f" ({unit})" if unit else ""))
+            ax.scatter([i] * len(ys), ys, s=12, alpha=0.6, color="tab:blue", zorder=3)
+        if data and data[0]:
+            # The baseline's median as a reference line; the axis is fitted
+            # to the data (from zero, arms a few percent apart look alike).
+            ax.axhline(sorted(data[0])[len(data[0]) // 2], color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{title} ({unit})" if unit else title)
+        ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+        ax.margins(y=0.15)
         ax.tick_params(axis="x", rotation=30)
-        ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        out.append((title, base64.b64encode(buf.getvalue()).decode()))
+    return out
 
 
-def _cell(c: dict[str, Any]) -> str:
-    if c.get("ratio") is None:
+def _tick(value: float, _pos: int) -> str:
+    # Plain numbers with thousands separators, never 1e5 notation.
+    a = abs(value)
+    if a >= 100:
+        return f"{value:,.0f}"
+    if a >= 1:
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
+def _cell(c: dict[str, Any], *, baseline: bool = False, scale: float = 1.0,
+          unit: str = "") -> str:
+    if c.get("median") is None:
         return "&ndash;"
+    value = f"{_tick(c['median'] * scale, 0)}{(' ' + unit) if unit else ''}"
+    if baseline:
+        return f"{value}<br>the reference"
+    if c.get("ratio") is None:
+        return value
     lo, hi = c["ci"]
     sig = "" if c["significant"] else " <em>(not significant)</em>"
-    return (f"{c['median']:.4g}<br><b>{c['ratio']:.3f}x</b> "
-            f"[{lo:.3f}, {hi:.3f}], p={c['p']:.3g}{sig}")
+    return (f"{value}<br><b>{c['ratio']:.3f}x</b> "
+            f"[{lo:.3f}, {hi:.3f}], p={html.escape(_p(c['p']))}{sig}")
+
+
+# How the table shows each metric: (unit, factor from the stored unit).
+_SHOWN = {"wall_s": ("s", 1.0), "cpu_s": ("s", 1.0), "max_rss_kib": ("MiB", 1 / 1024),
+          "minor_faults": ("", 1.0), "gc_pause_s": ("ms", 1e3), "gc_pauses": ("", 1.0)}
 
 
 def write_html(doc: dict[str, Any], path: str) -> None:
-    png = _plots(doc)
+    plots = _plots(doc)
     s = doc["summary"]
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in METRICS)
-    rows = "".join(
-        f"<tr><td><b>{html.escape(a)}</b><br>{s[a]['runs']} runs</td>"
-        + "".join(f"<td>{_cell(s[a][k])}</td>" for k, _, _ in METRICS) + "</tr>"
-        for a in doc["arms"])
+    def cells(a: str) -> str:
+        return "".join(f"<td>{_cell(s[a][k], baseline=a == 'baseline', scale=_SHOWN[k][1], unit=_SHOWN[k][0])}</td>"  # noqa: E501
+                       for k, _, _ in METRICS)
+    rows = "".join(f"<tr><td><b>{html.escape(a)}</b><br>{s[a]['runs']} runs</td>{cells(a)}</tr>"
+                   for a in doc["arms"])
+    figures = "".join(f'<figure><img alt="{html.escape(t)} per arm" '
+                      f'src="data:image/png;base64,{png}"></figure>' for t, png in plots)
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in doc.get("warnings", []))
     v = doc.get("verdict")
     verdicts = ""
@@ -163,7 +201,9 @@ def write_html(doc: dict[str, Any], path: str) -> None:
 <html><head><meta charset="utf-8"><title>pgo bench: {html.escape(' '.join(doc['command']))}</title>
 <style>body{{font-family:sans-serif;margin:2em;}} table{{border-collapse:collapse;}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:90%;}}
-th{{background:#f3f3f3;}} em{{color:#a60;}}</style></head><body>
+th{{background:#f3f3f3;}} em{{color:#a60;}}
+.plots{{display:flex;flex-wrap:wrap;gap:12px;}} figure{{margin:0;}}
+img{{max-width:100%;height:auto;}}</style></head><body>
 <h1>pgo bench</h1>
 <p><code>{html.escape(' '.join(doc['command']))}</code>; config
 <code>{html.escape(str(doc.get('config')))}</code>; {html.escape(str(doc.get('date', '')))};
@@ -173,8 +213,8 @@ bootstrap 95% confidence interval; the Mann-Whitney U test's p.</p>
 <table><tr><th>arm</th>{head}</tr>{rows}</table>
 {verdicts}
 {'<h3>Warnings</h3><ul>' + warn + '</ul>' if warn else ''}
-<h2>Distributions (every run)</h2>
-<img alt="per-arm distributions" src="data:image/png;base64,{png}">
+<h2>Distributions (every run; dashed: the baseline's median)</h2>
+<div class="plots">{figures}</div>
 </body></html>
 """
     tmp = f"{path}.tmp"

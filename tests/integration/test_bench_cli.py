@@ -67,6 +67,12 @@ def test_bench_measures_every_arm_interleaved(project):
         assert w["n"] == 3 and w["ci"][0] <= w["ratio"] <= w["ci"][1] and 0 <= w["p"] <= 1
     html = (project / "b.html").read_text()
     assert "data:image/png;base64," in html and "http" not in html.split("<img")[1][:60]
+    # One plot per metric (nothing cut off), units in the table, the
+    # baseline is the reference (not "not significant" against itself),
+    # and no p of exactly 0.
+    assert html.count("data:image/png;base64,") == 4
+    assert html.count("the reference") == 6 and " MiB<br>" in html
+    assert "p=0<" not in html and "p=0 " not in html and "p=0.000" not in html
     for text in ("pgo bench:", "baseline", "config", "vs baseline", "wrote b.json",
                  "config, time: ", "config, peak RSS: "):
         assert text in proc.stdout
