@@ -74,17 +74,28 @@ def wait_ready(proc, timeout=120):
         lines.append(line.strip())
         if line.strip() == "ready":
             return lines
-    proc.kill()
+    _kill_session(proc)
     raise AssertionError(f"the program never said ready: {lines}, {proc.stderr.read()}")
+
+
+def _kill_session(proc):
+    # Everything the test started (pgo, its child, the program): a pgo that
+    # ignored the signal must not leave them running after the test.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def finish(proc):
     try:
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_session(proc)
         out, err = proc.communicate()
         raise AssertionError(f"pgo did not exit after the signal: {out} {err}") from None
+    finally:
+        _kill_session(proc)
     return out, err
 
 
