@@ -44,6 +44,9 @@ class AnalyzeCommand:
                             help="sites in the --explain table (default: 15, by bytes)")
         parser.add_argument("--json", action="store_true",
                             help="print the plan as JSON (decisions, clusters, config)")
+        parser.add_argument("--html", metavar="FILE",
+                            help="also write the profile and the plan as an HTML page (the "
+                                 "same page as `pgo show --html`)")
         parser.add_argument("--allow-failed", action="store_true",
                             help="write a config even when the profiled run failed (an exit "
                                  "code other than 0, 130 or 143, or a crash); without it that "
@@ -56,7 +59,8 @@ class AnalyzeCommand:
         from pgo.analysis.optimizer import ProfileGuidedOptimizer
         if args.top < 1:
             parser.error("--top must be at least 1")
-        plan = ProfileGuidedOptimizer(args.bundle).analyze()
+        optimizer = ProfileGuidedOptimizer(args.bundle)
+        plan = optimizer.analyze()
         if plan.failed_runs and not args.allow_failed:
             from pgo._errors import CommandError
             raise CommandError("; ".join(plan.failed_runs) + ": a config made from it would "
@@ -64,6 +68,10 @@ class AnalyzeCommand:
                                "succeeds, or pass --allow-failed to write one anyway")
         out = Path(args.output)
         config.write(plan.config, out)
+        if args.html:
+            from pgo.commands import _page
+            _page.write(optimizer.bundle, plan, args.html, top=args.top)
+            print(f"pgo analyze: wrote {args.html}", file=sys.stderr)
         # Loud, and never only on stdout: a config from a doubtful profile.
         for w in plan.failed_runs + plan.warnings:
             print(f"pgo analyze: warning: {w}", file=sys.stderr)

@@ -17,7 +17,10 @@ class ShowCommand:
     leaks (sites whose live bytes keep rising); the profiler's overhead and
     any warnings (a truncated trace says where it stopped).
 
-    --json prints the same as JSON, for scripts.
+    --json prints the same as JSON, for scripts.  --html FILE writes one
+    self-contained page with the profile (top sites, live bytes over time,
+    every GC pause, where the bytes were allocated) and the analysis `pgo
+    analyze` would make of it (each rule and its reason).
     """
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,8 @@ class ShowCommand:
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
         parser.add_argument("--top", type=int, default=10, metavar="N",
                             help="rows per table (default: 10)")
+        parser.add_argument("--html", metavar="FILE",
+                            help="also write the profile and its analysis as an HTML page")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import bundle as fmt
@@ -33,6 +38,11 @@ class ShowCommand:
             parser.error("--top must be at least 1")
         b = fmt.load(args.bundle)
         summary = summarize(b, top=args.top)
+        if args.html:
+            from pgo.analysis.optimizer import ProfileGuidedOptimizer
+            from pgo.commands import _page
+            _page.write(b, ProfileGuidedOptimizer(b).analyze(), args.html, top=args.top)
+            print(f"wrote {args.html}", file=sys.stderr)
         if args.json:
             json.dump(summary, sys.stdout, indent=1, sort_keys=True)
             print()
