@@ -24,6 +24,17 @@ SMALL_BLOCK_BYTES = 4 * KiB
 HUGEPAGE_MIN_BYTES = 4 * MiB
 
 
+def fmt_plain(value: float) -> str:
+    """A number for a plot's axis or a table: thousands separators, a few
+    significant digits, never 1e5 notation ("41,823", "1.25", "0.0312")."""
+    a = abs(value)
+    if a >= 100:
+        return f"{value:,.0f}"
+    if a >= 1:
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return f"{value:.3g}"
+
+
 def fmt_bytes(n: float, spec: str = ".1f") -> str:
     """``n`` bytes in the largest binary unit under 1024 of it ("48.0 MiB");
     ``spec`` formats the number of the units above bytes."""

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from pgo._sizes import fmt_plain
 from pgo.bench.stats import compare
 
 METRICS = (("wall_s", "wall time", "s"), ("cpu_s", "CPU time", "s"),
@@ -138,7 +139,7 @@ def _plots(doc: dict[str, Any]) -> list[tuple[str, str]]:
             # to the data (from zero, arms a few percent apart look alike).
             ax.axhline(sorted(data[0])[len(data[0]) // 2], color="grey", lw=0.8, ls="--")
         ax.set_title(f"{title} ({unit})" if unit else title)
-        ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_plain(v)))
         ax.margins(y=0.15)
         ax.tick_params(axis="x", rotation=30)
         fig.tight_layout()
@@ -149,21 +150,11 @@ def _plots(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _tick(value: float, _pos: int) -> str:
-    # Plain numbers with thousands separators, never 1e5 notation.
-    a = abs(value)
-    if a >= 100:
-        return f"{value:,.0f}"
-    if a >= 1:
-        return f"{value:,.2f}".rstrip("0").rstrip(".")
-    return f"{value:.3g}"
-
-
 def _cell(c: dict[str, Any], *, baseline: bool = False, scale: float = 1.0,
           unit: str = "") -> str:
     if c.get("median") is None:
         return "&ndash;"
-    value = f"{_tick(c['median'] * scale, 0)}{(' ' + unit) if unit else ''}"
+    value = f"{fmt_plain(c['median'] * scale)}{(' ' + unit) if unit else ''}"
     if baseline:
         return f"{value}<br>the reference"
     if c.get("ratio") is None:
@@ -183,9 +174,14 @@ def write_html(doc: dict[str, Any], path: str) -> None:
     plots = _plots(doc)
     s = doc["summary"]
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in METRICS)
+
     def cells(a: str) -> str:
-        return "".join(f"<td>{_cell(s[a][k], baseline=a == 'baseline', scale=_SHOWN[k][1], unit=_SHOWN[k][0])}</td>"  # noqa: E501
-                       for k, _, _ in METRICS)
+        out = []
+        for k, _, _ in METRICS:
+            unit, scale = _SHOWN[k]
+            out.append(f"<td>{_cell(s[a][k], baseline=a == 'baseline', scale=scale, unit=unit)}</td>")
+        return "".join(out)
+
     rows = "".join(f"<tr><td><b>{html.escape(a)}</b><br>{s[a]['runs']} runs</td>{cells(a)}</tr>"
                    for a in doc["arms"])
     figures = "".join(f'<figure><img alt="{html.escape(t)} per arm" '

@@ -10,7 +10,7 @@ PNG, no network) that tells the whole story, top to bottom:
    with its reason, the sites' patterns and strategies, suggestions.
 
 The bench page (``pgo bench``) is ``pgo.bench.report``; both share the
-look (and ``_tick``, plain numbers on every axis).
+look (and ``pgo._sizes.fmt_plain``, plain numbers on every axis).
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from pgo import bundle as fmt
-from pgo._sizes import fmt_bytes, fmt_seconds
+from pgo._sizes import fmt_bytes, fmt_plain, fmt_seconds
 from pgo.analysis import features
 from pgo.analysis.optimizer import Plan
 from pgo.analysis.summary import live_curve, summarize
-from pgo.bench.report import _tick
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px;}
 table{border-collapse:collapse;margin-bottom:1em;} td,th{border:1px solid #ccc;padding:4px 8px;
@@ -107,9 +106,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _mib_axis(ax: Any) -> None:
+def _plain_axis(ax: Any) -> None:
     from matplotlib.ticker import FuncFormatter
-    ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_plain(v)))
 
 
 def _live_plot(traced: dict[str, features.Traced], run_s: float) -> tuple[str, str] | None:
@@ -123,7 +122,7 @@ def _live_plot(traced: dict[str, features.Traced], run_s: float) -> tuple[str, s
         ax.plot(grid, live_curve(tr.blocks, None, 200, end) / 2**20, label=domain)
     ax.set_xlabel("seconds from the start")
     ax.set_title("live bytes over time (MiB)")
-    _mib_axis(ax)
+    _plain_axis(ax)
     ax.legend()
     return "live bytes over time, per domain (objects: estimated from samples)", _png(fig)
 
@@ -143,7 +142,7 @@ def _gc_plot(b: fmt.Bundle) -> tuple[str, str] | None:
             ax.scatter(t[m], d[m], s=10, color=color, label=f"generation {k}")
     ax.set_xlabel("seconds from the start")
     ax.set_title("GC pauses (ms)")
-    _mib_axis(ax)
+    _plain_axis(ax)
     ax.legend()
     return "every GC pause: when, how long, which generation", _png(fig)
 

@@ -124,3 +124,9 @@ def test_config_patterns_are_what_analysis_decides_between():
     from pgo.analysis import classify
 
     assert set(classify.STRATEGY) == set(config.PATTERNS)
+
+
+def test_plain_numbers_never_use_exponent_notation():
+    from pgo._sizes import fmt_plain
+    assert [fmt_plain(v) for v in (41823.0, 1.25, 1.0, 0.0312, 250.0, -1500.0)] == \
+        ["41,823", "1.25", "1", "0.0312", "250", "-1,500"]
