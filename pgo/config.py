@@ -24,6 +24,8 @@ config gives the same bytes):
     peak_heap_blocks = 6085835               # the profile's peak heap, where its
                                              # collections found nothing: the first
                                              # full one waits for growth_factor x it
+    profiled_gc_share = 0.28                 # GC's share of the profiled run (the
+                                             # metrics' gc_pressure_reduction_ratio)
     reason = "..."
 
     [[numpy.size_class]]                     # route numpy data by size
@@ -109,6 +111,7 @@ class GCPlan:
     full_collection: str = "default"
     growth_factor: float | None = None
     peak_heap_blocks: int | None = None
+    profiled_gc_share: float | None = None     # GC's share of the profiled run's wall time
     reason: str = ""
 
 
@@ -177,6 +180,8 @@ def dumps(cfg: Config) -> str:
             out.append(f"growth_factor = {_value(g.growth_factor)}")
         if g.peak_heap_blocks is not None:
             out.append(f"peak_heap_blocks = {g.peak_heap_blocks}")
+        if g.profiled_gc_share is not None:
+            out.append(f"profiled_gc_share = {_value(g.profiled_gc_share)}")
         if g.reason:
             out.append(f"reason = {_value(g.reason)}")
     for sc in cfg.size_classes:
@@ -357,11 +362,15 @@ class _Reader:
         peak = self.typed("gc", None, d, "peak_heap_blocks", int)
         if peak is not None and peak < 0:
             raise self.fail("gc", None, "peak_heap_blocks", f"must be >= 0, got {peak}")
+        share = self.typed("gc", None, d, "profiled_gc_share", float)
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise self.fail("gc", None, "profiled_gc_share", f"must be within 0 and 1, got {share}")
         return GCPlan(thresholds=th,
                       freeze_after_startup=self.typed("gc", None, d, "freeze_after_startup",
                                                       bool, False),
                       startup_s=startup, full_collection=full, growth_factor=growth,
-                      peak_heap_blocks=peak, reason=self.typed("gc", None, d, "reason", str, ""))
+                      peak_heap_blocks=peak, profiled_gc_share=share,
+                      reason=self.typed("gc", None, d, "reason", str, ""))
 
     def _notes(self, table: str, i: int, d: dict[str, Any]) -> dict[str, Any]:
         pattern = self.typed(table, i, d, "pattern", str, "")

@@ -69,9 +69,11 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
     head = (f"GC took {share:.1%} of the {wall:.3g} s run ({collections:,} collections, "
             f"{full} full ones taking {full_s:.3g} s; {collected:,} objects freed)")
     if share < MIN_SHARE:
-        return GCPlan(reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
+        return GCPlan(profiled_gc_share=round(share, 4),
+                      reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
     if pause_s < MIN_PAUSE_S:
-        return GCPlan(reason=f"{head}: under {MIN_PAUSE_S * 1e3:.0f} ms in all, too little "
+        return GCPlan(profiled_gc_share=round(share, 4),
+                      reason=f"{head}: under {MIN_PAUSE_S * 1e3:.0f} ms in all, too little "
                              f"to judge from; left as it is")
     objects = (traces or collect(bundle))[0].get(OBJECTS)
     blocks = objects.blocks if objects is not None else None
@@ -81,7 +83,7 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
         peak = _peak_blocks(objects)
         factor, garbage = _growth_factor(collected, allocated, peak)
         return GCPlan(
-            thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
+            profiled_gc_share=round(share, 4), thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
             full_collection="growth", growth_factor=factor, peak_heap_blocks=round(peak),
             reason=(f"{head}, {collected / max(allocated, 1):.2%} of ~{allocated:,.0f} objects "
                     f"allocated: no young collections (each surviving object was scanned "
@@ -92,7 +94,7 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
                     f"stays under {GARBAGE_SHARE:.0%} of the heap at any input size"
                     + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
     return GCPlan(
-        thresholds=(10_000, 10, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
+        profiled_gc_share=round(share, 4), thresholds=(10_000, 10, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
         full_collection="growth", growth_factor=1.5,
         reason=(f"{head}: collections free cycles, so young collections only 14x rarer and "
                 f"full ones at 1.5x heap growth (garbage held under 1.5x the live heap)"

@@ -170,8 +170,9 @@ def _icicle(traced: dict[str, features.Traced], names: dict[int, str]
     modules = sorted({r[0] for r in rows})
     for level in range(3):
         groups: dict[tuple[str, ...], float] = {}
-        for r in rows:
-            groups[r[:level + 1]] = groups.get(r[:level + 1], 0.0) + r[3]
+        for module, function, line, nbytes in rows:
+            key = (module, function, line)[:level + 1]
+            groups[key] = groups.get(key, 0.0) + nbytes
         x = 0.0
         for key, value in sorted(groups.items()):
             w = value / total

@@ -73,6 +73,9 @@ class ProfileCommand:
         parser.add_argument("--trust-pickle", action="store_true",
                             help="allow unpickling --from-tracemalloc (runs code from the file: "
                                  "only for files you made yourself)")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve Prometheus metrics (pgo.metrics) on 127.0.0.1:PORT "
+                                 "while the program runs (needs prometheus_client)")
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
         add_arguments(parser, "profile")
 
@@ -117,7 +120,8 @@ class ProfileCommand:
         directory = Path(args.output) if args.output else launcher.default_bundle_dir(target)
         log(f"profiling `{' '.join(target.command()[1:])}` into {directory}")
         try:
-            result = launcher.profile(target, directory, options, cpu_options=cpu_options)
+            result = launcher.profile(target, directory, options, cpu_options=cpu_options,
+                                      metrics_port=args.metrics_port)
         except PgoError as e:
             raise CommandError(str(e), exit_code=2) from None
         for w in result.warnings:

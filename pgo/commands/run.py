@@ -42,6 +42,9 @@ class RunCommand:
                             help="refuse (exit 2, the program does not run) a config made for "
                                  "another program, another version of its source, another "
                                  "Python or numpy; without it those are warnings")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve Prometheus metrics (pgo.metrics) on 127.0.0.1:PORT "
+                                 "while the program runs (needs prometheus_client)")
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
         add_arguments(parser, "run")
 
@@ -54,7 +57,10 @@ class RunCommand:
             config.load(args.config)          # fails here, before the program runs
         except config.ConfigError as e:
             raise CommandError(str(e), exit_code=2) from None
-        code, signal_name = launch(target, args.config, stats=args.stats, strict=args.strict)
+        if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+            parser.error("--metrics-port must be within 1 and 65535")
+        code, signal_name = launch(target, args.config, stats=args.stats, strict=args.strict,
+                                   metrics_port=args.metrics_port)
         if signal_name:
             print(f"pgo run: the program was killed by {signal_name}", file=sys.stderr)
         return code

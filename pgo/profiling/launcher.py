@@ -46,7 +46,7 @@ def default_bundle_dir(target: Target, root: str | os.PathLike = "profiles") -> 
 
 
 def profile(target: Target, directory: Path, options: Options, *,
-            cpu_options: cpu.Options) -> Result:
+            cpu_options: cpu.Options, metrics_port: int | None = None) -> Result:
     """Run ``target`` under the profiler, writing the bundle ``directory``
     (created; it must not exist or be empty)."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
@@ -62,7 +62,8 @@ def profile(target: Target, directory: Path, options: Options, *,
     directory.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     control = {"bundle": os.fspath(directory.resolve()), "options": options.to_json(),
-               "target": target.to_json(), "status_fd": write_fd}
+               "target": target.to_json(), "status_fd": write_fd,
+               "metrics_port": metrics_port}
     env = dict(os.environ)
     if options.follow_children:
         from pgo import bundle as fmt

@@ -14,11 +14,12 @@ from pgo._target import Target, exit_status, pgo_argv, read_status, signals_to
 
 
 def launch(target: Target, config_path: str, *, stats: str | None = None,
-           env: dict[str, str] | None = None, strict: bool = False) -> tuple[int, str | None]:
+           env: dict[str, str] | None = None, strict: bool = False,
+           metrics_port: int | None = None) -> tuple[int, str | None]:
     read_fd, write_fd = os.pipe()
     control = {"config": os.path.abspath(config_path), "target": target.to_json(),
                "status_fd": write_fd, "stats": os.path.abspath(stats) if stats else None,
-               "strict": strict}
+               "strict": strict, "metrics_port": metrics_port}
     argv = pgo_argv(target.python, "pgo.runtime.child", json.dumps(control))
     try:
         try:

@@ -14,7 +14,7 @@ FULL = Config(
     python="3.11.7", numpy="2.1.3", program="job.py", program_sha256="ab" * 32,
     gc=GCPlan(thresholds=(50000, 20, 100), freeze_after_startup=True, startup_s=0.75,
               full_collection="growth", growth_factor=2.0, peak_heap_blocks=6_086_835,
-              reason="GC took 55% of the run"),
+              profiled_gc_share=0.55, reason="GC took 55% of the run"),
     size_classes=(
         SizeClassRule(1 << 20, None, "cache", (("max_cached_bytes", 1 << 29),),
                       pattern="large-repeated", reason="48 MB temporaries", confidence=0.97),

@@ -1,0 +1,218 @@
+"""Prometheus metrics of a live process: pgo's allocators and pools, the
+GC under pgo's plan, next to prometheus_client's own process, platform and
+GC collectors.  Built on prometheus_client (its exposition format, its
+HTTP server); nothing here runs until ``start_http_server`` (or
+``pgo run --metrics-port``) is called, and ``import pgo`` never imports
+this module.
+
+    import pgo.metrics
+    pgo.metrics.register("frames", my_pool)      # anything with stats()
+    pgo.metrics.start_http_server(9464)           # http://127.0.0.1:9464/metrics
+
+Metrics (Prometheus naming: base units, ``_total`` counters):
+
+=============================================  =======  =====================================
+``allocator_utilization_ratio{allocator_type,  gauge    bytes in use / bytes reserved
+rule}``
+``allocator_allocations_total{...}``           counter  allocations served
+``allocator_bytes{...,state}``                 gauge    state: in_use, cached (a cache's
+                                                        free blocks), reserved (from the
+                                                        system)
+``allocator_fragmentation_ratio{...}``         gauge    bytes lost to padding and rounding
+``allocator_resets_total{...}``                counter  resets
+``allocator_lock_contention_total{...}``       counter  lock acquisitions that waited
+``pool_hit_rate{pool_type,rule}``              gauge    requests served from the pool (a
+                                                        CacheAllocator, a BufferPool, an
+                                                        ObjectPool)
+``gc_pressure_reduction_ratio``                gauge    1 - (GC seconds per second now) /
+                                                        (GC's share of the profiled run)
+``pgo_gc_pause_seconds``                       histo.   every collection's pause
+``pgo_gc_frozen_objects``                      gauge    objects in the permanent generation
+``pgo_gc_growth_factor``                       gauge    the GC plan's heap growth factor
+                                                        now (the backoff moves it)
+``pgo_gc_full_collections_total``              counter  the plan's own full collections
+=============================================  =======  =====================================
+
+``python_gc_collections_total{generation}``, ``python_info`` and
+``process_resident_memory_bytes`` come from prometheus_client's default
+collectors.  ``rule`` names where an allocator comes from: the config's
+``numpy.size_class[0]`` or ``site:module:function``, or the name given to
+``register``.
+
+# NOTE: threads.  The HTTP server answers in its own thread; a scrape reads
+# the allocators' stats() (each takes its allocator's lock for a copy) and
+# the runtime's state, never the GIL-free paths.  The GC callback runs in
+# whichever thread collects, and only observes a histogram.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+_lock = threading.Lock()
+_registered: dict[str, Any] = {}
+_started: dict[str, Any] = {}
+
+
+def register(name: str, obj: Any) -> None:
+    """Export an allocator or a pool (anything whose ``stats()`` returns
+    pgo's counters) under ``rule=name``; the same name again replaces it."""
+    if not callable(getattr(obj, "stats", None)):
+        raise TypeError(f"pgo.metrics.register: {obj!r} has no stats() to export")
+    with _lock:
+        _registered[name] = obj
+
+
+def unregister(name: str) -> None:
+    with _lock:
+        _registered.pop(name, None)
+
+
+def _sources() -> list[tuple[str, Any]]:
+    """(rule, object) for every allocator and pool to export now."""
+    from pgo import runtime
+    out: list[tuple[str, Any]] = []
+    rt = runtime.active()
+    if rt is not None:
+        if rt.router is not None:
+            out += [(f"numpy.size_class[{i}]", sc.allocator)
+                    for i, sc in enumerate(rt.router.size_classes)]
+        if rt.sites is not None:
+            out += [(f"site:{fn}", a) for fn, a in sorted(rt.sites.rules.items())]
+    with _lock:
+        out += sorted(_registered.items())
+    return out
+
+
+class PgoCollector:
+    """The prometheus_client collector of pgo's metrics (computed at each
+    scrape from the live objects)."""
+
+    def __init__(self, pause: Any = None) -> None:
+        self._pause = pause
+        self._t0 = time.monotonic()
+        self._gc_s0 = 0.0
+
+    def describe(self) -> list[Any]:
+        return []           # the metrics depend on what is registered: no describe
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        labels = ["allocator_type", "rule"]
+        util = GaugeMetricFamily("allocator_utilization_ratio",
+                                 "Bytes in use over bytes reserved from the system", labels=labels)
+        allocs = CounterMetricFamily("allocator_allocations", "Allocations served",
+                                     labels=labels)
+        nbytes = GaugeMetricFamily("allocator_bytes", "Bytes by state: in_use, cached, reserved",
+                                   labels=[*labels, "state"])
+        frag = GaugeMetricFamily("allocator_fragmentation_ratio",
+                                 "Bytes lost to padding and rounding over bytes consumed",
+                                 labels=labels)
+        resets = CounterMetricFamily("allocator_resets", "Resets", labels=labels)
+        contention = CounterMetricFamily("allocator_lock_contention",
+                                         "Lock acquisitions that had to wait", labels=labels)
+        hit = GaugeMetricFamily("pool_hit_rate", "Requests served from the pool",
+                                labels=["pool_type", "rule"])
+        for rule, obj in _sources():
+            try:
+                st = obj.stats()
+            except Exception:       # noqa: BLE001, S112  (a pool torn down between scrapes)
+                continue
+            kind = str(st.get("allocator") or type(obj).__name__)
+            if "hit_rate" in st:
+                hit.add_metric([kind, rule], float(st["hit_rate"]))
+            if "capacity" not in st:
+                continue            # a pool: its hit rate is what there is
+            values = [kind, rule]
+            util.add_metric(values, float(st.get("utilization", 0.0)))
+            allocs.add_metric(values, float(st.get("allocations", 0)))
+            nbytes.add_metric([*values, "in_use"], float(st.get("in_use", 0)))
+            nbytes.add_metric([*values, "reserved"], float(st.get("capacity", 0)))
+            if "cached_bytes" in st:
+                nbytes.add_metric([*values, "cached"], float(st["cached_bytes"]))
+            frag.add_metric(values, float(st.get("fragmentation", 0.0)))
+            resets.add_metric(values, float(st.get("resets", 0)))
+            contention.add_metric(values, float(st.get("contention", 0)))
+        yield from (util, allocs, nbytes, frag, resets, contention, hit)
+        yield from self._gc_metrics()
+
+    def _gc_metrics(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from pgo import runtime
+        frozen = GaugeMetricFamily("pgo_gc_frozen_objects",
+                                   "Objects in the permanent generation (gc.freeze)")
+        frozen.add_metric([], float(gc.get_freeze_count()))
+        yield frozen
+        rt = runtime.active()
+        policy = rt.gc if rt is not None else None
+        if policy is not None:
+            st = policy.stats()
+            if st.get("growth_factor_now") is not None:
+                growth = GaugeMetricFamily("pgo_gc_growth_factor",
+                                           "The GC plan's heap growth factor now")
+                growth.add_metric([], float(st["growth_factor_now"]))
+                yield growth
+            full = CounterMetricFamily("pgo_gc_full_collections",
+                                       "Full collections made by the GC plan")
+            full.add_metric([], float(st.get("policy_full_collections", 0)))
+            yield full
+        share = (policy.plan.profiled_gc_share if policy is not None else None)
+        if self._pause is not None and share:
+            # GC seconds per second of run since the exporter started, against
+            # the profiled run's share: 0.9 means 90% less time in GC.
+            elapsed = max(time.monotonic() - self._t0, 1e-9)
+            now = _histogram_sum(self._pause) / elapsed
+            ratio = GaugeMetricFamily("gc_pressure_reduction_ratio",
+                                      "1 - GC seconds per second now / the profiled run's share")
+            ratio.add_metric([], 1.0 - now / share)
+            yield ratio
+
+
+def _histogram_sum(h: Any) -> float:
+    for metric in h.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                return float(sample.value)
+    return 0.0
+
+
+def start_http_server(port: int, addr: str = "127.0.0.1", *, registry: Any = None) -> Any:
+    """Serve the metrics on http://ADDR:PORT/metrics (in a daemon thread),
+    with prometheus_client's default process, platform and GC collectors.
+    Idempotent per (addr, port).  Returns the server."""
+    from prometheus_client import REGISTRY, Histogram
+    from prometheus_client import start_http_server as serve
+    key = f"{addr}:{port}"
+    with _lock:
+        if key in _started:
+            return _started[key]
+        reg = registry if registry is not None else REGISTRY
+        pause = Histogram("pgo_gc_pause_seconds", "Every collection's pause (gc.callbacks)",
+                          buckets=PAUSE_BUCKETS, registry=reg)
+        gc.callbacks.append(_PauseTimer(pause))
+        reg.register(PgoCollector(pause))
+        server, _ = serve(port, addr=addr, registry=reg)
+        _started[key] = server
+        return server
+
+
+class _PauseTimer:
+    """The gc.callbacks entry: times each collection into the histogram."""
+
+    def __init__(self, histogram: Any) -> None:
+        self._h = histogram
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t:
+            self._h.observe(time.perf_counter() - self._t)
+            self._t = 0.0
