@@ -83,6 +83,11 @@ class ProfileGuidedOptimizer:
                     failed_runs=failed)
 
 
+# A profile shorter than this is start-up more than work: its numbers say
+# little about the real run.
+MIN_RUN_S = 0.1
+
+
 def run_warnings(b: fmt.Bundle) -> tuple[list[str], list[str]]:
     """(warnings, failures) from how the profiled run(s) ended: a run
     stopped by ^C or SIGTERM is a sample of the real one (a warning); one
@@ -90,6 +95,10 @@ def run_warnings(b: fmt.Bundle) -> tuple[list[str], list[str]]:
     config made from it describes something else."""
     warnings, failed = [], []
     for r in b.runs or [b]:
+        duration = float(r.manifest.get("duration_s") or 0.0)
+        if 0 < duration < MIN_RUN_S:
+            warnings.append(f"{r.path}: the profiled run lasted {duration * 1e3:.0f} ms, too short "
+                            f"to judge a program by: profile a run that does its real work")
         outcome, text = fmt.run_outcome(r.manifest)
         if outcome == "interrupted":
             warnings.append(f"{r.path}: the profiled run was stopped ({text}): the config "

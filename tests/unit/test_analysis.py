@@ -248,9 +248,21 @@ def test_how_a_profiled_run_ended_decides_warnings_and_refusals(exit_, outcome):
     from pgo.analysis.optimizer import run_warnings
     b, _ = make_bundle({"long-lived": 1})
     b.manifest["exit"] = exit_
+    b.manifest["duration_s"] = 2.0          # long enough to judge
     assert bundle.run_outcome(b.manifest)[0] == outcome
     warnings, failed = run_warnings(b)
     assert bool(failed) == (outcome == "failed")
     assert bool(warnings) == (outcome == "interrupted")
     plan = ProfileGuidedOptimizer(b).analyze()
     assert plan.failed_runs == failed
+
+
+def test_a_run_too_short_to_judge_is_warned_about():
+    from pgo.analysis.optimizer import run_warnings
+    b, _ = make_bundle({"long-lived": 1})
+    b.manifest["exit"] = {"code": 0, "signal": None}
+    b.manifest["duration_s"] = 0.02
+    [w] = run_warnings(b)[0]
+    assert "lasted 20 ms, too short to judge" in w
+    b.manifest["duration_s"] = 2.0
+    assert run_warnings(b) == ([], [])
