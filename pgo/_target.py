@@ -81,13 +81,13 @@ class Target:
                 pass
         elif self.kind == "module":
             program = self.name
-            try:
-                _, spec, _ = runpy._get_module_details(self.name)  # type: ignore[attr-defined]
-                if spec.origin and os.path.isfile(spec.origin):
-                    with open(spec.origin, "rb") as f:
+            origin = _module_file(self.name)
+            if origin is not None:
+                try:
+                    with open(origin, "rb") as f:
                         source = f.read()
-            except Exception:       # noqa: S110  (no source: an identity without a hash)
-                pass
+                except OSError:
+                    pass
         else:
             program, source = "-c", self.name.encode()
         return {"program": program,
@@ -250,6 +250,25 @@ def _exit_status(e: SystemExit) -> int:
     return 1
 
 
+def _module_file(name: str) -> str | None:
+    """The file ``python -m name`` runs (a package's ``__main__.py``),
+    found on sys.path without importing anything: importing a package to
+    ask would run its ``__init__`` before pgo is in place."""
+    from importlib.machinery import PathFinder
+    path: list[str] | None = None
+    spec = None
+    parts = name.split(".")
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[:i + 1]), path)
+        if spec is None:
+            return None
+        path = list(spec.submodule_search_locations or [])
+    if spec is not None and spec.submodule_search_locations:
+        spec = PathFinder.find_spec(f"{name}.__main__", list(spec.submodule_search_locations))
+    origin = spec.origin if spec is not None else None
+    return origin if origin and os.path.isfile(origin) else None
+
+
 def _sha256(data: bytes) -> Any:
     # The built-in implementation: hashlib loads OpenSSL first (2 ms more
     # before the program starts, under `pgo run`); the digest is the same.
@@ -306,7 +325,11 @@ def exit_status(returncode: int) -> tuple[int, str | None]:
     """A child's Popen returncode as a shell's status (128 + N for signal
     N) and the signal's name."""
     if returncode < 0:
-        return 128 - returncode, signal.Signals(-returncode).name
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:              # a real-time signal has no name
+            name = f"signal {-returncode}"
+        return 128 - returncode, name
     return returncode, None
 
 
@@ -367,6 +390,9 @@ def serve_metrics(control: dict[str, Any], fd: int | None) -> bool:
     try:
         from pgo import metrics
         metrics.start_http_server(int(port))
+    except (OverflowError, ValueError) as e:
+        send_status(fd, error=f"--metrics-port {port}: {e}")
+        return False
     except ImportError:
         send_status(fd, error="--metrics-port needs prometheus_client (pip install "
                               "prometheus_client, or pip install \"pgo-memory[metrics]\")")

@@ -42,7 +42,7 @@ collectors.  ``rule`` names where an allocator comes from: the config's
 # NOTE: threads.  The HTTP server answers in its own thread; a scrape reads
 # the allocators' stats() (each takes its allocator's lock for a copy) and
 # the runtime's state, never the GIL-free paths.  The GC callback runs in
-# whichever thread collects, and only observes a histogram.
+# whichever thread collects, and only adds to plain counters (no lock).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 _lock = threading.Lock()
 _registered: dict[str, Any] = {}
-_started: dict[str, Any] = {}
+_started: dict[str, Any] = {}             # "addr:port" -> server
+_collectors: dict[int, Any] = {}          # id(registry) -> its pause counter
 
 
 def register(name: str, obj: Any) -> None:
@@ -90,14 +91,52 @@ def _sources() -> list[tuple[str, Any]]:
     return out
 
 
+class _Pauses:
+    """Every collection's pause, counted into PAUSE_BUCKETS by the
+    gc.callbacks entry.  Plain Python counters, no lock: a GC callback may
+    run in any thread at any allocation, including inside
+    prometheus_client's own locked code, so it must take no lock (taking
+    the Histogram's value lock there can deadlock, prometheus_client
+    #363).  Read at scrape time into a HistogramMetricFamily."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(PAUSE_BUCKETS) + 1)     # the last: +Inf
+        self.count = 0
+        self.total = 0.0
+        self._t = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t:
+            d = time.perf_counter() - self._t
+            self._t = 0.0
+            i = 0
+            while i < len(PAUSE_BUCKETS) and d > PAUSE_BUCKETS[i]:
+                i += 1
+            self.buckets[i] += 1
+            self.count += 1
+            self.total += d
+
+    def family(self) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+        cumulative, running = [], 0
+        for bound, n in zip([*map(str, PAUSE_BUCKETS), "+Inf"], self.buckets):
+            running += n
+            cumulative.append((bound, float(running)))
+        h = HistogramMetricFamily("pgo_gc_pause_seconds",
+                                  "Every collection's pause (gc.callbacks)")
+        h.add_metric([], cumulative, sum_value=self.total)
+        return h
+
+
 class PgoCollector:
     """The prometheus_client collector of pgo's metrics (computed at each
     scrape from the live objects)."""
 
-    def __init__(self, pause: Any = None) -> None:
-        self._pause = pause
+    def __init__(self, pauses: _Pauses | None = None) -> None:
+        self._pauses = pauses
         self._t0 = time.monotonic()
-        self._gc_s0 = 0.0
 
     def describe(self) -> list[Any]:
         return []           # the metrics depend on what is registered: no describe
@@ -140,6 +179,8 @@ class PgoCollector:
             resets.add_metric(values, float(st.get("resets", 0)))
             contention.add_metric(values, float(st.get("contention", 0)))
         yield from (util, allocs, nbytes, frag, resets, contention, hit)
+        if self._pauses is not None:
+            yield self._pauses.family()
         yield from self._gc_metrics()
 
     def _gc_metrics(self) -> Iterator[Any]:
@@ -163,56 +204,39 @@ class PgoCollector:
                                        "Full collections made by the GC plan")
             full.add_metric([], float(st.get("policy_full_collections", 0)))
             yield full
-        share = (policy.plan.profiled_gc_share if policy is not None else None)
-        if self._pause is not None and share:
+        share = policy.plan.profiled_gc_share if policy is not None else None
+        if self._pauses is not None and share:
             # GC seconds per second of run since the exporter started, against
             # the profiled run's share: 0.9 means 90% less time in GC.
             elapsed = max(time.monotonic() - self._t0, 1e-9)
-            now = _histogram_sum(self._pause) / elapsed
             ratio = GaugeMetricFamily("gc_pressure_reduction_ratio",
                                       "1 - GC seconds per second now / the profiled run's share")
-            ratio.add_metric([], 1.0 - now / share)
+            ratio.add_metric([], 1.0 - (self._pauses.total / elapsed) / share)
             yield ratio
-
-
-def _histogram_sum(h: Any) -> float:
-    for metric in h.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_sum"):
-                return float(sample.value)
-    return 0.0
 
 
 def start_http_server(port: int, addr: str = "127.0.0.1", *, registry: Any = None) -> Any:
     """Serve the metrics on http://ADDR:PORT/metrics (in a daemon thread),
     with prometheus_client's default process, platform and GC collectors.
-    Idempotent per (addr, port).  Returns the server."""
-    from prometheus_client import REGISTRY, Histogram
+    The collector and the GC callback are set up once per process (and per
+    registry), whatever the number of ports served; the same (addr, port)
+    twice is the same server.  Returns the server.
+
+    Raises:
+        OSError: the port cannot be listened on (nothing is left set up).
+    """
+    from prometheus_client import REGISTRY
     from prometheus_client import start_http_server as serve
+    reg = registry if registry is not None else REGISTRY
     key = f"{addr}:{port}"
     with _lock:
         if key in _started:
             return _started[key]
-        reg = registry if registry is not None else REGISTRY
-        pause = Histogram("pgo_gc_pause_seconds", "Every collection's pause (gc.callbacks)",
-                          buckets=PAUSE_BUCKETS, registry=reg)
-        gc.callbacks.append(_PauseTimer(pause))
-        reg.register(PgoCollector(pause))
-        server, _ = serve(port, addr=addr, registry=reg)
+        server, _ = serve(port, addr=addr, registry=reg)      # OSError: nothing set up yet
+        if id(reg) not in _collectors:
+            pauses = _Pauses()
+            gc.callbacks.append(pauses)
+            reg.register(PgoCollector(pauses))
+            _collectors[id(reg)] = pauses
         _started[key] = server
         return server
-
-
-class _PauseTimer:
-    """The gc.callbacks entry: times each collection into the histogram."""
-
-    def __init__(self, histogram: Any) -> None:
-        self._h = histogram
-        self._t = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._t = time.perf_counter()
-        elif self._t:
-            self._h.observe(time.perf_counter() - self._t)
-            self._t = 0.0

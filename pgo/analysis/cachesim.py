@@ -64,28 +64,32 @@ class Replay:
 
 
 def replay(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
-           headroom: int | None, *, run_starts: np.ndarray | None = None) -> Replay:
+           headroom: int | None, *, run_starts: np.ndarray | None = None,
+           max_cached: int = 1 << 62) -> Replay:
     """Replay blocks (requested sizes, birth and death event indices; a
     death < 0: never freed) through the cache model.  ``run_starts``: the
     index of each run's first block (a merged bundle): every run starts
-    with an empty cache, as every process does."""
+    with an empty cache, as every process does.  ``max_cached``: the
+    cache's max_cached_bytes."""
     n = min(len(sizes), MAX_BLOCKS)
     starts = [int(s) for s in (run_starts if run_starts is not None else [0]) if s < n] or [0]
     total = Replay(headroom, 0, 0, 0, 0)
     for a, b in zip(starts, [*starts[1:], n]):
-        r = _replay_run(sizes[a:b], births[a:b], deaths[a:b], headroom)
+        r = _replay_run(sizes[a:b], births[a:b], deaths[a:b], headroom, max_cached)
         total = Replay(headroom, total.allocations + r.allocations, total.misses + r.misses,
                        max(total.peak_live, r.peak_live), max(total.peak_held, r.peak_held))
     return total
 
 
 def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
-                headroom: int | None) -> Replay:
+                headroom: int | None, max_cached: int) -> Replay:
     cls = [class_size(int(s)) for s in sizes]
-    # Births and deaths in event order (an index is a birth or a death,
-    # never both); (event, 1: birth / 0: death, block).
-    order = sorted([(int(e), 1, i) for i, e in enumerate(births)]
-                   + [(int(e), 0, i) for i, e in enumerate(deaths) if e >= 0])
+    # Births and deaths in event order, (event, 0: birth / 1: death, block).
+    # A realloc is one event that is both: the new block's birth and the
+    # old one's death, in that order (numpy's handler allocates, copies,
+    # then frees).
+    order = sorted([(int(e), 0, i) for i, e in enumerate(births)]
+                   + [(int(e), 1, i) for i, e in enumerate(deaths) if e >= 0])
     live = peak = held = cached = misses = allocs = 0
     by_class: dict[int, deque[int]] = {}     # cached tokens per class, oldest first
     recency: deque[tuple[int, int]] = deque()   # (token, class), oldest freed first
@@ -94,8 +98,8 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
 
     def limit() -> int:
         if headroom is None:
-            return 1 << 62
-        return max(0, peak + peak // 100 * headroom - live)
+            return max_cached
+        return min(max_cached, max(0, peak + peak // 100 * headroom - live))
 
     def evict_to(bound: int) -> None:
         nonlocal cached
@@ -106,9 +110,9 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
                 by_class[c].popleft()
                 cached -= c
 
-    for _, is_birth, i in order:
+    for _, is_death, i in order:
         c = cls[i]
-        if is_birth:
+        if not is_death:
             allocs += 1
             stack = by_class.get(c)
             live += c
@@ -135,11 +139,14 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
 
 
 def choose(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray, *,
-           run_starts: np.ndarray | None = None) -> tuple[Replay, Replay]:
-    """(the chosen headroom's replay, an unbounded cache's replay)."""
-    free = replay(sizes, births, deaths, None, run_starts=run_starts)
+           run_starts: np.ndarray | None = None,
+           max_cached: int = 1 << 62) -> tuple[Replay, Replay]:
+    """(the chosen headroom's replay, the replay with no headroom bound),
+    both under ``max_cached``."""
+    kw = {"run_starts": run_starts, "max_cached": max_cached}
+    free = replay(sizes, births, deaths, None, **kw)
     for h in HEADROOMS:
-        r = replay(sizes, births, deaths, h, run_starts=run_starts)
+        r = replay(sizes, births, deaths, h, **kw)
         if r.misses <= free.misses + HIT_SLACK * free.allocations:
             return r, free
-    return replay(sizes, births, deaths, HEADROOMS[-1], run_starts=run_starts), free
+    return replay(sizes, births, deaths, HEADROOMS[-1], **kw), free

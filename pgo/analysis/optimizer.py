@@ -132,9 +132,11 @@ def _material(decisions: list[cls.Decision]) -> list[cls.Decision]:
     return [d for d in numpy if d.site.bytes >= MIN_BYTES_SHARE * total]
 
 
-def _replayed_headroom(collected: features.Collected, keep: np.ndarray) -> tuple[int, str]:
-    """The headroom of a cache serving the numpy blocks ``keep`` selects,
-    from replaying them (``cachesim``), and what it costs, in words."""
+def _replayed_headroom(collected: features.Collected, keep: np.ndarray,
+                       max_cached: int) -> tuple[int, str]:
+    """The headroom of a cache (of ``max_cached`` bytes at most) serving
+    the numpy blocks ``keep`` selects, from replaying them (``cachesim``),
+    and what it costs, in words."""
     traced = collected[0].get(features.NUMPY)
     if traced is None or not keep.any():
         return CACHE_HEADROOM_PERCENT, ""
@@ -142,7 +144,7 @@ def _replayed_headroom(collected: features.Collected, keep: np.ndarray) -> tuple
     # Each run's first block, counted among the kept ones.
     firsts = np.array([int(keep[:s].sum()) for s in traced.run_starts], np.int64)
     chosen, free = cachesim.choose(bl.size[keep], bl.birth_ev[keep], bl.death_ev[keep],
-                                   run_starts=firsts)
+                                   run_starts=firsts, max_cached=max_cached)
     what = (f"headroom {chosen.headroom}% (replayed: {chosen.hit_rate:.0%} of "
             f"{chosen.allocations:,} blocks reused, {free.hit_rate:.0%} with no bound; what it "
             f"serves peaks {chosen.extra_share:.0%} over its live peak, "
@@ -170,7 +172,7 @@ def _size_classes(decisions: list[cls.Decision],
         # The class serves every numpy block from 1 MiB, not only these sites'.
         traced = collected[0].get(features.NUMPY)
         keep = (traced.blocks.size >= features.LARGE) if traced is not None else np.zeros(0, bool)
-        headroom, cost = _replayed_headroom(collected, keep)
+        headroom, cost = _replayed_headroom(collected, keep, CACHE_SAFETY_BYTES)
         out.append(SizeClassRule(
             features.LARGE, None, "cache", cache_settings(CACHE_SAFETY_BYTES, headroom),
             pattern=Pattern.LARGE_REPEATED, confidence=_weighted_conf(cache),
@@ -207,7 +209,8 @@ def _site_rules(decisions: list[cls.Decision],
                 ids = np.array(sorted({d.site.site_id for d in mine}), np.int64)
                 keep = (np.isin(traced.blocks.site, ids)
                         & (traced.blocks.size > SMALL_BLOCK_BYTES))
-                headroom, cost = _replayed_headroom(collected, keep)
+                cap = dict(site_settings(strategy, biggest))["max_cached_bytes"]
+                headroom, cost = _replayed_headroom(collected, keep, cap)
         settings = site_settings(strategy, biggest, headroom)
         lines = ", ".join(sorted(d.site.name.rsplit(":", 1)[-1] for d in mine))
         rules.append(SiteRule(

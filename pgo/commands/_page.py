@@ -155,12 +155,13 @@ def _icicle(traced: dict[str, features.Traced], names: dict[int, str]
     rows: list[tuple[str, str, str, float]] = []
     for tr in traced.values():
         bl = tr.blocks
-        weighted = bl.weight * bl.size.astype(np.float64)
-        for sid in np.unique(bl.site):
+        sids, inverse = np.unique(bl.site, return_inverse=True)
+        per_site = np.bincount(inverse, weights=bl.weight * bl.size.astype(np.float64),
+                               minlength=len(sids))
+        for sid, nbytes in zip(sids.tolist(), per_site.tolist()):
             module, _, rest = names.get(int(sid), f"?:site {sid}:?").partition(":")
             function, _, line = rest.rpartition(":")
-            rows.append((module or "?", function or "?", line or "?",
-                         float(weighted[bl.site == sid].sum())))
+            rows.append((module or "?", function or "?", line or "?", float(nbytes)))
     total = sum(r[3] for r in rows)
     if total <= 0:
         return None

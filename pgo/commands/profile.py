@@ -96,6 +96,8 @@ class ProfileCommand:
             parser.error("--snapshot-interval must be positive")
         if args.rate < 1:
             parser.error("--rate must be at least 1")
+        if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+            parser.error("--metrics-port must be within 1 and 65535")
         if args.from_tracemalloc:
             if program or args.module:
                 parser.error("--from-tracemalloc takes no program")

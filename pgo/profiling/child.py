@@ -45,7 +45,11 @@ def _finish_on_sigterm(profiler: Profiler) -> None:
     written first, then the process dies of the signal as it would have
     (exit status 143).  Only where SIGTERM has its default action: a
     program that handles it (or runs with it ignored) keeps its own way,
-    and atexit writes the bundle when it exits."""
+    and atexit writes the bundle when it exits.  A Python-level handler
+    runs between bytecodes: a program inside one long C call (a numpy
+    operation) dies when that call returns, not at once, and a program
+    that saves the handler it found and calls it from its own gets pgo's
+    (which writes the bundle and ends the process, as SIGTERM would)."""
     if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         return
 

@@ -217,11 +217,16 @@ def mismatches(cfg: Config, source: str, program: dict[str, str] | None) -> list
 
 
 def _main_identity() -> dict[str, str] | None:
-    # pgo.runtime.apply() called from a program's own code: __main__ is it.
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    # pgo.runtime.apply() called from a program's own code: __main__ is it
+    # (a script, or the module `python -m` ran).
+    from pgo._target import Target
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return Target("module", spec.name.removesuffix(".__main__"), [], []).identity()
+    path = getattr(main, "__file__", None)
     if not path or not os.path.isfile(path):
         return None
-    from pgo._target import Target
     return Target("script", path, [], []).identity()
 
 

@@ -240,3 +240,39 @@ def test_pgo_profile_serves_the_metrics_too(tmp_path):
         assert proc.returncode == 0
     finally:
         proc.kill()
+
+
+def test_two_ports_a_busy_port_and_the_pause_histogram_in_process():
+    # In a child: the process-wide state of prometheus_client stays out of
+    # the test runner.
+    code = textwrap.dedent("""
+        import gc, socket, urllib.request
+        from prometheus_client import CollectorRegistry
+        import pgo.metrics as m
+        def port():
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        reg = CollectorRegistry()
+        busy = socket.socket(); busy.bind(("127.0.0.1", 0)); busy.listen()
+        try:
+            m.start_http_server(busy.getsockname()[1], registry=reg)
+            raise SystemExit("bound a busy port")
+        except OSError:
+            pass
+        a, b = port(), port()
+        m.start_http_server(a, registry=reg)             # after the failure: no duplicate
+        m.start_http_server(b, registry=reg)             # a second port: the same collector
+        assert m.start_http_server(a, registry=reg) is m.start_http_server(a, registry=reg)
+        for _ in range(3):
+            gc.collect()
+        for p in (a, b):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics").read().decode()
+            counts = [float(l.split()[-1]) for l in text.splitlines()
+                      if l.startswith("pgo_gc_pause_seconds_bucket")]
+            assert counts == sorted(counts) and counts[-1] >= 3, counts
+            assert text.count("# TYPE pgo_gc_pause_seconds histogram") == 1
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

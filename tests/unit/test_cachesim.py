@@ -39,13 +39,14 @@ def traffic(seed, n=300, sizes=(1 << 20, 3 << 20, 8 << 20, 5 << 19)):
     return a[:, 0], a[:, 1], a[:, 2]
 
 
-def run_real(sizes, births, deaths, headroom):
-    c = pgo.CacheAllocator(4 << 30, headroom_percent=headroom, hugepages=False)
-    events = sorted([(b, 1, i) for i, b in enumerate(births)]
-                    + [(d, 0, i) for i, d in enumerate(deaths) if d >= 0])
+def run_real(sizes, births, deaths, headroom, max_cached=4 << 30):
+    c = pgo.CacheAllocator(max_cached, headroom_percent=headroom, hugepages=False)
+    # A birth and a death at one index are a realloc: the new block first.
+    events = sorted([(b, 0, i) for i, b in enumerate(births)]
+                    + [(d, 1, i) for i, d in enumerate(deaths) if d >= 0])
     held, live = 0, {}
-    for _, is_birth, i in events:
-        if is_birth:
+    for _, is_death, i in events:
+        if not is_death:
             live[i] = c.alloc(int(sizes[i]))
         else:
             c.free(live.pop(i))
@@ -57,12 +58,28 @@ def run_real(sizes, births, deaths, headroom):
     return s["misses"], s["peak"], held
 
 
+def reallocs(sizes, births, deaths):
+    # Every fifth block that dies is replaced at the same event by a new
+    # one (numpy's realloc: the new block is made before the old one goes).
+    sizes, births, deaths = list(sizes), list(births), list(deaths)
+    for i in range(0, len(sizes), 5):
+        if deaths[i] >= 0:
+            sizes.append(sizes[i] + 4096)
+            births.append(deaths[i])
+            deaths.append(-1)
+    return np.array(sizes), np.array(births), np.array(deaths)
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("headroom", [0, 10, 50, None])
-def test_the_replay_counts_what_the_real_cache_does(seed, headroom):
+@pytest.mark.parametrize("max_cached", [4 << 30, 5 << 20])
+@pytest.mark.parametrize("realloc", [False, True])
+def test_the_replay_counts_what_the_real_cache_does(seed, headroom, max_cached, realloc):
     sizes, births, deaths = traffic(seed)
-    r = cachesim.replay(sizes, births, deaths, headroom)
-    misses, peak, held = run_real(sizes, births, deaths, headroom)
+    if realloc:
+        sizes, births, deaths = reallocs(sizes, births, deaths)
+    r = cachesim.replay(sizes, births, deaths, headroom, max_cached=max_cached)
+    misses, peak, held = run_real(sizes, births, deaths, headroom, max_cached)
     assert (r.misses, r.peak_live, r.peak_held) == (misses, peak, held)
     assert r.allocations == len(sizes)
 
