@@ -64,8 +64,8 @@ VERSION = 1
 # allocator class's own default (its docstring says which): the classes are
 # the one home of those.  `pgo analyze` writes every size it chose.
 SETTINGS: dict[str, dict[str, tuple[type, int]]] = {
-    "cache": {"max_cached_bytes": (int, 0), "headroom_percent": (int, 0), "hugepages": (bool, 0),
-              "prefault": (bool, 0)},
+    "cache": {"max_cached_bytes": (int, 0), "headroom_percent": (int, 0), "reuse_window": (int, 0),
+              "hugepages": (bool, 0), "prefault": (bool, 0)},
     "slab": {"block_size": (int, 1), "slots_per_slab": (int, 0), "limit_bytes": (int, 0)},
     "arena": {"chunk_size": (int, 1), "limit_bytes": (int, 0)},
     "linear": {"capacity": (int, 1)},

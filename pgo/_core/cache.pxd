@@ -5,7 +5,7 @@
 # block waits in its size class (eight classes per power of two) for the
 # next request of that class, with its pages still mapped.
 #
-#   cdef pgo_cache_t* c = cache_create(512 << 20, PGO_CACHE_NO_HEADROOM, True, False)
+#   cdef pgo_cache_t* c = cache_create(512 << 20, PGO_CACHE_NO_HEADROOM, True, False, 0)
 #   cdef void* p = cache_alloc(c, 48 << 20)
 #   cache_free(c, p)            # kept: the next cache_alloc of that class reuses it
 #   cache_trim(c)               # gives every kept block back to the system
@@ -15,7 +15,11 @@
 # freed first, and, with a headroom, by the cache's own peak: live + cached
 # bytes stay within (100 + headroom)% of the most bytes ever live in it, so
 # the cache adds at most that share to the peak footprint of what it serves,
-# whatever the sizes a run brings (a bound that scales with the input).  Every operation takes the cache's mutex (a cache is always
+# whatever the sizes a run brings (a bound that scales with the input).
+# With a reuse window, a cached block that no allocation took within that
+# many allocations of the cache goes back: a block of a size that does not
+# come again (a one-off temporary) is not kept while the rest of the
+# process grows.  Every operation takes the cache's mutex (a cache is always
 # thread-safe: large blocks are few, and the lock costs nothing next to
 # touching their pages).  Every block, live or cached, is found from its
 # address in a hash table, so a free is checked (a foreign pointer, a double
@@ -37,6 +41,7 @@ ctypedef struct pgo_cblock_t:
     pgo_cblock_t* older         # ...and in the cache-wide recency list
     pgo_cblock_t* newer
     unsigned int cls
+    uint64_t freed_at           # cached: the cache's allocation count when it was freed
     bint live                   # handed out (else waiting in the cache)
     bint python_owned           # a Python Block or a numpy array owns it
 
@@ -49,6 +54,8 @@ cdef enum:
 ctypedef struct pgo_cache_t:
     size_t max_cached_bytes
     size_t headroom             # percent of stats.peak; PGO_CACHE_NO_HEADROOM: none
+    uint64_t reuse_window       # a cached block unused for this many allocations goes back (0: never)
+    uint64_t ops                # allocations asked of the cache
     bint hugepages              # madvise(MADV_HUGEPAGE) blocks of 4 MiB and more
     bint prefault               # populate a fresh block's pages when it is made
     pgo_cblock_t** table        # every block, live or cached, by address: a
@@ -69,7 +76,7 @@ ctypedef struct pgo_cache_t:
 
 
 cdef pgo_cache_t* cache_create(size_t max_cached_bytes, size_t headroom, bint hugepages,
-                               bint prefault) except NULL nogil
+                               bint prefault, uint64_t reuse_window=*) except NULL nogil
 cdef void cache_destroy(pgo_cache_t* c) noexcept nogil
 # n bytes (page aligned); MemoryError when the system refuses, after the
 # cached blocks were given back to it and the request tried again.

@@ -11,7 +11,10 @@ A freed block goes to the front of its class list and to the new end of a
 cache-wide recency list; while the cached bytes exceed ``max_cached_bytes``
 the oldest cached block goes back to the system.  With a headroom, the
 cached bytes are also bounded by the cache's own peak: live + cached stay
-within (100 + headroom)% of the most bytes ever live in it.  A free moves
+within (100 + headroom)% of the most bytes ever live in it.  With a reuse
+window, a cached block that none of the next ``reuse_window`` allocations
+took goes back (the recency list is in free order, so the check is at its
+old end).  A free moves
 bytes from live to cached and never crosses that line; a fresh block that
 would (the program moved on to other sizes) first pushes out the oldest
 cached ones.  So the peak footprint of what the cache serves grows by at
@@ -93,7 +96,7 @@ cdef inline size_t _hash(const void* p, size_t mask) noexcept nogil:
 
 
 cdef pgo_cache_t* cache_create(size_t max_cached_bytes, size_t headroom, bint hugepages,
-                               bint prefault) except NULL nogil:
+                               bint prefault, uint64_t reuse_window=0) except NULL nogil:
     cdef pgo_cache_t* c = <pgo_cache_t*>pgo_sys_calloc(1, sizeof(pgo_cache_t))
     if c == NULL:
         pgo_raise(PGO_ERR_NOMEM, "CacheAllocator", sizeof(pgo_cache_t), 0)
@@ -109,6 +112,7 @@ cdef pgo_cache_t* cache_create(size_t max_cached_bytes, size_t headroom, bint hu
     c.table_mask = FIRST_TABLE - 1
     c.max_cached_bytes = max_cached_bytes
     c.headroom = headroom if headroom <= PGO_CACHE_MAX_HEADROOM else PGO_CACHE_NO_HEADROOM
+    c.reuse_window = reuse_window
     c.hugepages = hugepages
     c.prefault = prefault
     pgo_lock_init(&c.lock, True)
@@ -228,19 +232,28 @@ cdef void _push_free(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
     c.cached_blocks += 1
 
 
+cdef size_t _give_back(pgo_cache_t* c, pgo_cblock_t* b, bint evicted) noexcept nogil:
+    # A cached block back to the system; `evicted`: count it as an eviction
+    # (pushed out, not trimmed).  Returns its size.
+    cdef size_t size = b.size
+    _unlink_free(c, b)
+    _table_take(c, b.ptr, True)
+    c.stats.capacity -= size
+    c.evictions += evicted
+    _release_block(c, b)
+    return size
+
+
+cdef inline void _evict_one(pgo_cache_t* c, pgo_cblock_t* b) noexcept nogil:
+    _give_back(c, b, True)
+
+
 cdef size_t _evict_to(pgo_cache_t* c, size_t limit, bint evicted) noexcept nogil:
     # Gives the oldest cached blocks back until at most `limit` bytes are
-    # cached; `evicted`: count them as evictions (pushed out, not trimmed).
+    # cached.
     cdef size_t freed = 0
-    cdef pgo_cblock_t* b
     while c.cached_bytes > limit and c.oldest != NULL:
-        b = c.oldest
-        _unlink_free(c, b)
-        _table_take(c, b.ptr, True)
-        freed += b.size
-        c.stats.capacity -= b.size
-        c.evictions += evicted
-        _release_block(c, b)
+        freed += _give_back(c, c.oldest, evicted)
     return freed
 
 
@@ -294,6 +307,12 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
     if size == 0:
         c.stats.failed += 1
         return PGO_ERR_TOO_BIG
+    c.ops += 1
+    if c.reuse_window:
+        # The least recently freed first: those no allocation took within
+        # the window go back (their size did not come again).
+        while c.oldest != NULL and c.ops - c.oldest.freed_at > c.reuse_window:
+            _evict_one(c, c.oldest)
     # Whenever the system refuses (the live table, a block's record, the
     # block), what the cache holds goes back to it and the request is tried
     # once more.
@@ -379,6 +398,7 @@ cdef int _cache_free_unlocked(pgo_cache_t* c, void* p, bint from_python) noexcep
         c.evictions += 1
         _release_block(c, b)
         return PGO_OK
+    b.freed_at = c.ops
     _push_free(c, b)
     _evict_to(c, limit, True)
     return PGO_OK
@@ -476,6 +496,10 @@ cdef class CacheAllocator(Allocator):
             cache, so it raises the peak footprint of what it serves by at
             most that share, at any input size (``pgo analyze`` writes 10).
             None (the default): only ``max_cached_bytes`` bounds the cache.
+        reuse_window: a freed block that no allocation of the cache took
+            within this many allocations goes back to the system (a size
+            that does not come again is not kept while the rest of the
+            process grows); 0 (the default): kept until evicted by a bound.
         hugepages: ask for transparent huge pages on blocks of 4 MiB and
             more, as numpy's default handler does (True by default).
         prefault: populate a fresh block's pages when it is made, so the
@@ -489,14 +513,14 @@ cdef class CacheAllocator(Allocator):
     """
 
     def __cinit__(self, size_t max_cached_bytes=DEF_MAX_CACHED, *, bint hugepages=True,
-                  bint prefault=False, object headroom_percent=None):
+                  bint prefault=False, object headroom_percent=None, uint64_t reuse_window=0):
         cdef size_t headroom = PGO_CACHE_NO_HEADROOM
         if headroom_percent is not None:
             if not 0 <= headroom_percent <= PGO_CACHE_MAX_HEADROOM:
                 raise ValueError(f"headroom_percent must be None or 0 to {PGO_CACHE_MAX_HEADROOM:,}"
                                  f" (percent of the cache's peak); got {headroom_percent!r}")
             headroom = headroom_percent
-        self.c = cache_create(max_cached_bytes, headroom, hugepages, prefault)
+        self.c = cache_create(max_cached_bytes, headroom, hugepages, prefault, reuse_window)
         pgo_backend_init(&self._be, self.c, _cache_take, _cache_give, _cache_span, &self.c.lo,
                          &self.c.hi)
         self._bind(&self.c.stats, &self.c.lock, 1, PGO_PAGE_BYTES)
@@ -511,6 +535,10 @@ cdef class CacheAllocator(Allocator):
     @property
     def headroom_percent(self):
         return None if self.c.headroom == PGO_CACHE_NO_HEADROOM else self.c.headroom
+
+    @property
+    def reuse_window(self):
+        return self.c.reuse_window
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
         return _cache_alloc_unlocked(self.c, nbytes, True, False, out)
@@ -570,7 +598,8 @@ cdef class CacheAllocator(Allocator):
                 "cached_bytes": cached_bytes, "cached_blocks": cached_blocks,
                 "evictions": evictions, "trims": trims,
                 "max_cached_bytes": self.c.max_cached_bytes,
-                "headroom_percent": self.headroom_percent}
+                "headroom_percent": self.headroom_percent,
+                "reuse_window": self.c.reuse_window}
 
     def __repr__(self):
         return (f"<CacheAllocator max_cached_bytes={self.c.max_cached_bytes} "

@@ -31,6 +31,7 @@ from pgo._sizes import SMALL_BLOCK_BYTES
 
 HEADROOMS = (10, 25, 50, 100, 200, 400)   # percent, smallest first
 HIT_SLACK = 0.02                          # of all allocations: hits given up at most
+MIN_WINDOW = 64                           # allocations: the shortest reuse window chosen
 MAX_BLOCKS = 500_000                      # replayed at most (the first ones; a profile
                                           # repeats its phases long before that)
 
@@ -52,6 +53,8 @@ class Replay:
     misses: int
     peak_live: int              # bytes, the most live at once
     peak_held: int              # bytes, the most live + cached at once
+    window: int = 0             # the reuse window replayed (0: none)
+    distances: tuple[int, ...] = ()   # per hit: the cache's allocations since its free
 
     @property
     def hit_rate(self) -> float:
@@ -65,24 +68,25 @@ class Replay:
 
 def replay(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
            headroom: int | None, *, run_starts: np.ndarray | None = None,
-           max_cached: int = 1 << 62) -> Replay:
+           max_cached: int = 1 << 62, window: int = 0) -> Replay:
     """Replay blocks (requested sizes, birth and death event indices; a
     death < 0: never freed) through the cache model.  ``run_starts``: the
     index of each run's first block (a merged bundle): every run starts
     with an empty cache, as every process does.  ``max_cached``: the
-    cache's max_cached_bytes."""
+    cache's max_cached_bytes; ``window``: its reuse_window."""
     n = min(len(sizes), MAX_BLOCKS)
     starts = [int(s) for s in (run_starts if run_starts is not None else [0]) if s < n] or [0]
-    total = Replay(headroom, 0, 0, 0, 0)
+    total = Replay(headroom, 0, 0, 0, 0, window)
     for a, b in zip(starts, [*starts[1:], n]):
-        r = _replay_run(sizes[a:b], births[a:b], deaths[a:b], headroom, max_cached)
+        r = _replay_run(sizes[a:b], births[a:b], deaths[a:b], headroom, max_cached, window)
         total = Replay(headroom, total.allocations + r.allocations, total.misses + r.misses,
-                       max(total.peak_live, r.peak_live), max(total.peak_held, r.peak_held))
+                       max(total.peak_live, r.peak_live), max(total.peak_held, r.peak_held),
+                       window, total.distances + r.distances)
     return total
 
 
 def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
-                headroom: int | None, max_cached: int) -> Replay:
+                headroom: int | None, max_cached: int, window: int) -> Replay:
     cls = [class_size(int(s)) for s in sizes]
     # Births and deaths in event order, (event, 0: birth / 1: death, block).
     # A realloc is one event that is both: the new block's birth and the
@@ -93,7 +97,8 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
     live = peak = held = cached = misses = allocs = 0
     by_class: dict[int, deque[int]] = {}     # cached tokens per class, oldest first
     recency: deque[tuple[int, int]] = deque()   # (token, class), oldest freed first
-    alive_tokens: set[int] = set()
+    freed_at: dict[int, int] = {}            # cached token -> allocations count at its free
+    distances: list[int] = []                # per hit: allocations since that block's free
     token = 0
 
     def limit() -> int:
@@ -101,24 +106,32 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
             return max_cached
         return min(max_cached, max(0, peak + peak // 100 * headroom - live))
 
-    def evict_to(bound: int) -> None:
+    def evict_oldest() -> None:
         nonlocal cached
+        tok, c = recency.popleft()
+        if tok in freed_at:
+            del freed_at[tok]
+            by_class[c].popleft()
+            cached -= c
+
+    def evict_to(bound: int) -> None:
         while cached > bound and recency:
-            tok, c = recency.popleft()
-            if tok in alive_tokens:
-                alive_tokens.discard(tok)
-                by_class[c].popleft()
-                cached -= c
+            evict_oldest()
 
     for _, is_death, i in order:
         c = cls[i]
         if not is_death:
             allocs += 1
+            if window:
+                while recency and (recency[0][0] not in freed_at
+                                   or allocs - freed_at[recency[0][0]] > window):
+                    evict_oldest()
             stack = by_class.get(c)
             live += c
             peak = max(peak, live)
             if stack:
-                alive_tokens.discard(stack.pop())       # the most recently freed
+                tok = stack.pop()                       # the most recently freed
+                distances.append(allocs - freed_at.pop(tok))
                 cached -= c
             else:
                 misses += 1
@@ -131,22 +144,46 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
                 token += 1
                 by_class.setdefault(c, deque()).append(token)
                 recency.append((token, c))
-                alive_tokens.add(token)
+                freed_at[token] = allocs
                 cached += c
                 evict_to(bound)
         held = max(held, live + cached)
-    return Replay(headroom, allocs, misses, peak, held)
+    return Replay(headroom, allocs, misses, peak, held, window, tuple(distances))
 
 
 def choose(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray, *,
            run_starts: np.ndarray | None = None,
            max_cached: int = 1 << 62) -> tuple[Replay, Replay]:
-    """(the chosen headroom's replay, the replay with no headroom bound),
-    both under ``max_cached``."""
+    """(the chosen settings' replay, the replay with no headroom and no
+    window), both under ``max_cached``.  First the smallest headroom that
+    reuses within HIT_SLACK of no bound; then the reuse window: twice the
+    reuse distance 99% of its hits come within (a power of two), doubled
+    until the hits it gives up are within HIT_SLACK too."""
     kw = {"run_starts": run_starts, "max_cached": max_cached}
     free = replay(sizes, births, deaths, None, **kw)
+    slack = HIT_SLACK * free.allocations
+    chosen = None
     for h in HEADROOMS:
         r = replay(sizes, births, deaths, h, **kw)
-        if r.misses <= free.misses + HIT_SLACK * free.allocations:
+        if r.misses <= free.misses + slack:
+            chosen = r
+            break
+    if chosen is None:
+        chosen = replay(sizes, births, deaths, HEADROOMS[-1], **kw)
+    if not chosen.distances:
+        return chosen, free
+    window = max(MIN_WINDOW, _next_pow2(2 * float(np.quantile(chosen.distances, 0.99))))
+    longest = max(chosen.distances)
+    while True:
+        r = replay(sizes, births, deaths, chosen.headroom, window=window, **kw)
+        # Past the longest reuse distance the window takes no hit away.
+        if r.misses <= chosen.misses + slack or window > longest:
             return r, free
-    return replay(sizes, births, deaths, HEADROOMS[-1], **kw), free
+        window *= 2
+
+
+def _next_pow2(x: float) -> int:
+    p = 1
+    while p < x:
+        p <<= 1
+    return p

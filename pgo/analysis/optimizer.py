@@ -133,23 +133,25 @@ def _material(decisions: list[cls.Decision]) -> list[cls.Decision]:
 
 
 def _replayed_headroom(collected: features.Collected, keep: np.ndarray,
-                       max_cached: int) -> tuple[int, str]:
+                       max_cached: int) -> tuple[int, int, str]:
     """The headroom of a cache (of ``max_cached`` bytes at most) serving
     the numpy blocks ``keep`` selects, from replaying them (``cachesim``),
     and what it costs, in words."""
     traced = collected[0].get(features.NUMPY)
     if traced is None or not keep.any():
-        return CACHE_HEADROOM_PERCENT, ""
+        return CACHE_HEADROOM_PERCENT, 0, ""
     bl = traced.blocks
     # Each run's first block, counted among the kept ones.
     firsts = np.array([int(keep[:s].sum()) for s in traced.run_starts], np.int64)
     chosen, free = cachesim.choose(bl.size[keep], bl.birth_ev[keep], bl.death_ev[keep],
                                    run_starts=firsts, max_cached=max_cached)
-    what = (f"headroom {chosen.headroom}% (replayed: {chosen.hit_rate:.0%} of "
+    window = (f", a block unused for {chosen.window:,} allocations goes back"
+              if chosen.window else "")
+    what = (f"headroom {chosen.headroom}%{window} (replayed: {chosen.hit_rate:.0%} of "
             f"{chosen.allocations:,} blocks reused, {free.hit_rate:.0%} with no bound; what it "
             f"serves peaks {chosen.extra_share:.0%} over its live peak, "
             f"+{fmt_bytes(chosen.peak_held - chosen.peak_live)} of RSS at the profiled size)")
-    return int(chosen.headroom or CACHE_HEADROOM_PERCENT), what
+    return int(chosen.headroom or CACHE_HEADROOM_PERCENT), chosen.window, what
 
 
 def _size_classes(decisions: list[cls.Decision],
@@ -172,9 +174,9 @@ def _size_classes(decisions: list[cls.Decision],
         # The class serves every numpy block from 1 MiB, not only these sites'.
         traced = collected[0].get(features.NUMPY)
         keep = (traced.blocks.size >= features.LARGE) if traced is not None else np.zeros(0, bool)
-        headroom, cost = _replayed_headroom(collected, keep, CACHE_SAFETY_BYTES)
+        headroom, window, cost = _replayed_headroom(collected, keep, CACHE_SAFETY_BYTES)
         out.append(SizeClassRule(
-            features.LARGE, None, "cache", cache_settings(CACHE_SAFETY_BYTES, headroom),
+            features.LARGE, None, "cache", cache_settings(CACHE_SAFETY_BYTES, headroom, window),
             pattern=Pattern.LARGE_REPEATED, confidence=_weighted_conf(cache),
             reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
                     f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
@@ -202,7 +204,7 @@ def _site_rules(decisions: list[cls.Decision],
         biggest = max(d.site.max_size for d in mine)
         top = max(mine, key=lambda d: (d.site.bytes, d.site.name))
         cost = ""
-        headroom = CACHE_HEADROOM_PERCENT
+        headroom, window = CACHE_HEADROOM_PERCENT, 0
         if strategy == "cache":
             traced = collected[0].get(features.NUMPY)
             if traced is not None:
@@ -210,8 +212,8 @@ def _site_rules(decisions: list[cls.Decision],
                 keep = (np.isin(traced.blocks.site, ids)
                         & (traced.blocks.size > SMALL_BLOCK_BYTES))
                 cap = dict(site_settings(strategy, biggest))["max_cached_bytes"]
-                headroom, cost = _replayed_headroom(collected, keep, cap)
-        settings = site_settings(strategy, biggest, headroom)
+                headroom, window, cost = _replayed_headroom(collected, keep, cap)
+        settings = site_settings(strategy, biggest, headroom, window)
         lines = ", ".join(sorted(d.site.name.rsplit(":", 1)[-1] for d in mine))
         rules.append(SiteRule(
             function=fn, allocator=strategy, settings=settings, pattern=top.pattern,
@@ -231,20 +233,21 @@ CACHE_HEADROOM_PERCENT = 10
 CACHE_SAFETY_BYTES = 4 << 30
 
 
-def cache_settings(max_cached_bytes: int,
-                   headroom: int = CACHE_HEADROOM_PERCENT) -> tuple[tuple[str, int], ...]:
-    return (("headroom_percent", headroom), ("max_cached_bytes", max_cached_bytes))
+def cache_settings(max_cached_bytes: int, headroom: int = CACHE_HEADROOM_PERCENT,
+                   window: int = 0) -> tuple[tuple[str, int], ...]:
+    out = (("headroom_percent", headroom), ("max_cached_bytes", max_cached_bytes))
+    return (*out, ("reuse_window", window)) if window else out
 
 
-def site_settings(strategy: str, biggest: float,
-                  headroom: int = CACHE_HEADROOM_PERCENT) -> tuple[tuple[str, int], ...]:
+def site_settings(strategy: str, biggest: float, headroom: int = CACHE_HEADROOM_PERCENT,
+                  window: int = 0) -> tuple[tuple[str, int], ...]:
     """A ``[[site]]`` allocator's settings from the largest block it serves
     (and, for a cache, its headroom)."""
     if strategy == "cache":
         # Room for a few calls' worth of freed blocks: a call's temporaries
         # come back from the cache, never from the system.
         return cache_settings(int(min(256 * MiB, max(8 * MiB, _next_pow2(biggest * 16)))),
-                              headroom)
+                              headroom, window)
     if strategy == "arena":
         return (("chunk_size", int(min(64 * MiB, max(MiB, _next_pow2(biggest * 4))))),)
     return (("capacity", int(min(256 * MiB, max(MiB, _next_pow2(biggest * 16))))),)

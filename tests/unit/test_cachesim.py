@@ -39,8 +39,9 @@ def traffic(seed, n=300, sizes=(1 << 20, 3 << 20, 8 << 20, 5 << 19)):
     return a[:, 0], a[:, 1], a[:, 2]
 
 
-def run_real(sizes, births, deaths, headroom, max_cached=4 << 30):
-    c = pgo.CacheAllocator(max_cached, headroom_percent=headroom, hugepages=False)
+def run_real(sizes, births, deaths, headroom, max_cached=4 << 30, window=0):
+    c = pgo.CacheAllocator(max_cached, headroom_percent=headroom, hugepages=False,
+                           reuse_window=window)
     # A birth and a death at one index are a realloc: the new block first.
     events = sorted([(b, 0, i) for i, b in enumerate(births)]
                     + [(d, 1, i) for i, d in enumerate(deaths) if d >= 0])
@@ -74,12 +75,13 @@ def reallocs(sizes, births, deaths):
 @pytest.mark.parametrize("headroom", [0, 10, 50, None])
 @pytest.mark.parametrize("max_cached", [4 << 30, 5 << 20])
 @pytest.mark.parametrize("realloc", [False, True])
-def test_the_replay_counts_what_the_real_cache_does(seed, headroom, max_cached, realloc):
+@pytest.mark.parametrize("window", [0, 6])
+def test_the_replay_counts_what_the_real_cache_does(seed, headroom, max_cached, realloc, window):
     sizes, births, deaths = traffic(seed)
     if realloc:
         sizes, births, deaths = reallocs(sizes, births, deaths)
-    r = cachesim.replay(sizes, births, deaths, headroom, max_cached=max_cached)
-    misses, peak, held = run_real(sizes, births, deaths, headroom, max_cached)
+    r = cachesim.replay(sizes, births, deaths, headroom, max_cached=max_cached, window=window)
+    misses, peak, held = run_real(sizes, births, deaths, headroom, max_cached, window)
     assert (r.misses, r.peak_live, r.peak_held) == (misses, peak, held)
     assert r.allocations == len(sizes)
 
@@ -126,3 +128,28 @@ def test_every_run_of_a_merged_bundle_starts_empty():
     one = cachesim.replay(sizes, births, deaths, None)
     two = cachesim.replay(sizes, births, deaths, None, run_starts=np.array([0, 2]))
     assert (one.misses, two.misses) == (1, 2)
+
+
+def test_a_size_that_never_comes_again_is_given_back_by_the_window():
+    # One 48 MiB temporary at the start, then a loop of 2 MiB temporaries:
+    # with no window the 48 MiB block stays cached to the end (the process
+    # pays for it while the rest grows); the window gives it back and the
+    # loop keeps every hit.
+    sizes, births, deaths = [48 << 20], [0], [1]
+    ev = 2
+    for _ in range(300):
+        sizes.append(2 << 20)
+        births.append(ev)
+        deaths.append(ev + 1)
+        ev += 2
+    s, b, d = np.array(sizes), np.array(births), np.array(deaths)
+    chosen, free = cachesim.choose(s, b, d)
+    assert chosen.window >= cachesim.MIN_WINDOW and chosen.misses == free.misses == 2
+    c = pgo.CacheAllocator(4 << 30, headroom_percent=chosen.headroom, hugepages=False,
+                           reuse_window=chosen.window)
+    big = c.alloc(48 << 20)
+    c.free(big)
+    for _ in range(chosen.window + 2):
+        c.free(c.alloc(2 << 20))
+    st = c.stats()
+    assert st["cached_bytes"] == 2 << 20 and st["evictions"] == 1 and st["reuse_window"] == chosen.window
