@@ -1,0 +1,121 @@
+"""pgo on a Dask cluster (issue 17): two jobs on a LocalCluster of worker
+processes, plain and with the config ``pgo analyze`` makes from the fleet's
+own profile (PgoPlugin(profile=...) -> pgo merge -> pgo analyze ->
+PgoPlugin(config=...)), interleaved.
+
+    python3 benchmarks/bench_dask.py [-n 5] [--workers 2] [-o benchmarks/results/dask.json]
+
+Jobs:
+
+* ``bag-records``: a dask.bag of many small dicts built, grouped and kept
+  by each partition (GC-bound: every worker's collector scans a heap with
+  no garbage).  Target: the config >= 1.5x.
+* ``array-temporaries``: a dask.array computation whose chunks make large
+  numpy temporaries (allocation-bound).
+
+Each round restarts the workers (``client.restart()``) so that every run
+starts from fresh processes, as a new job would; the round's wall time is
+the job's ``compute()`` alone.  Reported: medians, the paired ratio plain /
+config per round, the Mann-Whitney p.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as c
+
+PARTITIONS = 8
+
+
+def bag_records(scale: float):
+    import dask.bag as db
+
+    def build(part: int) -> int:
+        groups: dict[int, list[dict]] = {}
+        for i in range(int(150_000 * scale)):
+            rec = {"id": i, "part": part, "tags": [f"t{i % 11}", "x"], "v": [i, i % 7]}
+            groups.setdefault(i % 500, []).append(rec)
+        return sum(len(g) for g in groups.values())
+    return db.from_sequence(range(PARTITIONS), npartitions=PARTITIONS).map(build).sum()
+
+
+def array_temporaries(scale: float):
+    import dask.array as da
+    side = int(2048 * scale ** 0.5)
+    x = da.random.default_rng(1).random((side * 2, side * 2), chunks=(side, side))
+    y = (x * 2.0 + 1.0) / (x + 3.0)
+    return (da.sqrt(y * y + x) - y.mean()).sum()
+
+
+JOBS = {"bag-records": bag_records, "array-temporaries": array_temporaries}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--runs", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("-o", "--output", default=str(c.RESULTS / "dask.json"))
+    args = ap.parse_args()
+    from distributed import Client, LocalCluster
+
+    from pgo.dask import PgoPlugin
+    started = time.perf_counter()
+    machine = c.machine_info(workers=args.workers)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="pgo-dask-") as tmp, \
+            LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                         dashboard_address=None, silence_logs=40) as cluster, \
+            Client(cluster) as client:
+        for name, job in JOBS.items():
+            fleet, merged = Path(tmp) / f"{name}-fleet", Path(tmp) / f"{name}-merged"
+            cfg = Path(tmp) / f"{name}.toml"
+            c.log(f"{name}: profile the fleet, merge, analyze")
+            client.restart()
+            client.register_plugin(PgoPlugin(profile=fleet))
+            job(args.scale / 3).compute()                 # profiled on a third of the input
+            client.unregister_worker_plugin("pgo")
+            bundles = sorted(str(p) for p in fleet.iterdir() if p.is_dir())
+            for cmd in (["merge", *bundles, "-o", str(merged)],
+                        ["analyze", "-q", str(merged), "-o", str(cfg)]):
+                subprocess.run([sys.executable, "-m", "pgo", *cmd], check=True,
+                               env=c.child_env())
+            times: dict[str, list[float]] = {"plain": [], "config": []}
+            for rnd in range(args.runs + 1):             # round 0: warm-up, not kept
+                for arm in c.round_order(["plain", "config"], rnd):
+                    client.restart()
+                    if arm == "config":
+                        client.register_plugin(PgoPlugin(config=cfg))
+                    t = time.perf_counter()
+                    job(args.scale).compute()
+                    wall = time.perf_counter() - t
+                    if arm == "config":
+                        client.unregister_worker_plugin("pgo")
+                    if rnd:
+                        times[arm].append(wall)
+                c.log(f"  {name} round {rnd}/{args.runs}")
+            speedup, lo, hi, _ = c.paired(times["plain"], times["config"])
+            p = c.p_greater(times["plain"], times["config"])
+            results[name] = {"plain_s": c.median(times["plain"]),
+                             "config_s": c.median(times["config"]), "speedup": speedup,
+                             "speedup_range": [lo, hi], "p_config_faster": p,
+                             "config": cfg.read_text(), "runs": times}
+            print(f"{name:18s} plain {c.median(times['plain']):.3f} s, config "
+                  f"{c.median(times['config']):.3f} s: {speedup:.2f}x [{lo:.2f}-{hi:.2f}], "
+                  f"p = {p:.3f}")
+    c.finish_machine_info(machine, started)
+    c.write_json(args.output, c.document("dask", {"runs": args.runs, "workers": args.workers,
+                                                  "scale": args.scale}, machine,
+                                         results=results))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
