@@ -28,7 +28,7 @@ from pathlib import Path
 import _common as c
 
 TARGETS = c.ROOT / "pgo" / "targets"
-PROGRAMS = {"records": ["records.py", "--records", "300000"], "pipeline": ["pipeline.py"]}
+PROGRAMS = {"records": ["records.py", "--records", "1500000"], "pipeline": ["pipeline.py"]}
 
 
 def free_port() -> int:

@@ -57,8 +57,8 @@ PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 _lock = threading.Lock()
 _registered: dict[str, Any] = {}
-_started: dict[str, Any] = {}             # "addr:port" -> server
-_collectors: dict[int, Any] = {}          # id(registry) -> its pause counter
+_started: dict[str, Any] = {}             # "addr:port" -> its listening socket
+_collectors: dict[int, Any] = {}          # id(registry) (0: the default) -> _Served
 
 
 def register(name: str, obj: Any) -> None:
@@ -218,25 +218,78 @@ class PgoCollector:
 def start_http_server(port: int, addr: str = "127.0.0.1", *, registry: Any = None) -> Any:
     """Serve the metrics on http://ADDR:PORT/metrics (in a daemon thread),
     with prometheus_client's default process, platform and GC collectors.
-    The collector and the GC callback are set up once per process (and per
-    registry), whatever the number of ports served; the same (addr, port)
-    twice is the same server.  Returns the server.
+
+    The port is bound now (a port in use is an error now) and every GC
+    pause is counted from now, but prometheus_client (40 ms of imports)
+    is loaded by the server thread when the first scrape arrives: a
+    program is not slowed at start for metrics nobody has asked for yet.
+    The collector is set up once per registry whatever the number of
+    ports; the same (addr, port) twice is the same server.  Returns the
+    listening socket.
 
     Raises:
         OSError: the port cannot be listened on (nothing is left set up).
     """
-    from prometheus_client import REGISTRY
-    from prometheus_client import start_http_server as serve
-    reg = registry if registry is not None else REGISTRY
+    import socket
     key = f"{addr}:{port}"
     with _lock:
         if key in _started:
             return _started[key]
-        server, _ = serve(port, addr=addr, registry=reg)      # OSError: nothing set up yet
-        if id(reg) not in _collectors:
+        sock = socket.create_server((addr, port))             # OSError: nothing set up yet
+        regkey = id(registry) if registry is not None else 0
+        if regkey not in _collectors:
             pauses = _Pauses()
             gc.callbacks.append(pauses)
-            reg.register(PgoCollector(pauses))
-            _collectors[id(reg)] = pauses
-        _started[key] = server
-        return server
+            _collectors[regkey] = _Served(pauses)
+        served = _collectors[regkey]
+        threading.Thread(target=_serve_when_asked, args=(sock, registry, served),
+                         name=f"pgo-metrics-{port}", daemon=True).start()
+        _started[key] = sock
+        return sock
+
+
+class _Served:
+    """One registry's collector: made (and registered) at the first scrape
+    of any of its ports."""
+
+    def __init__(self, pauses: _Pauses) -> None:
+        self.pauses = pauses
+        self.t0 = time.monotonic()
+        self.registered = False
+
+    def register(self, reg: Any) -> None:
+        with _lock:
+            if not self.registered:
+                collector = PgoCollector(self.pauses)
+                collector._t0 = self.t0
+                reg.register(collector)
+                self.registered = True
+
+
+def _serve_when_asked(sock: Any, registry: Any, served: _Served) -> None:
+    # NOTE: runs in the server thread.  accept() waits without the GIL; the
+    # imports and the collector come with the first connection.
+    try:
+        conn, peer = sock.accept()
+    except OSError:
+        return
+    from wsgiref.simple_server import WSGIRequestHandler
+
+    from prometheus_client import REGISTRY, make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass            # the program's stderr is its own
+
+    reg = registry if registry is not None else REGISTRY
+    served.register(reg)
+    host, port = sock.getsockname()[:2]
+    httpd = ThreadingWSGIServer((host, port), Quiet, bind_and_activate=False)
+    httpd.socket.close()
+    httpd.socket = sock
+    httpd.server_name, httpd.server_port = host, port
+    httpd.setup_environ()
+    httpd.set_app(make_wsgi_app(reg))
+    httpd.process_request(conn, peer)
+    httpd.serve_forever()

@@ -247,12 +247,20 @@ def test_two_ports_a_busy_port_and_the_pause_histogram_in_process():
     # the test runner.
     code = textwrap.dedent("""
         import gc, socket, urllib.request
-        from prometheus_client import CollectorRegistry
         import pgo.metrics as m
         def port():
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-        reg = CollectorRegistry()
+        class Registry:          # a CollectorRegistry, made at the first scrape
+            reg = None
+            def register(self, c):
+                from prometheus_client import CollectorRegistry
+                if Registry.reg is None:
+                    Registry.reg = CollectorRegistry()
+                Registry.reg.register(c)
+            def collect(self):
+                return Registry.reg.collect() if Registry.reg else iter(())
+        reg = Registry()
         busy = socket.socket(); busy.bind(("127.0.0.1", 0)); busy.listen()
         try:
             m.start_http_server(busy.getsockname()[1], registry=reg)
@@ -260,7 +268,10 @@ def test_two_ports_a_busy_port_and_the_pause_histogram_in_process():
         except OSError:
             pass
         a, b = port(), port()
+        import sys
         m.start_http_server(a, registry=reg)             # after the failure: no duplicate
+        # Nothing is imported for the exporter until the first scrape.
+        assert "prometheus_client.exposition" not in sys.modules
         m.start_http_server(b, registry=reg)             # a second port: the same collector
         assert m.start_http_server(a, registry=reg) is m.start_http_server(a, registry=reg)
         for _ in range(3):
