@@ -27,10 +27,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import _common as c
 
 PARTITIONS = 8
+RESTART_S = 60
 
 
 def bag_records(scale: float):
@@ -64,8 +66,6 @@ def main() -> int:
     ap.add_argument("-o", "--output", default=str(c.RESULTS / "dask.json"))
     args = ap.parse_args()
     from distributed import Client, LocalCluster
-
-    from pgo.dask import PgoPlugin
     started = time.perf_counter()
     machine = c.machine_info(workers=args.workers)
     results = {}
@@ -74,47 +74,58 @@ def main() -> int:
                          dashboard_address=None, silence_logs=40) as cluster, \
             Client(cluster) as client:
         for name, job in JOBS.items():
-            fleet, merged = Path(tmp) / f"{name}-fleet", Path(tmp) / f"{name}-merged"
-            cfg = Path(tmp) / f"{name}.toml"
-            c.log(f"{name}: profile the fleet, merge, analyze")
-            client.restart()
-            client.register_plugin(PgoPlugin(profile=fleet))
-            job(args.scale / 3).compute()                 # profiled on a third of the input
-            client.unregister_worker_plugin("pgo")
-            bundles = sorted(str(p) for p in fleet.iterdir() if p.is_dir())
-            for cmd in (["merge", *bundles, "-o", str(merged)],
-                        ["analyze", "-q", str(merged), "-o", str(cfg)]):
-                subprocess.run([sys.executable, "-m", "pgo", *cmd], check=True,
-                               env=c.child_env())
-            times: dict[str, list[float]] = {"plain": [], "config": []}
-            for rnd in range(args.runs + 1):             # round 0: warm-up, not kept
-                for arm in c.round_order(["plain", "config"], rnd):
-                    client.restart()
-                    if arm == "config":
-                        client.register_plugin(PgoPlugin(config=cfg))
-                    t = time.perf_counter()
-                    job(args.scale).compute()
-                    wall = time.perf_counter() - t
-                    if arm == "config":
-                        client.unregister_worker_plugin("pgo")
-                    if rnd:
-                        times[arm].append(wall)
-                c.log(f"  {name} round {rnd}/{args.runs}")
-            speedup, lo, hi, _ = c.paired(times["plain"], times["config"])
-            p = c.p_greater(times["plain"], times["config"])
-            results[name] = {"plain_s": c.median(times["plain"]),
-                             "config_s": c.median(times["config"]), "speedup": speedup,
-                             "speedup_range": [lo, hi], "p_config_faster": p,
-                             "config": cfg.read_text(), "runs": times}
-            print(f"{name:18s} plain {c.median(times['plain']):.3f} s, config "
-                  f"{c.median(times['config']):.3f} s: {speedup:.2f}x [{lo:.2f}-{hi:.2f}], "
-                  f"p = {p:.3f}")
+            try:
+                results[name] = run_job(client, name, job, Path(tmp), args)
+            except (TimeoutError, OSError, subprocess.CalledProcessError) as e:
+                # A job that cannot finish (workers that do not come back
+                # from a restart) is reported, and the next one still runs.
+                results[name] = {"error": f"{type(e).__name__}: {e}"}
+                print(f"{name:18s} FAILED: {type(e).__name__}: {e}")
     c.finish_machine_info(machine, started)
     c.write_json(args.output, c.document("dask", {"runs": args.runs, "workers": args.workers,
                                                   "scale": args.scale}, machine,
                                          results=results))
     print(f"wrote {args.output}")
     return 0
+
+
+def run_job(client: Any, name: str, job: Any, tmp: Path, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    from pgo.dask import PgoPlugin
+    fleet, merged = tmp / f"{name}-fleet", tmp / f"{name}-merged"
+    cfg = tmp / f"{name}.toml"
+    c.log(f"{name}: profile the fleet, merge, analyze")
+    client.restart(timeout=RESTART_S)
+    client.register_plugin(PgoPlugin(profile=fleet))
+    job(args.scale / 3).compute()                 # profiled on a third of the input
+    client.unregister_worker_plugin("pgo")
+    bundles = sorted(str(p) for p in fleet.iterdir() if p.is_dir())
+    for cmd in (["merge", *bundles, "-o", str(merged)],
+                ["analyze", "-q", str(merged), "-o", str(cfg)]):
+        subprocess.run([sys.executable, "-m", "pgo", *cmd], check=True,
+                       env=c.child_env())
+    times: dict[str, list[float]] = {"plain": [], "config": []}
+    for rnd in range(args.runs + 1):             # round 0: warm-up, not kept
+        for arm in c.round_order(["plain", "config"], rnd):
+            client.restart(timeout=RESTART_S)
+            if arm == "config":
+                client.register_plugin(PgoPlugin(config=cfg))
+            t = time.perf_counter()
+            job(args.scale).compute()
+            wall = time.perf_counter() - t
+            if arm == "config":
+                client.unregister_worker_plugin("pgo")
+            if rnd:
+                times[arm].append(wall)
+        c.log(f"  {name} round {rnd}/{args.runs}")
+    speedup, lo, hi, _ = c.paired(times["plain"], times["config"])
+    p = c.p_greater(times["plain"], times["config"])
+    print(f"{name:18s} plain {c.median(times['plain']):.3f} s, config "
+          f"{c.median(times['config']):.3f} s: {speedup:.2f}x [{lo:.2f}-{hi:.2f}], "
+          f"p = {p:.3f}")
+    return {"plain_s": c.median(times["plain"]), "config_s": c.median(times["config"]),
+            "speedup": speedup, "speedup_range": [lo, hi], "p_config_faster": p,
+            "config": cfg.read_text(), "runs": times}
 
 
 if __name__ == "__main__":

@@ -3,29 +3,11 @@ the profile and its analysis, checked as text and in a real headless
 browser (Debian's chromium): it renders, its plots are there, and nothing
 is cut off at a laptop's width."""
 
-import os
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-EXAMPLES = Path(__file__).resolve().parents[2] / "profiles" / "examples"
-
-
-def pgo(*args, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", "pgo", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def examples():
-    if not EXAMPLES.is_dir():
-        pytest.skip("example bundles not next to the tests")
-    return EXAMPLES
 
 
 def check_page(text):
@@ -39,7 +21,8 @@ def check_page(text):
     assert "http://" not in text and "https://" not in text  # opens with no network
 
 
-def test_analyze_and_show_write_the_same_kind_of_page(examples, tmp_path):
+def test_analyze_and_show_write_the_same_kind_of_page(example_bundles, pgo_cli, tmp_path):
+    examples, pgo = example_bundles, pgo_cli
     a = pgo("analyze", str(examples / "pipeline"), "-o", "c.toml", "-q", "--html", "a.html",
             cwd=tmp_path)
     assert a.returncode == 0, a.stderr
@@ -61,7 +44,9 @@ def test_analyze_and_show_write_the_same_kind_of_page(examples, tmp_path):
     assert "every GC pause: when, how long, which generation" in page_r
 
 
-def test_the_page_renders_in_a_real_browser_and_fits_a_laptop_screen(examples, tmp_path):
+def test_the_page_renders_in_a_real_browser_and_fits_a_laptop_screen(example_bundles, pgo_cli,
+                                                                   tmp_path):
+    examples, pgo = example_bundles, pgo_cli
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium); .ci/run installs it")
