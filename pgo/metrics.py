@@ -53,6 +53,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pgo._gc_pauses import PauseTimer
+
 PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _lock = threading.Lock()
@@ -91,7 +93,7 @@ def _sources() -> list[tuple[str, Any]]:
     return out
 
 
-class _Pauses:
+class _Pauses(PauseTimer):
     """Every collection's pause, counted into PAUSE_BUCKETS by the
     gc.callbacks entry.  Plain Python counters, no lock: a GC callback may
     run in any thread at any allocation, including inside
@@ -100,23 +102,19 @@ class _Pauses:
     #363).  Read at scrape time into a HistogramMetricFamily."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.buckets = [0] * (len(PAUSE_BUCKETS) + 1)     # the last: +Inf
         self.count = 0
         self.total = 0.0
-        self._t = 0.0
 
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._t = time.perf_counter()
-        elif self._t:
-            d = time.perf_counter() - self._t
-            self._t = 0.0
-            i = 0
-            while i < len(PAUSE_BUCKETS) and d > PAUSE_BUCKETS[i]:
-                i += 1
-            self.buckets[i] += 1
-            self.count += 1
-            self.total += d
+    def observe(self, ns: int, info: dict[str, Any]) -> None:
+        d = ns / 1e9
+        i = 0
+        while i < len(PAUSE_BUCKETS) and d > PAUSE_BUCKETS[i]:
+            i += 1
+        self.buckets[i] += 1
+        self.count += 1
+        self.total += d
 
     def family(self) -> Any:
         from prometheus_client.core import HistogramMetricFamily

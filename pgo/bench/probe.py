@@ -17,20 +17,18 @@ import time
 from typing import Any
 
 from pgo import _target
+from pgo._gc_pauses import PauseTimer
 
 
-class _GCTimer:
+class _GCTimer(PauseTimer):
     def __init__(self) -> None:
+        super().__init__()
         self.pauses = 0
         self.total_ns = 0
-        self._t = 0
 
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._t = time.perf_counter_ns()
-        else:
-            self.pauses += 1
-            self.total_ns += time.perf_counter_ns() - self._t
+    def observe(self, ns: int, info: dict[str, Any]) -> None:
+        self.pauses += 1
+        self.total_ns += ns
 
 
 def main() -> int:

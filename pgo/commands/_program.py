@@ -7,6 +7,18 @@ import argparse
 from typing import Any
 
 
+def add_metrics_port(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` of the commands that run a program."""
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics (pgo.metrics) on 127.0.0.1:PORT while the "
+                             "program runs (needs prometheus_client)")
+
+
+def check_metrics_port(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        parser.error("--metrics-port must be within 1 and 65535")
+
+
 def add_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ARGS",
                         help=f"{verb} `python -m MODULE`; the remaining arguments are its own")

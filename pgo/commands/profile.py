@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from pgo.commands._program import add_arguments
-from pgo.commands._program import target as program_target
 from pgo._errors import PgoError
+from pgo.commands._program import add_arguments, add_metrics_port, check_metrics_port
+from pgo.commands._program import target as program_target
 from pgo.profiling import cpu
 from pgo.profiling.options import Options
 
@@ -73,9 +73,7 @@ class ProfileCommand:
         parser.add_argument("--trust-pickle", action="store_true",
                             help="allow unpickling --from-tracemalloc (runs code from the file: "
                                  "only for files you made yourself)")
-        parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                            help="serve Prometheus metrics (pgo.metrics) on 127.0.0.1:PORT "
-                                 "while the program runs (needs prometheus_client)")
+        add_metrics_port(parser)
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
         add_arguments(parser, "profile")
 
@@ -96,8 +94,7 @@ class ProfileCommand:
             parser.error("--snapshot-interval must be positive")
         if args.rate < 1:
             parser.error("--rate must be at least 1")
-        if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
-            parser.error("--metrics-port must be within 1 and 65535")
+        check_metrics_port(args, parser)
         if args.from_tracemalloc:
             if program or args.module:
                 parser.error("--from-tracemalloc takes no program")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pgo.commands._program import add_arguments
+from pgo.commands._program import add_arguments, add_metrics_port, check_metrics_port
 from pgo.commands._program import target as program_target
 
 
@@ -42,9 +42,7 @@ class RunCommand:
                             help="refuse (exit 2, the program does not run) a config made for "
                                  "another program, another version of its source, another "
                                  "Python or numpy; without it those are warnings")
-        parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                            help="serve Prometheus metrics (pgo.metrics) on 127.0.0.1:PORT "
-                                 "while the program runs (needs prometheus_client)")
+        add_metrics_port(parser)
         parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
         add_arguments(parser, "run")
 
@@ -57,8 +55,7 @@ class RunCommand:
             config.load(args.config)          # fails here, before the program runs
         except config.ConfigError as e:
             raise CommandError(str(e), exit_code=2) from None
-        if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
-            parser.error("--metrics-port must be within 1 and 65535")
+        check_metrics_port(args, parser)
         code, signal_name = launch(target, args.config, stats=args.stats, strict=args.strict,
                                    metrics_port=args.metrics_port)
         if signal_name:
