@@ -2,7 +2,6 @@
 default handler does for its own big arrays (DESIGN.md: without it, 48 MB
 temporaries ran 3.1x slower with 23x the page faults)."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -66,7 +65,7 @@ def test_big_buffer_starts_on_a_huge_page_boundary():
 
 
 @pytest.mark.skipif(thp_mode() != "madvise", reason="only under THP 'madvise' is the difference ours")
-def test_small_buffers_are_left_alone():
+def test_small_buffers_are_left_alone(tmp_path):
     # In a fresh process: in this one, numpy's handler may have advised a
     # range of the heap for an earlier test's big array, and a small buffer
     # malloc'd there later would read as eligible through no doing of pgo.
@@ -78,8 +77,9 @@ def test_small_buffers_are_left_alone():
         a = pgo.LinearAllocator(1 << 20)
         print(vma_fields(a.alloc(16).address).get("THPeligible"))
     """)
+    # Run outside the checkout: a checkout's pgo/ (no compiled core) must
+    # not shadow the installed one.
     out = subprocess.run([sys.executable, "-c", code, str(pathlib.Path(__file__).parent)],
-                         capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() != "1"
