@@ -63,11 +63,12 @@ class PgoPlugin(WorkerPlugin):
                              "a bundle per worker), exactly one of them")
         self.config_text: str | None = None
         self.source = "PgoPlugin"
-        if config is not None:
-            cfg = config if isinstance(config, cfgmod.Config) else cfgmod.load(config)
-            self.config_text = cfgmod.dumps(cfg)     # checked here, on the client
-            self.source = f"PgoPlugin({os.fspath(config)})" if not isinstance(
-                config, cfgmod.Config) else "PgoPlugin(<config>)"
+        if isinstance(config, cfgmod.Config):
+            self.config_text, self.source = cfgmod.dumps(config), "PgoPlugin(<config>)"
+        elif config is not None:
+            # Read and checked here, on the client; sent as text.
+            self.config_text = cfgmod.dumps(cfgmod.load(config))
+            self.source = f"PgoPlugin({os.fspath(config)})"
         self.profile_dir = os.path.abspath(os.fspath(profile)) if profile is not None else None
         self._runtime: Any = None
         self._profiler: Any = None

@@ -93,7 +93,7 @@ def _sources() -> list[tuple[str, Any]]:
     return out
 
 
-class _Pauses(PauseTimer):
+class _Pauses:
     """Every collection's pause, counted into PAUSE_BUCKETS by the
     gc.callbacks entry.  Plain Python counters, no lock: a GC callback may
     run in any thread at any allocation, including inside
@@ -102,12 +102,12 @@ class _Pauses(PauseTimer):
     #363).  Read at scrape time into a HistogramMetricFamily."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.buckets = [0] * (len(PAUSE_BUCKETS) + 1)     # the last: +Inf
         self.count = 0
         self.total = 0.0
+        self.callback = PauseTimer(self._add)
 
-    def observe(self, ns: int, info: dict[str, Any]) -> None:
+    def _add(self, ns: int, info: dict[str, Any]) -> None:
         d = ns / 1e9
         i = 0
         while i < len(PAUSE_BUCKETS) and d > PAUSE_BUCKETS[i]:
@@ -132,9 +132,9 @@ class PgoCollector:
     """The prometheus_client collector of pgo's metrics (computed at each
     scrape from the live objects)."""
 
-    def __init__(self, pauses: _Pauses | None = None) -> None:
+    def __init__(self, pauses: _Pauses | None = None, t0: float | None = None) -> None:
         self._pauses = pauses
-        self._t0 = time.monotonic()
+        self._t0 = time.monotonic() if t0 is None else t0     # when pauses started counting
 
     def describe(self) -> list[Any]:
         return []           # the metrics depend on what is registered: no describe
@@ -237,7 +237,7 @@ def start_http_server(port: int, addr: str = "127.0.0.1", *, registry: Any = Non
         regkey = id(registry) if registry is not None else 0
         if regkey not in _collectors:
             pauses = _Pauses()
-            gc.callbacks.append(pauses)
+            gc.callbacks.append(pauses.callback)
             _collectors[regkey] = _Served(pauses)
         served = _collectors[regkey]
         threading.Thread(target=_serve_when_asked, args=(sock, registry, served),
@@ -258,9 +258,7 @@ class _Served:
     def register(self, reg: Any) -> None:
         with _lock:
             if not self.registered:
-                collector = PgoCollector(self.pauses)
-                collector._t0 = self.t0
-                reg.register(collector)
+                reg.register(PgoCollector(self.pauses, self.t0))
                 self.registered = True
 
 

@@ -20,13 +20,15 @@ from pgo import _target
 from pgo._gc_pauses import PauseTimer
 
 
-class _GCTimer(PauseTimer):
+class _GCTimer:
+    """Every collection's count and total pause."""
+
     def __init__(self) -> None:
-        super().__init__()
         self.pauses = 0
         self.total_ns = 0
+        self.callback = PauseTimer(self._add)
 
-    def observe(self, ns: int, info: dict[str, Any]) -> None:
+    def _add(self, ns: int, info: dict[str, Any]) -> None:
         self.pauses += 1
         self.total_ns += ns
 
@@ -34,7 +36,7 @@ class _GCTimer(PauseTimer):
 def main() -> int:
     arm = json.loads(sys.argv[1])
     timer = _GCTimer()
-    gc.callbacks.append(timer)
+    gc.callbacks.append(timer.callback)
     runtime = None
     if arm.get("config"):
         from pgo import runtime as rtmod
