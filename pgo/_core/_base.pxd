@@ -4,7 +4,7 @@
 # error codes of the noexcept C paths into Python exceptions.
 
 from pgo._core._typedefs cimport (
-    PGO_ERR_ALIGN, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_OK, pgo_alloc_fn, pgo_backend_t,
+    PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_OK, pgo_alloc_fn, pgo_backend_t,
     pgo_bad_align, pgo_fit, pgo_free_fn, pgo_lock, pgo_lock_t, pgo_locked_fn, pgo_stats_t,
     pgo_unlock,
 )
@@ -57,12 +57,13 @@ cdef inline int pgo_buffer_place(char* base, size_t size, size_t start, size_t n
 # The C API's locked entry points: fn run with the allocator's lock held, a
 # failure raised as above, naming `who`.
 
-# reset and the like: 0, or -1 with the exception set.
-cdef inline int pgo_locked(pgo_lock_t* lock, pgo_stats_t* st, pgo_locked_fn fn, void* state,
-                           const char* who) except -1 nogil:
+# reset: 0, or -1 with the exception set.  Refused (PGO_ERR_LIVE) while
+# any block is alive, for every family: fn runs only when none is.
+cdef inline int pgo_locked_reset(pgo_lock_t* lock, pgo_stats_t* st, pgo_locked_fn fn,
+                                 void* state, const char* who) except -1 nogil:
     cdef int code
     pgo_lock(lock, st)
-    code = fn(state)
+    code = PGO_ERR_LIVE if st.live_blocks else fn(state)
     pgo_unlock(lock)
     if code != PGO_OK:
         return pgo_raise(code, who, 0, 0)
@@ -119,10 +120,10 @@ cdef class Allocator:
     cdef bint _fork_registered # its mutex is in the fork registry (see _base.pyx)
     cdef object __weakref__
 
-    # For each subclass's __cinit__: point _st and _lock at its C struct and
-    # set the alignments it serves.
-    cdef void _bind(self, pgo_stats_t* st, pgo_lock_t* lock, size_t min_align,
-                    size_t max_align) noexcept
+    # For each subclass's __cinit__, after it filled in _be: point _st and
+    # _lock at the backend's (its C struct's) and set the alignments it
+    # serves.
+    cdef void _bind(self, size_t min_align, size_t max_align) noexcept
     # Frees the subclass's C struct (NULL when its __cinit__ failed); called
     # once, by Allocator.__dealloc__, after the mutex left the fork registry.
     cdef void _c_destroy(self) noexcept

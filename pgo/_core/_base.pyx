@@ -5,8 +5,9 @@ Design
 ------
 a) Each allocator family (stack, linear, arena, slab) is a C struct plus
    ``nogil`` functions in its ``.pxd``; its ``cdef class`` derives from
-   ``Allocator``, hands it the struct's stats and lock (``_bind``) and
-   numpy's entry points (``_be``) in ``__cinit__``, and fills in the hooks
+   ``Allocator``, hands it numpy's entry points with the struct's stats and
+   lock (``_be``) and its alignments (``_bind``) in ``__cinit__``, and
+   fills in the hooks
    (``_c_alloc``, ``_c_free``, ``_c_dead``, ``_c_reset``, ``_c_destroy``).
    Everything users see -- ``alloc``, ``empty``, ``zeros``, ``free``,
    ``reset``, ``stats`` -- is written once, here, and so is ``__dealloc__``.
@@ -364,10 +365,11 @@ cdef class Allocator:
         self._fork_forget()
         self._c_destroy()
 
-    cdef void _bind(self, pgo_stats_t* st, pgo_lock_t* lock, size_t min_align,
-                    size_t max_align) noexcept:
-        self._st = st
-        self._lock = lock
+    cdef void _bind(self, size_t min_align, size_t max_align) noexcept:
+        # After pgo_backend_init(&self._be, ...): the struct's stats and lock
+        # are the backend's.
+        self._st = self._be.stats
+        self._lock = self._be.lock
         self._min_align = min_align
         self._max_align = max_align
 
@@ -398,7 +400,7 @@ cdef class Allocator:
         return f"address {<uintptr_t>p:#x}"
 
     cdef int _backend(self, pgo_backend_t* out) noexcept:
-        if self._be.take == NULL:
+        if self._be.take_fn == NULL:
             return -1
         out[0] = self._be
         return 0

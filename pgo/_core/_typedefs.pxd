@@ -70,48 +70,8 @@ ctypedef struct pgo_lock_t:
     pthread_mutex_t mutex
 
 
-# How numpy's handler (pgo._core.numpy_bridge) drives an allocator without
-# the GIL and without raising: each allocator family fills one of these in
-# (Allocator._backend).  Every function takes the allocator's own lock.
-#   take: n bytes (aligned to 16), owned as an array's data: reset() refuses
-#         while it is alive, as for a Python Block; zeroed when `zero` (the
-#         allocator knows when its memory already is).  A PGO_ERR_* code.
-#   give: give back a block from take; PGO_ERR_FOREIGN, with nothing
-#         changed, when p is not in this allocator's memory.
-#   span: the size of the live block that starts at p (0 when there is
-#         none): what realloc copies, and how pgo.owner() finds the owner.
-#         (A linear allocator keeps no sizes: there it is the bytes up to
-#         its top.)
-#   lo, hi: point at the allocator's address bounds: all its memory lies in
-#         [*lo, *hi), read with pgo_atomic_load (they grow as it does), so
-#         the router passes a pointer by without calling give.
-ctypedef int (*pgo_take_fn)(void* state, size_t n, bint zero, void** out) noexcept nogil
-ctypedef int (*pgo_give_fn)(void* state, void* p) noexcept nogil
-ctypedef size_t (*pgo_span_fn)(void* state, void* p) noexcept nogil
-
-ctypedef struct pgo_backend_t:
-    void* state
-    pgo_take_fn take
-    pgo_give_fn give
-    pgo_span_fn span
-    size_t* lo
-    size_t* hi
-
-
-cdef inline int pgo_backend_init(pgo_backend_t* out, void* state, pgo_take_fn take,
-                                 pgo_give_fn give, pgo_span_fn span, size_t* lo,
-                                 size_t* hi) noexcept nogil:
-    out.state = state
-    out.take = take
-    out.give = give
-    out.span = span
-    out.lo = lo
-    out.hi = hi
-    return 0
-
-
 # Steps on an allocator's state for the locked entry points of its C API
-# (pgo._core._base's pgo_locked, pgo_locked_alloc, pgo_locked_free take the
+# (pgo._core._base's pgo_locked_reset, pgo_locked_alloc, pgo_locked_free take the
 # lock around them): each returns a PGO_ERR_* code.
 ctypedef int (*pgo_locked_fn)(void* state) noexcept nogil
 ctypedef int (*pgo_alloc_fn)(void* state, size_t n, size_t align, void** out) noexcept nogil
@@ -196,50 +156,98 @@ cdef inline bint pgo_canary_ok(const char* p, size_t n) noexcept nogil:
     return True
 
 
-# The locked halves of every family's backend (take, give, span), written
-# once: `holds` answers without the lock whether p can be the allocator's
-# (its address range; blocks are never moved, so that never changes), and
-# fn does the family's part with the lock held.  take's fn allocates n
-# bytes (16-aligned) and marks the block as an array's; give's fn releases
-# an array's block; span's fn measures a live block.  These keep
-# stats.live_blocks and zero a taken block outside the lock.
+# How numpy's handler (pgo._core.numpy_bridge) and the containers drive an
+# allocator without the GIL and without raising: each allocator family fills
+# one of these in with its own steps (Allocator._backend), and
+# pgo_backend_take / give / span below run them under the allocator's lock,
+# written once for every family.  They keep stats.live_blocks.
+#   take_fn: with the lock held, n bytes (aligned to 16), owned as an
+#         array's data: reset() refuses while it is alive, as for a Python
+#         Block.  take_zeroed_fn does the same and zeroes the block (a cache
+#         knows when its memory already is); NULL: take_fn, then memset
+#         outside the lock.  Requests over max_take are refused
+#         (PGO_ERR_TOO_BIG) without the lock.
+#   holds: without the lock, whether p can be the allocator's (blocks never
+#         move, so the answer never changes); when it cannot, give answers
+#         PGO_ERR_FOREIGN, with nothing changed, and span 0.
+#   give_fn: with the lock held, gives back a block from take.
+#   span_fn: with the lock held, the size of the live block that starts at
+#         p (0 when there is none): what realloc copies, and how
+#         pgo.owner() finds the owner.  (A linear allocator keeps no sizes:
+#         there it is the bytes up to its top.)
+#   lo, hi: point at the allocator's address bounds: all its memory lies in
+#         [*lo, *hi), read with pgo_atomic_load (they grow as it does), so
+#         the router passes a pointer by without calling give.
 ctypedef bint (*pgo_holds_fn)(void* state, void* p) noexcept nogil
+ctypedef size_t (*pgo_span_fn)(void* state, void* p) noexcept nogil
+
+ctypedef struct pgo_backend_t:
+    void* state
+    pgo_lock_t* lock
+    pgo_stats_t* stats
+    pgo_alloc_fn take_fn
+    pgo_alloc_fn take_zeroed_fn
+    size_t max_take
+    pgo_holds_fn holds
+    pgo_free_fn give_fn
+    pgo_span_fn span_fn
+    size_t* lo
+    size_t* hi
 
 
-cdef inline int pgo_backend_take(pgo_lock_t* lock, pgo_stats_t* st, pgo_alloc_fn fn, void* state,
-                                 size_t n, bint zero, void** out) noexcept nogil:
+cdef inline void pgo_backend_init(pgo_backend_t* be, void* state, pgo_lock_t* lock,
+                                  pgo_stats_t* stats, pgo_alloc_fn take_fn,
+                                  pgo_alloc_fn take_zeroed_fn, size_t max_take,
+                                  pgo_holds_fn holds, pgo_free_fn give_fn, pgo_span_fn span_fn,
+                                  size_t* lo, size_t* hi) noexcept nogil:
+    be.state = state
+    be.lock = lock
+    be.stats = stats
+    be.take_fn = take_fn
+    be.take_zeroed_fn = take_zeroed_fn
+    be.max_take = max_take
+    be.holds = holds
+    be.give_fn = give_fn
+    be.span_fn = span_fn
+    be.lo = lo
+    be.hi = hi
+
+
+cdef inline int pgo_backend_take(pgo_backend_t* be, size_t n, bint zero,
+                                 void** out) noexcept nogil:
     cdef int err
-    pgo_lock(lock, st)
-    err = fn(state, n, 16, out)
+    cdef bint zeroed = zero and be.take_zeroed_fn != NULL
+    if n > be.max_take:
+        return PGO_ERR_TOO_BIG
+    pgo_lock(be.lock, be.stats)
+    err = (be.take_zeroed_fn if zeroed else be.take_fn)(be.state, n, 16, out)
     if err == PGO_OK:
-        st.live_blocks += 1
-    pgo_unlock(lock)
-    if zero and err == PGO_OK:
+        be.stats.live_blocks += 1
+    pgo_unlock(be.lock)
+    if zero and not zeroed and err == PGO_OK:
         memset(out[0], 0, n)
     return err
 
 
-cdef inline int pgo_backend_give(pgo_lock_t* lock, pgo_stats_t* st, pgo_holds_fn holds,
-                                 pgo_free_fn fn, void* state, void* p) noexcept nogil:
+cdef inline int pgo_backend_give(pgo_backend_t* be, void* p) noexcept nogil:
     cdef int err
-    if not holds(state, p):
+    if not be.holds(be.state, p):
         return PGO_ERR_FOREIGN
-    pgo_lock(lock, st)
-    err = fn(state, p)
+    pgo_lock(be.lock, be.stats)
+    err = be.give_fn(be.state, p)
     if err == PGO_OK:
-        st.live_blocks -= 1
-    pgo_unlock(lock)
+        be.stats.live_blocks -= 1
+    pgo_unlock(be.lock)
     return err
 
 
-cdef inline size_t pgo_backend_span(pgo_lock_t* lock, pgo_stats_t* st, pgo_holds_fn holds,
-                                    pgo_span_fn fn, void* state, void* p) noexcept nogil:
+cdef inline size_t pgo_backend_span(pgo_backend_t* be, void* p) noexcept nogil:
     cdef size_t n
-    if not holds(state, p):
+    if not be.holds(be.state, p):
         return 0
-    pgo_lock(lock, st)
-    n = fn(state, p)
-    pgo_unlock(lock)
+    pgo_lock(be.lock, be.stats)
+    n = be.span_fn(be.state, p)
+    pgo_unlock(be.lock)
     return n
 
 

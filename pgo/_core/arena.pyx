@@ -24,18 +24,18 @@ checkable.
 # never change once published.
 """
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport SIZE_MAX, uint64_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_locked, pgo_locked_alloc, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_locked_reset, pgo_locked_alloc, pgo_raise, pgo_raise_at,
 )
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_LIVE,
     PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_MAX_ALIGN,
-    PGO_OK, pgo_add_overflow, pgo_atomic_load, pgo_atomic_store, pgo_backend_give, pgo_backend_init,
-    pgo_backend_span, pgo_backend_take, pgo_bad_align, pgo_fit, pgo_lock, pgo_lock_destroy,
+    PGO_OK, pgo_add_overflow, pgo_atomic_load, pgo_atomic_store, pgo_backend_init,
+    pgo_bad_align, pgo_fit, pgo_lock, pgo_lock_destroy,
     pgo_lock_gil_held, pgo_lock_init, pgo_stats_reset, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
     pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
 )
@@ -378,11 +378,6 @@ cdef int _arena_take_unlocked(void* state, size_t n, size_t align, void** out) n
     return _arena_alloc_py(<pgo_arena_t*>state, n, align, out, &token)
 
 
-cdef int _arena_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    return pgo_backend_take(&(<pgo_arena_t*>state).lock, &(<pgo_arena_t*>state).stats,
-                            _arena_take_unlocked, state, n, zero, out)
-
-
 cdef bint _arena_holds(void* state, void* p) noexcept nogil:
     return _arena_may_own(<pgo_arena_t*>state, <size_t>p)
 
@@ -398,11 +393,6 @@ cdef int _arena_give_unlocked(void* state, void* p) noexcept nogil:
     if err == PGO_OK:
         err = _arena_release_block(a, chunk, index, True)
     return err
-
-
-cdef int _arena_give(void* state, void* p) noexcept nogil:
-    return pgo_backend_give(&(<pgo_arena_t*>state).lock, &(<pgo_arena_t*>state).stats,
-                            _arena_holds, _arena_give_unlocked, state, p)
 
 
 cdef size_t _arena_span_unlocked(void* state, void* p) noexcept nogil:
@@ -421,16 +411,9 @@ cdef size_t _arena_span_unlocked(void* state, void* p) noexcept nogil:
     return end - off
 
 
-cdef size_t _arena_span(void* state, void* p) noexcept nogil:
-    return pgo_backend_span(&(<pgo_arena_t*>state).lock, &(<pgo_arena_t*>state).stats,
-                            _arena_holds, _arena_span_unlocked, state, p)
-
-
 cdef int _arena_reset_unlocked(void* state) noexcept nogil:
     cdef pgo_arena_t* a = <pgo_arena_t*>state
     cdef size_t i
-    if a.stats.live_blocks:
-        return PGO_ERR_LIVE
     arena_sync_stats(a)
     for i in range(a.nchunks):
         if PGO_DEBUG_FILL:
@@ -447,7 +430,7 @@ cdef int _arena_reset_unlocked(void* state) noexcept nogil:
 
 
 cdef int arena_reset(pgo_arena_t* a) except -1 nogil:
-    return pgo_locked(&a.lock, &a.stats, _arena_reset_unlocked, a, "ArenaAllocator")
+    return pgo_locked_reset(&a.lock, &a.stats, _arena_reset_unlocked, a, "ArenaAllocator")
 
 
 cdef class ArenaAllocator(Allocator):
@@ -468,9 +451,11 @@ cdef class ArenaAllocator(Allocator):
 
     def __cinit__(self, size_t chunk_size=DEF_CHUNK, size_t max_bytes=0, *, bint threadsafe=False):
         self.a = arena_create(chunk_size, max_bytes, threadsafe)
-        pgo_backend_init(&self._be, self.a, _arena_take, _arena_give, _arena_span, &self.a.lo,
-                         &self.a.hi)
-        self._bind(&self.a.stats, &self.a.lock, PGO_ARENA_MIN_ALIGN, PGO_MAX_ALIGN)
+        pgo_backend_init(&self._be, self.a, &self.a.lock, &self.a.stats,
+                         _arena_take_unlocked, NULL, SIZE_MAX,
+                         _arena_holds, _arena_give_unlocked, _arena_span_unlocked,
+                         &self.a.lo, &self.a.hi)
+        self._bind(PGO_ARENA_MIN_ALIGN, PGO_MAX_ALIGN)
 
     cdef void _c_destroy(self) noexcept:
         arena_destroy(self.a)

@@ -32,7 +32,7 @@ so the cache never makes an allocation fail that would succeed without it.
 """
 
 cimport cython
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport SIZE_MAX, uint64_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport madvise
 
@@ -45,7 +45,7 @@ from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free, pgo_sys_map, pgo_sy
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED,
     PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_atomic_load, pgo_atomic_store,
-    pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_take, pgo_lock,
+    pgo_backend_init, pgo_lock,
     pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
     pgo_vg_destroy, pgo_vg_free,
 )
@@ -438,49 +438,28 @@ cdef int _cache_take_unlocked(void* state, size_t n, size_t align, void** out) n
 
 
 cdef int _cache_take_zeroed(void* state, size_t n, size_t align, void** out) noexcept nogil:
+    # Zeroed by the cache, which knows when a block already is (fresh pages are).
     return _cache_alloc_unlocked(<pgo_cache_t*>state, n, True, True, out)
-
-
-cdef int _cache_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    # A zeroed block is zeroed by the cache, which knows when it is already
-    # (fresh pages are).
-    cdef pgo_cache_t* c = <pgo_cache_t*>state
-    if zero:
-        return pgo_backend_take(&c.lock, &c.stats, _cache_take_zeroed, c, n, False, out)
-    return pgo_backend_take(&c.lock, &c.stats, _cache_take_unlocked, c, n, False, out)
-
-
-cdef bint _cache_holds_aligned(void* state, void* p) noexcept nogil:
-    # Blocks are page aligned, so an unaligned pointer is not one of them
-    # (nor inside one: every pointer handed out is a block's start), decided
-    # without the lock.  The address bounds alone decide little: blocks come
-    # from malloc, so other memory lies between them.  An aligned pointer
-    # is ours exactly when the address table has it.
-    return (<size_t>p & (PGO_PAGE_BYTES - 1)) == 0
 
 
 cdef int _cache_give_unlocked(void* state, void* p) noexcept nogil:
     return _cache_free_unlocked(<pgo_cache_t*>state, p, True)
 
 
-cdef int _cache_give(void* state, void* p) noexcept nogil:
-    return pgo_backend_give(&(<pgo_cache_t*>state).lock, &(<pgo_cache_t*>state).stats,
-                            _cache_holds_aligned, _cache_give_unlocked, state, p)
-
-
 cdef bint _cache_holds(void* state, void* p) noexcept nogil:
+    # Blocks are page aligned, so an unaligned pointer is not one of them
+    # (nor inside one: every pointer handed out is a block's start), decided
+    # without the lock.  The address bounds alone decide little: blocks come
+    # from malloc, so other memory lies between them.  An aligned pointer
+    # in the bounds is ours exactly when the address table has it.
     cdef pgo_cache_t* c = <pgo_cache_t*>state
-    return pgo_atomic_load(&c.lo) <= <size_t>p < pgo_atomic_load(&c.hi)
+    return ((<size_t>p & (PGO_PAGE_BYTES - 1)) == 0
+            and pgo_atomic_load(&c.lo) <= <size_t>p < pgo_atomic_load(&c.hi))
 
 
 cdef size_t _cache_span_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_cblock_t* b = _table_take(<pgo_cache_t*>state, p, False)
     return b.size if b != NULL and b.live else 0
-
-
-cdef size_t _cache_span(void* state, void* p) noexcept nogil:
-    return pgo_backend_span(&(<pgo_cache_t*>state).lock, &(<pgo_cache_t*>state).stats,
-                            _cache_holds, _cache_span_unlocked, state, p)
 
 
 cdef class CacheAllocator(Allocator):
@@ -521,9 +500,11 @@ cdef class CacheAllocator(Allocator):
                                  f" (percent of the cache's peak); got {headroom_percent!r}")
             headroom = headroom_percent
         self.c = cache_create(max_cached_bytes, headroom, hugepages, prefault, reuse_window)
-        pgo_backend_init(&self._be, self.c, _cache_take, _cache_give, _cache_span, &self.c.lo,
-                         &self.c.hi)
-        self._bind(&self.c.stats, &self.c.lock, 1, PGO_PAGE_BYTES)
+        pgo_backend_init(&self._be, self.c, &self.c.lock, &self.c.stats,
+                         _cache_take_unlocked, _cache_take_zeroed, SIZE_MAX,
+                         _cache_holds, _cache_give_unlocked, _cache_span_unlocked,
+                         &self.c.lo, &self.c.hi)
+        self._bind(1, PGO_PAGE_BYTES)
 
     cdef void _c_destroy(self) noexcept:
         cache_destroy(self.c)

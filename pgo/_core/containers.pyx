@@ -35,7 +35,9 @@ from libc.string cimport memcpy, memmove
 
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_free, pgo_sys_realloc
 from pgo._core._base cimport Allocator
-from pgo._core._typedefs cimport PGO_OK, pgo_add_overflow, pgo_mul_overflow
+from pgo._core._typedefs cimport (
+    PGO_OK, pgo_add_overflow, pgo_backend_give, pgo_backend_take, pgo_mul_overflow,
+)
 
 import operator
 
@@ -90,12 +92,12 @@ cdef int _reserve_from(pgo_vector_t* v, size_t capacity, size_t nbytes) except -
     # Growth through a pgo allocator: a new block, the elements copied, the
     # old block given back (allocators have no realloc of their own).
     cdef void* data = NULL
-    cdef int err = v.be.take(v.be.state, nbytes, False, &data)
+    cdef int err = pgo_backend_take(v.be, nbytes, False, &data)
     if err != PGO_OK or data == NULL:
         return _raise_refused(nbytes, err)
     if v.data != NULL:
         memcpy(data, v.data, v.length * v.itemsize)
-        v.be.give(v.be.state, v.data)
+        pgo_backend_give(v.be, v.data)
     v.data = <char*>data
     v.capacity = capacity
     return 0
@@ -201,7 +203,7 @@ cdef class Vector:
         if self.v != NULL:
             if self.v.be != NULL:
                 if self.v.data != NULL:
-                    self.v.be.give(self.v.be.state, self.v.data)
+                    pgo_backend_give(self.v.be, self.v.data)
             else:
                 pgo_sys_free(self.v.data)
             pgo_sys_free(self.v)

@@ -17,17 +17,16 @@ the allocator is alive, so no view can outlive its memory.
 # ``size`` never change, so range tests need no lock.
 """
 
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport SIZE_MAX, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
     Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_buffer_place,
-    pgo_locked, pgo_locked_alloc,
+    pgo_locked_reset, pgo_locked_alloc,
 )
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_LIVE, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_MAX_ALIGN,
-    PGO_OK, pgo_backend_give, pgo_backend_init, pgo_backend_span, pgo_backend_take,
-    pgo_lock_gil_held, pgo_unlock, pgo_vg_alloc, pgo_vg_trim, pgo_within,
+    PGO_OK, pgo_backend_init, pgo_lock_gil_held, pgo_unlock, pgo_vg_alloc, pgo_vg_trim, pgo_within,
 )
 
 
@@ -69,8 +68,6 @@ cdef void* _linear_alloc_slow(pgo_linear_t* s, size_t n, size_t align) noexcept 
 
 cdef int _linear_reset_unlocked(void* state) noexcept nogil:
     cdef pgo_linear_t* s = <pgo_linear_t*>state
-    if s.stats.live_blocks:
-        return PGO_ERR_LIVE
     _linear_rewind(s)
     s.stats.resets += 1
     return PGO_OK
@@ -116,11 +113,6 @@ cdef int _linear_take_unlocked(void* state, size_t n, size_t align, void** out) 
     return err
 
 
-cdef int _linear_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    return pgo_backend_take(&(<pgo_linear_t*>state).lock, &(<pgo_linear_t*>state).stats,
-                            _linear_take_unlocked, state, n, zero, out)
-
-
 cdef bint _linear_holds(void* state, void* p) noexcept nogil:
     # base and size never change: no lock needed.
     cdef pgo_linear_t* s = <pgo_linear_t*>state
@@ -138,11 +130,6 @@ cdef int _linear_give_unlocked(void* state, void* p) noexcept nogil:
     return PGO_OK
 
 
-cdef int _linear_give(void* state, void* p) noexcept nogil:
-    return pgo_backend_give(&(<pgo_linear_t*>state).lock, &(<pgo_linear_t*>state).stats,
-                            _linear_holds, _linear_give_unlocked, state, p)
-
-
 cdef size_t _linear_span_unlocked(void* state, void* p) noexcept nogil:
     # No block sizes are kept: the bytes from p up to the top, which hold
     # the block (realloc copies at most what the new block holds).
@@ -151,13 +138,8 @@ cdef size_t _linear_span_unlocked(void* state, void* p) noexcept nogil:
     return s.top - off if off < s.top else 0
 
 
-cdef size_t _linear_span(void* state, void* p) noexcept nogil:
-    return pgo_backend_span(&(<pgo_linear_t*>state).lock, &(<pgo_linear_t*>state).stats,
-                            _linear_holds, _linear_span_unlocked, state, p)
-
-
 cdef int linear_reset(pgo_linear_t* s) except -1 nogil:
-    return pgo_locked(&s.lock, &s.stats, _linear_reset_unlocked, s, "LinearAllocator")
+    return pgo_locked_reset(&s.lock, &s.stats, _linear_reset_unlocked, s, "LinearAllocator")
 
 
 cdef class LinearAllocator(Allocator):
@@ -174,9 +156,11 @@ cdef class LinearAllocator(Allocator):
 
     def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = linear_create(capacity, threadsafe)
-        pgo_backend_init(&self._be, self.s, _linear_take, _linear_give, _linear_span, &self.s.lo,
-                         &self.s.hi)
-        self._bind(&self.s.stats, &self.s.lock, 1, PGO_MAX_ALIGN)
+        pgo_backend_init(&self._be, self.s, &self.s.lock, &self.s.stats,
+                         _linear_take_unlocked, NULL, SIZE_MAX,
+                         _linear_holds, _linear_give_unlocked, _linear_span_unlocked,
+                         &self.s.lo, &self.s.hi)
+        self._bind(1, PGO_MAX_ALIGN)
         self._buffer = self.s.base
 
     cdef void _c_destroy(self) noexcept:

@@ -52,7 +52,8 @@ from pgo._core._npy_handler cimport (
 )
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_FOREIGN, PGO_OK, pgo_atomic_inc, pgo_atomic_load,
-    pgo_atomic_store, pgo_backend_t, pgo_mul_overflow,
+    pgo_atomic_store, pgo_backend_give, pgo_backend_span, pgo_backend_t, pgo_backend_take,
+    pgo_mul_overflow,
 )
 from pgo._core.slab cimport SlabAllocator
 
@@ -92,7 +93,7 @@ cdef inline void* _route_alloc(pgo_router_t* r, size_t n, bint routed, bint zero
         for i in range(r.nroutes):
             rt = &r.routes[i]
             if rt.lo <= n and n <= rt.hi:
-                if rt.be.take(rt.be.state, n, zero, &p) == PGO_OK:
+                if pgo_backend_take(&rt.be, n, zero, &p) == PGO_OK:
                     pgo_atomic_inc(&rt.allocs)
                     return p
                 pgo_atomic_inc(&r.fallback)
@@ -110,7 +111,7 @@ cdef inline void _route_free(pgo_router_t* r, void* p) noexcept nogil:
         be = &r.owners[i]
         if <size_t>p < pgo_atomic_load(be.lo) or <size_t>p >= pgo_atomic_load(be.hi):
             continue                # not in its memory: no call, no lock
-        err = be.give(be.state, p)
+        err = pgo_backend_give(be, p)
         if err == PGO_OK:
             return
         if err != PGO_ERR_FOREIGN:
@@ -124,7 +125,7 @@ cdef inline void _route_free(pgo_router_t* r, void* p) noexcept nogil:
 cdef int pgo_route_owner(pgo_router_t* r, void* p) noexcept nogil:
     cdef size_t i
     for i in range(r.nowners):
-        if r.owners[i].span(r.owners[i].state, p):
+        if pgo_backend_span(&r.owners[i], p):
             return <int>i
     return -1
 
@@ -161,7 +162,7 @@ cdef void* _h_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
     if new_size == 0:
         new_size = 1
     for i in range(r.nowners):
-        span = r.owners[i].span(r.owners[i].state, ptr)
+        span = pgo_backend_span(&r.owners[i], ptr)
         if span:
             # Moves to wherever a block of the new size is routed; on failure
             # the old block is untouched, as realloc promises.
@@ -169,7 +170,7 @@ cdef void* _h_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
             if q == NULL:
                 return NULL
             memcpy(q, ptr, span if span < new_size else new_size)
-            if r.owners[i].give(r.owners[i].state, ptr) != PGO_OK:
+            if pgo_backend_give(&r.owners[i], ptr) != PGO_OK:
                 pgo_atomic_inc(&r.errors)
             return q
     return pgo_sys_path_realloc(ptr, new_size, r.hugepages)

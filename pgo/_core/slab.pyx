@@ -28,7 +28,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_locked, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_locked_reset, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
 )
 from pgo._core._c.pgo_memory cimport PGO_HUGE_PAGE_BYTES, PGO_PAGE_BYTES
 from pgo._core._memory cimport (
@@ -38,8 +38,7 @@ from pgo._core._memory cimport (
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN,
-    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_give,
-    pgo_backend_init, pgo_backend_span, pgo_backend_take, pgo_bad_align, pgo_canary_ok,
+    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_init, pgo_bad_align, pgo_canary_ok,
     pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_mul_overflow, pgo_unlock, pgo_vg_alloc,
     pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_vg_trim, pgo_within,
 )
@@ -289,13 +288,6 @@ cdef int _slab_take_unlocked(void* state, size_t n, size_t align, void** out) no
     return _slab_alloc_py(<pgo_slab_t*>state, n, out, &slot)
 
 
-cdef int _slab_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    if n > (<pgo_slab_t*>state).block_size:
-        return PGO_ERR_TOO_BIG
-    return pgo_backend_take(&(<pgo_slab_t*>state).lock, &(<pgo_slab_t*>state).stats,
-                            _slab_take_unlocked, state, n, zero, out)
-
-
 cdef bint _slab_holds(void* state, void* p) noexcept nogil:
     # base and max_slots never change: no lock needed.
     cdef pgo_slab_t* s = <pgo_slab_t*>state
@@ -315,11 +307,6 @@ cdef int _slab_give_unlocked(void* state, void* p) noexcept nogil:
     return err
 
 
-cdef int _slab_give(void* state, void* p) noexcept nogil:
-    return pgo_backend_give(&(<pgo_slab_t*>state).lock, &(<pgo_slab_t*>state).stats,
-                            _slab_holds, _slab_give_unlocked, state, p)
-
-
 cdef size_t _slab_span_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_slab_t* s = <pgo_slab_t*>state
     cdef size_t slot
@@ -329,16 +316,9 @@ cdef size_t _slab_span_unlocked(void* state, void* p) noexcept nogil:
     return 0
 
 
-cdef size_t _slab_span(void* state, void* p) noexcept nogil:
-    return pgo_backend_span(&(<pgo_slab_t*>state).lock, &(<pgo_slab_t*>state).stats,
-                            _slab_holds, _slab_span_unlocked, state, p)
-
-
 cdef int _slab_reset_unlocked(void* state) noexcept nogil:
     cdef pgo_slab_t* s = <pgo_slab_t*>state
     cdef size_t i
-    if s.stats.live_blocks:
-        return PGO_ERR_LIVE
     slab_sync_stats(s)
     s.stats.frees += s.nslots - s.nfree
     if PGO_DEBUG_FILL:
@@ -363,7 +343,7 @@ cdef int _slab_reset_unlocked(void* state) noexcept nogil:
 
 
 cdef int slab_reset(pgo_slab_t* s) except -1 nogil:
-    return pgo_locked(&s.lock, &s.stats, _slab_reset_unlocked, s, "SlabAllocator")
+    return pgo_locked_reset(&s.lock, &s.stats, _slab_reset_unlocked, s, "SlabAllocator")
 
 
 cdef size_t _natural_align(size_t block_size) noexcept:
@@ -400,9 +380,11 @@ cdef class SlabAllocator(Allocator):
             raise ValueError("block_size must be at least 1")
         cdef size_t a = _natural_align(block_size) if align is None else align
         self.s = slab_create(block_size, a, slots_per_slab, max_bytes, threadsafe)
-        pgo_backend_init(&self._be, self.s, _slab_take, _slab_give, _slab_span, &self.s.lo,
-                         &self.s.hi)
-        self._bind(&self.s.stats, &self.s.lock, 1, self.s.align)
+        pgo_backend_init(&self._be, self.s, &self.s.lock, &self.s.stats,
+                         _slab_take_unlocked, NULL, self.s.block_size,
+                         _slab_holds, _slab_give_unlocked, _slab_span_unlocked,
+                         &self.s.lo, &self.s.hi)
+        self._bind(1, self.s.align)
 
     cdef void _c_destroy(self) noexcept:
         slab_destroy(self.s)

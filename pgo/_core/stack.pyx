@@ -24,13 +24,12 @@ from libc.string cimport memset
 
 from pgo._core._base cimport (
     Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_buffer_place,
-    pgo_locked, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
+    pgo_locked_reset, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
 )
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
     PGO_ERR_LIVE, PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_FILL_ALLOC, PGO_FILL_FREE,
-    PGO_MAX_ALIGN, PGO_OK, pgo_add_overflow, pgo_backend_give, pgo_backend_init, pgo_backend_span,
-    pgo_backend_take, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_stats_reset, pgo_unlock,
+    PGO_MAX_ALIGN, PGO_OK, pgo_add_overflow, pgo_backend_init, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_stats_reset, pgo_unlock,
     pgo_vg_alloc, pgo_vg_free, pgo_within,
 )
 
@@ -165,11 +164,6 @@ cdef int _stack_alloc_py(void* state, size_t n, size_t align, void** out) noexce
     return err
 
 
-cdef int _stack_take(void* state, size_t n, bint zero, void** out) noexcept nogil:
-    return pgo_backend_take(&(<pgo_stack_t*>state).lock, &(<pgo_stack_t*>state).stats,
-                            _stack_alloc_py, state, n, zero, out)
-
-
 cdef bint _stack_holds(void* state, void* p) noexcept nogil:
     # base and size never change: no lock needed.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
@@ -206,11 +200,6 @@ cdef int _stack_give_unlocked(void* state, void* p) noexcept nogil:
     return err
 
 
-cdef int _stack_give(void* state, void* p) noexcept nogil:
-    return pgo_backend_give(&(<pgo_stack_t*>state).lock, &(<pgo_stack_t*>state).stats,
-                            _stack_holds, _stack_give_unlocked, state, p)
-
-
 cdef size_t _stack_span_unlocked(void* state, void* p) noexcept nogil:
     # Walks down from the top: a block ends where the one above it began
     # (its header's prev_top), the top block at the top.
@@ -223,11 +212,6 @@ cdef size_t _stack_span_unlocked(void* state, void* p) noexcept nogil:
     if k == off and off != 0 and not (_stack_hdr(s, k).flags & PGO_STACK_DEAD):
         return end - off - PGO_CANARY
     return 0
-
-
-cdef size_t _stack_span(void* state, void* p) noexcept nogil:
-    return pgo_backend_span(&(<pgo_stack_t*>state).lock, &(<pgo_stack_t*>state).stats,
-                            _stack_holds, _stack_span_unlocked, state, p)
 
 
 cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
@@ -279,8 +263,6 @@ cdef int stack_release(pgo_stack_t* s, pgo_stack_mark_t m) except -1 nogil:
 cdef int _stack_reset_unlocked(void* state) noexcept nogil:
     cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef pgo_stack_mark_t zero
-    if s.stats.live_blocks:
-        return PGO_ERR_LIVE
     zero.top = 0
     zero.last = 0
     _stack_release_unlocked(s, zero)
@@ -289,7 +271,7 @@ cdef int _stack_reset_unlocked(void* state) noexcept nogil:
 
 
 cdef int stack_reset(pgo_stack_t* s) except -1 nogil:
-    return pgo_locked(&s.lock, &s.stats, _stack_reset_unlocked, s, "StackAllocator")
+    return pgo_locked_reset(&s.lock, &s.stats, _stack_reset_unlocked, s, "StackAllocator")
 
 
 cdef class StackAllocator(Allocator):
@@ -315,9 +297,11 @@ cdef class StackAllocator(Allocator):
 
     def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = stack_create(capacity, threadsafe)
-        pgo_backend_init(&self._be, self.s, _stack_take, _stack_give, _stack_span, &self.s.lo,
-                         &self.s.hi)
-        self._bind(&self.s.stats, &self.s.lock, PGO_STACK_MIN_ALIGN, PGO_MAX_ALIGN)
+        pgo_backend_init(&self._be, self.s, &self.s.lock, &self.s.stats,
+                         _stack_alloc_py, NULL, SIZE_MAX,
+                         _stack_holds, _stack_give_unlocked, _stack_span_unlocked,
+                         &self.s.lo, &self.s.hi)
+        self._bind(PGO_STACK_MIN_ALIGN, PGO_MAX_ALIGN)
         self._buffer = self.s.base
 
     cdef void _c_destroy(self) noexcept:
