@@ -380,28 +380,13 @@ def child_target(spec: str) -> tuple[dict[str, Any], int | None, Target | None]:
     return control, fd, target
 
 
-def serve_metrics(control: dict[str, Any], fd: int | None) -> bool:
-    """In a child process: start the Prometheus exporter when the launcher
-    asked for one (``--metrics-port``); False (and an error on the status
-    line) when it cannot be started."""
-    port = control.get("metrics_port")
-    if not port:
-        return True
-    try:
-        from pgo import metrics
-        metrics.start_http_server(int(port))
-    except (OverflowError, ValueError) as e:
-        send_status(fd, error=f"--metrics-port {port}: {e}")
-        return False
-    except ImportError:
-        send_status(fd, error="--metrics-port needs prometheus_client (pip install "
-                              "prometheus_client, or pip install \"pgo-memory[metrics]\")")
-        return False
-    except OSError as e:
-        send_status(fd, error=f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}: "
-                              f"{e.strerror or e}")
-        return False
-    return True
+def answer_metrics(control: dict[str, Any]) -> None:
+    """In a child process: answer the launcher's metrics requests when it
+    serves ``--metrics-port`` (pgo.metrics_relay)."""
+    fd = control.get("metrics_fd")
+    if fd is not None:
+        from pgo import metrics_relay
+        metrics_relay.answer(int(fd))
 
 
 def started(fd: int | None) -> None:

@@ -1,9 +1,11 @@
 """Prometheus metrics of a live process: pgo's allocators and pools, the
 GC under pgo's plan, next to prometheus_client's own process, platform and
 GC collectors.  Built on prometheus_client (its exposition format, its
-HTTP server); nothing here runs until ``start_http_server`` (or
-``pgo run --metrics-port``) is called, and ``import pgo`` never imports
-this module.
+HTTP server); nothing here runs until ``start_http_server`` is called,
+and ``import pgo`` never imports this module.  Under ``pgo run
+--metrics-port`` the launcher serves instead, from the program's
+``snapshot`` (pgo.metrics_relay): the program never imports
+prometheus_client.
 
     import pgo.metrics
     pgo.metrics.register("frames", my_pool)      # anything with stats()
@@ -50,7 +52,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pgo._gc_pauses import PauseTimer
@@ -93,7 +95,7 @@ def _sources() -> list[tuple[str, Any]]:
     return out
 
 
-class _Pauses:
+class Pauses:
     """Every collection's pause, counted into PAUSE_BUCKETS by the
     gc.callbacks entry.  Plain Python counters, no lock: a GC callback may
     run in any thread at any allocation, including inside
@@ -116,23 +118,113 @@ class _Pauses:
         self.count += 1
         self.total += d
 
-    def family(self) -> Any:
-        from prometheus_client.core import HistogramMetricFamily
-        cumulative, running = [], 0
-        for bound, n in zip([*map(str, PAUSE_BUCKETS), "+Inf"], self.buckets):
-            running += n
-            cumulative.append((bound, float(running)))
-        h = HistogramMetricFamily("pgo_gc_pause_seconds",
-                                  "Every collection's pause (gc.callbacks)")
-        h.add_metric([], cumulative, sum_value=self.total)
-        return h
+    def as_json(self) -> dict[str, Any]:
+        return {"buckets": list(self.buckets), "count": self.count, "total": self.total}
+
+
+def snapshot(pauses: Pauses | None, t0: float) -> dict[str, Any]:
+    """Everything a scrape reads from this process, as plain JSON-able data
+    (the launcher of ``pgo run --metrics-port`` asks the program for it
+    over a socket; ``start_http_server`` reads it in-process)."""
+    from pgo import runtime
+    sources = []
+    for rule, obj in _sources():
+        try:
+            st = obj.stats()
+        except Exception:       # noqa: BLE001, S112  (a pool torn down between scrapes)
+            continue
+        kind = str(st.get("allocator") or type(obj).__name__)
+        sources.append([rule, kind, {k: v for k, v in st.items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)}])
+    rt = runtime.active()
+    policy = rt.gc if rt is not None else None
+    plan = None
+    if policy is not None:
+        st = policy.stats()
+        plan = {"growth_factor_now": st.get("growth_factor_now"),
+                "full_collections": st.get("policy_full_collections", 0),
+                "profiled_gc_share": policy.plan.profiled_gc_share}
+    return {"sources": sources, "frozen": gc.get_freeze_count(), "plan": plan,
+            "pauses": pauses.as_json() if pauses is not None else None,
+            "elapsed": max(time.monotonic() - t0, 1e-9)}
+
+
+def families(snap: dict[str, Any]) -> Iterator[Any]:
+    """pgo's metric families from a ``snapshot``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    labels = ["allocator_type", "rule"]
+    util = GaugeMetricFamily("allocator_utilization_ratio",
+                             "Bytes in use over bytes reserved from the system", labels=labels)
+    allocs = CounterMetricFamily("allocator_allocations", "Allocations served", labels=labels)
+    nbytes = GaugeMetricFamily("allocator_bytes", "Bytes by state: in_use, cached, reserved",
+                               labels=[*labels, "state"])
+    frag = GaugeMetricFamily("allocator_fragmentation_ratio",
+                             "Bytes lost to padding and rounding over bytes consumed",
+                             labels=labels)
+    resets = CounterMetricFamily("allocator_resets", "Resets", labels=labels)
+    contention = CounterMetricFamily("allocator_lock_contention",
+                                     "Lock acquisitions that had to wait", labels=labels)
+    hit = GaugeMetricFamily("pool_hit_rate", "Requests served from the pool",
+                            labels=["pool_type", "rule"])
+    for rule, kind, st in snap["sources"]:
+        if "hit_rate" in st:
+            hit.add_metric([kind, rule], float(st["hit_rate"]))
+        if "capacity" not in st:
+            continue            # a pool: its hit rate is what there is
+        values = [kind, rule]
+        util.add_metric(values, float(st.get("utilization", 0.0)))
+        allocs.add_metric(values, float(st.get("allocations", 0)))
+        nbytes.add_metric([*values, "in_use"], float(st.get("in_use", 0)))
+        nbytes.add_metric([*values, "reserved"], float(st.get("capacity", 0)))
+        if "cached_bytes" in st:
+            nbytes.add_metric([*values, "cached"], float(st["cached_bytes"]))
+        frag.add_metric(values, float(st.get("fragmentation", 0.0)))
+        resets.add_metric(values, float(st.get("resets", 0)))
+        contention.add_metric(values, float(st.get("contention", 0)))
+    yield from (util, allocs, nbytes, frag, resets, contention, hit)
+    pauses = snap["pauses"]
+    if pauses is not None:
+        yield _pause_family(pauses)
+    frozen = GaugeMetricFamily("pgo_gc_frozen_objects",
+                               "Objects in the permanent generation (gc.freeze)")
+    frozen.add_metric([], float(snap["frozen"]))
+    yield frozen
+    plan = snap["plan"]
+    if plan is None:
+        return
+    if plan["growth_factor_now"] is not None:
+        growth = GaugeMetricFamily("pgo_gc_growth_factor", "The GC plan's heap growth factor now")
+        growth.add_metric([], float(plan["growth_factor_now"]))
+        yield growth
+    full = CounterMetricFamily("pgo_gc_full_collections", "Full collections made by the GC plan")
+    full.add_metric([], float(plan["full_collections"]))
+    yield full
+    share = plan["profiled_gc_share"]
+    if pauses is not None and share:
+        # GC seconds per second of run since the exporter started, against
+        # the profiled run's share: 0.9 means 90% less time in GC.
+        ratio = GaugeMetricFamily("gc_pressure_reduction_ratio",
+                                  "1 - GC seconds per second now / the profiled run's share")
+        ratio.add_metric([], 1.0 - (pauses["total"] / snap["elapsed"]) / share)
+        yield ratio
+
+
+def _pause_family(pauses: dict[str, Any]) -> Any:
+    from prometheus_client.core import HistogramMetricFamily
+    cumulative, running = [], 0
+    for bound, n in zip([*map(str, PAUSE_BUCKETS), "+Inf"], pauses["buckets"]):
+        running += n
+        cumulative.append((bound, float(running)))
+    h = HistogramMetricFamily("pgo_gc_pause_seconds", "Every collection's pause (gc.callbacks)")
+    h.add_metric([], cumulative, sum_value=pauses["total"])
+    return h
 
 
 class PgoCollector:
-    """The prometheus_client collector of pgo's metrics (computed at each
-    scrape from the live objects)."""
+    """The prometheus_client collector of this process's pgo metrics
+    (a ``snapshot`` at each scrape)."""
 
-    def __init__(self, pauses: _Pauses | None = None, t0: float | None = None) -> None:
+    def __init__(self, pauses: Pauses | None = None, t0: float | None = None) -> None:
         self._pauses = pauses
         self._t0 = time.monotonic() if t0 is None else t0     # when pauses started counting
 
@@ -140,77 +232,7 @@ class PgoCollector:
         return []           # the metrics depend on what is registered: no describe
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        labels = ["allocator_type", "rule"]
-        util = GaugeMetricFamily("allocator_utilization_ratio",
-                                 "Bytes in use over bytes reserved from the system", labels=labels)
-        allocs = CounterMetricFamily("allocator_allocations", "Allocations served",
-                                     labels=labels)
-        nbytes = GaugeMetricFamily("allocator_bytes", "Bytes by state: in_use, cached, reserved",
-                                   labels=[*labels, "state"])
-        frag = GaugeMetricFamily("allocator_fragmentation_ratio",
-                                 "Bytes lost to padding and rounding over bytes consumed",
-                                 labels=labels)
-        resets = CounterMetricFamily("allocator_resets", "Resets", labels=labels)
-        contention = CounterMetricFamily("allocator_lock_contention",
-                                         "Lock acquisitions that had to wait", labels=labels)
-        hit = GaugeMetricFamily("pool_hit_rate", "Requests served from the pool",
-                                labels=["pool_type", "rule"])
-        for rule, obj in _sources():
-            try:
-                st = obj.stats()
-            except Exception:       # noqa: BLE001, S112  (a pool torn down between scrapes)
-                continue
-            kind = str(st.get("allocator") or type(obj).__name__)
-            if "hit_rate" in st:
-                hit.add_metric([kind, rule], float(st["hit_rate"]))
-            if "capacity" not in st:
-                continue            # a pool: its hit rate is what there is
-            values = [kind, rule]
-            util.add_metric(values, float(st.get("utilization", 0.0)))
-            allocs.add_metric(values, float(st.get("allocations", 0)))
-            nbytes.add_metric([*values, "in_use"], float(st.get("in_use", 0)))
-            nbytes.add_metric([*values, "reserved"], float(st.get("capacity", 0)))
-            if "cached_bytes" in st:
-                nbytes.add_metric([*values, "cached"], float(st["cached_bytes"]))
-            frag.add_metric(values, float(st.get("fragmentation", 0.0)))
-            resets.add_metric(values, float(st.get("resets", 0)))
-            contention.add_metric(values, float(st.get("contention", 0)))
-        yield from (util, allocs, nbytes, frag, resets, contention, hit)
-        if self._pauses is not None:
-            yield self._pauses.family()
-        yield from self._gc_metrics()
-
-    def _gc_metrics(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        from pgo import runtime
-        frozen = GaugeMetricFamily("pgo_gc_frozen_objects",
-                                   "Objects in the permanent generation (gc.freeze)")
-        frozen.add_metric([], float(gc.get_freeze_count()))
-        yield frozen
-        rt = runtime.active()
-        policy = rt.gc if rt is not None else None
-        if policy is not None:
-            st = policy.stats()
-            if st.get("growth_factor_now") is not None:
-                growth = GaugeMetricFamily("pgo_gc_growth_factor",
-                                           "The GC plan's heap growth factor now")
-                growth.add_metric([], float(st["growth_factor_now"]))
-                yield growth
-            full = CounterMetricFamily("pgo_gc_full_collections",
-                                       "Full collections made by the GC plan")
-            full.add_metric([], float(st.get("policy_full_collections", 0)))
-            yield full
-        share = policy.plan.profiled_gc_share if policy is not None else None
-        if self._pauses is not None and share:
-            # GC seconds per second of run since the exporter started, against
-            # the profiled run's share: 0.9 means 90% less time in GC.
-            elapsed = max(time.monotonic() - self._t0, 1e-9)
-            ratio = GaugeMetricFamily("gc_pressure_reduction_ratio",
-                                      "1 - GC seconds per second now / the profiled run's share")
-            ratio.add_metric([], 1.0 - (self._pauses.total / elapsed) / share)
-            yield ratio
+        return families(snapshot(self._pauses, self._t0))
 
 
 def start_http_server(port: int, addr: str = "127.0.0.1", *, registry: Any = None) -> Any:
@@ -236,12 +258,18 @@ def start_http_server(port: int, addr: str = "127.0.0.1", *, registry: Any = Non
         sock = socket.create_server((addr, port))             # OSError: nothing set up yet
         regkey = id(registry) if registry is not None else 0
         if regkey not in _collectors:
-            pauses = _Pauses()
+            pauses = Pauses()
             gc.callbacks.append(pauses.callback)
             _collectors[regkey] = _Served(pauses)
         served = _collectors[regkey]
-        threading.Thread(target=_serve_when_asked, args=(sock, registry, served),
-                         name=f"pgo-metrics-{port}", daemon=True).start()
+
+        def setup() -> Any:
+            from prometheus_client import REGISTRY
+            reg = registry if registry is not None else REGISTRY
+            served.register(reg)
+            return reg
+
+        serve_lazily(sock, setup)
         _started[key] = sock
         return sock
 
@@ -250,7 +278,7 @@ class _Served:
     """One registry's collector: made (and registered) at the first scrape
     of any of its ports."""
 
-    def __init__(self, pauses: _Pauses) -> None:
+    def __init__(self, pauses: Pauses) -> None:
         self.pauses = pauses
         self.t0 = time.monotonic()
         self.registered = False
@@ -262,7 +290,16 @@ class _Served:
                 self.registered = True
 
 
-def _serve_when_asked(sock: Any, registry: Any, served: _Served) -> None:
+def serve_lazily(sock: Any, setup: Callable[[], Any]) -> None:
+    """Serve ``/metrics`` on the listening socket ``sock`` from a daemon
+    thread.  prometheus_client is imported, and ``setup()`` called for the
+    registry to serve, when the first connection arrives."""
+    port = sock.getsockname()[1]
+    threading.Thread(target=_serve_when_asked, args=(sock, setup),
+                     name=f"pgo-metrics-{port}", daemon=True).start()
+
+
+def _serve_when_asked(sock: Any, setup: Callable[[], Any]) -> None:
     # NOTE: runs in the server thread.  accept() waits without the GIL; the
     # imports and the collector come with the first connection.
     try:
@@ -271,15 +308,14 @@ def _serve_when_asked(sock: Any, registry: Any, served: _Served) -> None:
         return
     from wsgiref.simple_server import WSGIRequestHandler
 
-    from prometheus_client import REGISTRY, make_wsgi_app
+    from prometheus_client import make_wsgi_app
     from prometheus_client.exposition import ThreadingWSGIServer
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
             pass            # the program's stderr is its own
 
-    reg = registry if registry is not None else REGISTRY
-    served.register(reg)
+    reg = setup()
     host, port = sock.getsockname()[:2]
     httpd = ThreadingWSGIServer((host, port), Quiet, bind_and_activate=False)
     httpd.socket.close()

@@ -31,8 +31,7 @@ def main() -> int:
         return 2
     atexit.register(lambda: profiler.stop(exit_code=exit_code[0]))
     _finish_on_sigterm(profiler)
-    if not _target.serve_metrics(control, fd):
-        return 2
+    _target.answer_metrics(control)
     profiler.freeze_own_heap()
     _target.started(fd)
     code = _target.run(target)

@@ -59,11 +59,16 @@ def profile(target: Target, directory: Path, options: Options, *,
         if p.exists():
             break
         created = p
+    relay = None
+    if metrics_port:
+        from pgo.metrics_relay import Relay
+        relay = Relay(metrics_port)          # a port in use is an error before the run
     directory.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
+    pass_fds = (write_fd, *([relay.child_fd()] if relay else []))
     control = {"bundle": os.fspath(directory.resolve()), "options": options.to_json(),
                "target": target.to_json(), "status_fd": write_fd,
-               "metrics_port": metrics_port}
+               "metrics_fd": relay.child_fd() if relay else None}
     env = dict(os.environ)
     if options.follow_children:
         from pgo import bundle as fmt
@@ -74,7 +79,7 @@ def profile(target: Target, directory: Path, options: Options, *,
     argv = pgo_argv(target.python, "pgo.profiling.child", json.dumps(control))
     try:
         try:
-            child = subprocess.Popen(argv, env=env, pass_fds=(write_fd,))
+            child = subprocess.Popen(argv, env=env, pass_fds=pass_fds)
         except OSError as e:
             _discard(directory, created)
             raise ProfilerError(f"cannot start {target.python[0]}: {e}") from None
@@ -82,6 +87,8 @@ def profile(target: Target, directory: Path, options: Options, *,
             os.close(write_fd)
         with signals_to(child):        # ^C and SIGTERM reach the program as under python
             status = read_status(read_fd)
+            if relay and status.get("started"):
+                relay.started(child.pid)
             sampler = None
             if status.get("started") and cpu_options.enabled:
                 sampler = cpu.Sampler(child.pid, directory, cpu_options)
@@ -89,6 +96,8 @@ def profile(target: Target, directory: Path, options: Options, *,
             returncode = child.wait()
     finally:
         os.close(read_fd)
+        if relay:
+            relay.close()
     if not status.get("started"):
         _discard(directory, created)
         if "error" in status:

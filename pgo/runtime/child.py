@@ -25,8 +25,7 @@ def main() -> int:
         return 2
     if control.get("stats"):
         atexit.register(runtime.write_stats, rt, control["stats"])
-    if not _target.serve_metrics(control, fd):
-        return 2
+    _target.answer_metrics(control)
     _target.started(fd)
     code = _target.run(target, compiler=rt.compiler(), init_globals=rt.init_globals())
     if code == 0:

@@ -109,6 +109,46 @@ def test_pgo_run_serves_the_metrics(served):
     assert re.search(r"^pgo_gc_pause_seconds_count [1-9]", text, re.M)
 
 
+def test_the_launcher_serves_and_the_program_never_imports_prometheus_client(tmp_path):
+    # The exporter runs in pgo run's own process; the program only answers
+    # with a snapshot.  The process metrics are the program's (its RSS
+    # holds a 256 MiB array; the launcher's does not), and so are the GC
+    # counters.
+    (tmp_path / "job.py").write_text(textwrap.dedent("""
+        import gc, os, sys, time
+        import numpy as np
+        keep = np.ones(1 << 25)              # 256 MiB, touched
+        for _ in range(7):
+            gc.collect(0)
+        print("ready", flush=True)
+        while not os.path.exists("scraped"):
+            time.sleep(0.05)
+        print("prometheus_client" in sys.modules, flush=True)
+    """))
+    (tmp_path / "pgo.toml").write_text(CONFIG)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pgo", "run", "-c", "pgo.toml",
+                             "--metrics-port", str(port), "job.py"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        text = fetch(f"http://127.0.0.1:{port}/metrics")
+        rss = float(re.search(r"^process_resident_memory_bytes (\S+)", text, re.M).group(1))
+        assert rss >= 256 << 20, rss
+        gen0 = float(re.search(r'^python_gc_collections_total{generation="0"} (\S+)', text,
+                               re.M).group(1))
+        assert gen0 >= 7
+        info = re.search(r"^python_info{(.*)} 1.0", text, re.M).group(1)
+        assert f'minor="{sys.version_info.minor}"' in info
+        (tmp_path / "scraped").touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip() == "False"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_port_in_use_is_a_clear_error(tmp_path):
     (tmp_path / "job.py").write_text("print('ran')\n")
     (tmp_path / "pgo.toml").write_text(CONFIG)
@@ -119,8 +159,13 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "pgo", "run", "-c", "pgo.toml",
                                "--metrics-port", str(port), "job.py"], cwd=tmp_path, env=ENV,
                               capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "ran" not in proc.stdout
-    assert f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}" in proc.stderr
+        prof = subprocess.run([sys.executable, "-m", "pgo", "profile", "--no-cpu", "-o", "b",
+                               "--metrics-port", str(port), "job.py"], cwd=tmp_path, env=ENV,
+                              capture_output=True, text=True, timeout=120)
+    for p in (proc, prof):
+        assert p.returncode == 2 and "ran" not in p.stdout
+        assert f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}" in p.stderr
+    assert not (tmp_path / "b").exists()         # refused before anything was made
 
 
 def test_metrics_are_off_unless_asked():
