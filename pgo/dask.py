@@ -40,6 +40,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from pgo import config as cfgmod
+from pgo._core._handler_hook import adopt_thread_handler
 
 
 class PgoPlugin(WorkerPlugin):
@@ -94,6 +95,13 @@ class PgoPlugin(WorkerPlugin):
             # A worker that exits without teardown (the cluster closing)
             # still writes its bundle.
             register_exit(self._profiler)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        # A task's code runs in a copy of the context of the worker code
+        # that starts it, made before setup() set numpy's handler (a
+        # ContextVar) in its own: set it there, where the copies come from.
+        if finish == "executing":
+            adopt_thread_handler()
 
     def teardown(self, worker: Any) -> None:
         if self._profiler is not None:

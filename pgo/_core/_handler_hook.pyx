@@ -21,7 +21,7 @@ that neither imports the other.
 
 cimport numpy as cnp
 
-from pgo._core._npy_handler cimport PyDataMem_SetHandler
+from pgo._core._npy_handler cimport PyDataMem_GetHandler, PyDataMem_SetHandler
 
 import threading
 
@@ -65,6 +65,20 @@ def thread_handler():
     """The handler capsule threads started from now on take (None: numpy's
     default)."""
     return _thread_capsule
+
+
+def adopt_thread_handler():
+    """Give the current context (a thread's, an asyncio task's) the handler
+    threads take, when one is set and the context has another; returns
+    whether it changed.  For code that runs work in contexts made before
+    pgo's handler was set: numpy's handler is a ContextVar, and Dask's
+    worker runs each task in a copy of an asyncio task's context made at
+    start-up, which ``install()`` and the thread hook never reach."""
+    capsule = _thread_capsule
+    if capsule is None or PyDataMem_GetHandler() is capsule:
+        return False
+    PyDataMem_SetHandler(capsule)
+    return True
 
 
 def register_wrapper(inner_handler):

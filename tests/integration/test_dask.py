@@ -1,7 +1,8 @@
 """pgo on Dask workers: PgoPlugin on a real LocalCluster of worker
 processes (dask.distributed), the config applied on every worker (and on
-one added later), profile -> merge -> analyze over the fleet, teardown, and
-a worker killed mid-profile."""
+one added later) and in the tasks they run, profile -> merge -> analyze
+over the fleet (a GC-bound bag job and an array job of large
+temporaries), teardown, and a worker killed mid-profile."""
 
 import os
 import signal
@@ -74,9 +75,13 @@ def test_the_config_reaches_every_worker_and_teardown_restores_them(cluster, tmp
     client.wait_for_workers(3, timeout=120)
     later = client.run(worker_state)
     assert len(later) == 3 and all(s["thresholds"] == (12345, 10, 10) for s in later.values())
-    # Tasks run (and use the cache) under it.
+    # Tasks run under it, in the worker's executor threads and in the
+    # contexts Dask copies for them (made before the plugin was set up).
     import numpy as np
     assert client.submit(lambda: float(np.ones(1 << 18).sum()), pure=False).result() == 2**18
+    in_tasks = client.gather([client.submit(worker_state, pure=False, workers=[w])
+                              for w in later])
+    assert all("pgo" in s["handler"] for s in in_tasks), in_tasks
     stats = client.run(lambda dask_worker: dask_worker.plugins["pgo"].stats())
     assert all(s["gc"]["thresholds"] == [12345, 10, 10] for s in stats.values())
     # Unregistered: every worker as it was.
@@ -133,6 +138,40 @@ def test_profile_the_fleet_merge_and_analyze(cluster, tmp_path):
     assert a.returncode == 0, a.stderr
     plan = config.load(tmp_path / "fleet.toml").gc
     assert plan is not None and plan.full_collection == "growth", plan
+
+
+def array_job(side):
+    # Large numpy temporaries: each chunk is 8 MiB at side=1024.
+    import dask.array as da
+    x = da.random.default_rng(1).random((side * 4, side * 4), chunks=(side, side))
+    y = (x * 2.0 + 1.0) / (x + 3.0)
+    return (da.sqrt(y * y + x) - y.mean()).sum()
+
+
+def test_an_array_job_profiled_on_the_fleet_gets_a_cache_that_serves_its_chunks(cluster,
+                                                                               tmp_path):
+    from pgo.dask import PgoPlugin
+    _, client = cluster
+    fleet = tmp_path / "fleet"
+    client.register_plugin(PgoPlugin(profile=fleet))
+    expected = array_job(1024).compute()
+    client.unregister_worker_plugin("pgo")
+    bundles = sorted(str(p) for p in fleet.iterdir() if p.is_dir())
+    assert len(bundles) == 2
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "pgo", *a], cwd=tmp_path, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+    assert run("merge", *bundles, "-o", "merged").returncode == 0
+    a = run("analyze", "merged", "-o", "arrays.toml", "-q")
+    assert a.returncode == 0, a.stderr
+    [size_class] = config.load(tmp_path / "arrays.toml").size_classes
+    assert size_class.allocator == "cache" and size_class.min_bytes <= 8 << 20
+    client.register_plugin(PgoPlugin(config=tmp_path / "arrays.toml"))
+    assert array_job(1024).compute() == pytest.approx(expected)
+    stats = client.run(lambda dask_worker: dask_worker.plugins["pgo"].stats())
+    served = sum(r["allocations"] for s in stats.values() for r in s["numpy"]["routes"])
+    assert served >= 16, stats          # the 16 chunks' temporaries, at least
+    client.unregister_worker_plugin("pgo")
 
 
 def test_a_worker_killed_mid_profile_leaves_a_loadable_bundle(cluster, tmp_path):

@@ -346,6 +346,29 @@ def test_install_reaches_new_threads_and_pool_workers():
     assert cache.live_blocks == 0
 
 
+def test_adopt_thread_handler_reaches_a_context_copied_before_install():
+    # Dask runs each task in a copy of a context made at its start-up,
+    # before install(): adopt_thread_handler gives such a context pgo's
+    # handler (pgo.dask calls it as a task starts executing).
+    import contextvars
+
+    from pgo._core._handler_hook import adopt_thread_handler
+    early = contextvars.copy_context()
+    assert early.run(adopt_thread_handler) is False          # nothing installed
+    cache = pgo.CacheAllocator()
+    router = pgo.install(cache)
+    try:
+        assert early.run(get_handler_name) == ORIG
+        assert early.run(adopt_thread_handler) is True
+        assert early.run(get_handler_name) == "pgo:CacheAllocator"
+        assert early.run(lambda: pgo.owner(np.ones(100000))) is cache
+        assert early.run(adopt_thread_handler) is False       # already has it
+    finally:
+        assert pgo.uninstall() is router
+    gc.collect()
+    assert cache.live_blocks == 0
+
+
 def test_install_again_replaces():
     first, second = pgo.CacheAllocator(), pgo.CacheAllocator()
     r1 = pgo.install(first)
