@@ -75,6 +75,13 @@ def test_the_config_reaches_every_worker_and_teardown_restores_them(cluster, tmp
     client.wait_for_workers(3, timeout=120)
     later = client.run(worker_state)
     assert len(later) == 3 and all(s["thresholds"] == (12345, 10, 10) for s in later.values())
+    # Restarted workers (new processes) get it again from the scheduler.
+    client.restart(timeout=120)
+    client.wait_for_workers(3, timeout=120)
+    restarted = client.run(worker_state)
+    assert {s["pid"] for s in restarted.values()}.isdisjoint(s["pid"] for s in later.values())
+    assert all(s["thresholds"] == (12345, 10, 10) for s in restarted.values()), restarted
+    later = restarted
     # Tasks run under it, in the worker's executor threads and in the
     # contexts Dask copies for them (made before the plugin was set up).
     import numpy as np
@@ -172,6 +179,14 @@ def test_an_array_job_profiled_on_the_fleet_gets_a_cache_that_serves_its_chunks(
     served = sum(r["allocations"] for s in stats.values() for r in s["numpy"]["routes"])
     assert served >= 16, stats          # the 16 chunks' temporaries, at least
     client.unregister_worker_plugin("pgo")
+
+
+def test_import_pgo_never_imports_dask():
+    out = subprocess.run([sys.executable, "-c", "import sys, pgo, pgo.runtime, pgo.config; "
+                          "print(any(m.split('.')[0] in ('dask', 'distributed') "
+                          "for m in sys.modules))"],
+                         env=ENV, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_a_worker_killed_mid_profile_leaves_a_loadable_bundle(cluster, tmp_path):
