@@ -297,6 +297,47 @@ def pgo_argv(python: list[str], module: str, *args: str) -> list[str]:
 
 
 @contextmanager
+def launched(target: Target, module: str, control: dict[str, Any], *,
+             env: dict[str, str] | None = None, metrics_port: int | None = None,
+             error: type[PgoError] = PgoError
+             ) -> Iterator[tuple[subprocess.Popen, dict[str, Any]]]:
+    """In a launcher (``pgo run``, ``pgo profile``): start ``python -m
+    module CONTROL`` for ``target`` and yield (child, its status line) once
+    the child said it started or why it cannot, with ^C and SIGTERM
+    reaching the program (``signals_to``) until the block ends.  With
+    ``metrics_port`` the launcher serves the program's metrics
+    (pgo.metrics_relay): the port is bound first, so a port in use is an
+    error before anything runs.  ``error``: what a failed start raises."""
+    import json
+    import subprocess
+    relay = None
+    if metrics_port:
+        from pgo.metrics_relay import Relay
+        relay = Relay(metrics_port)
+    read_fd, write_fd = os.pipe()
+    control = {**control, "status_fd": write_fd,
+               "metrics_fd": relay.child_fd() if relay else None}
+    pass_fds = (write_fd, *([relay.child_fd()] if relay else []))
+    argv = pgo_argv(target.python, module, json.dumps(control))
+    try:
+        try:
+            child = subprocess.Popen(argv, pass_fds=pass_fds, env=env)
+        except OSError as e:
+            raise error(f"cannot start {target.python[0]}: {e}") from None
+        finally:
+            os.close(write_fd)
+        with signals_to(child):
+            status = read_status(read_fd)
+            if relay and status.get("started"):
+                relay.started(child.pid)
+            yield child, status
+    finally:
+        os.close(read_fd)
+        if relay:
+            relay.close()
+
+
+@contextmanager
 def signals_to(child: subprocess.Popen) -> Iterator[None]:
     """In a launcher, while its child runs the program: signals reach the
     program as they would reach ``python job.py``.

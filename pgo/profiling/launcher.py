@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pgo._errors import ProfilerError
-from pgo._target import Target, exit_status, pgo_argv, read_status, signals_to
+from pgo._errors import PgoError, ProfilerError
+from pgo._target import Target, exit_status, launched
 from pgo.profiling import cpu
 from pgo.profiling.options import FOLLOW_ENV, SKIP_ENV, Options
 
@@ -59,16 +58,9 @@ def profile(target: Target, directory: Path, options: Options, *,
         if p.exists():
             break
         created = p
-    relay = None
-    if metrics_port:
-        from pgo.metrics_relay import Relay
-        relay = Relay(metrics_port)          # a port in use is an error before the run
     directory.mkdir(parents=True, exist_ok=True)
-    read_fd, write_fd = os.pipe()
-    pass_fds = (write_fd, *([relay.child_fd()] if relay else []))
     control = {"bundle": os.fspath(directory.resolve()), "options": options.to_json(),
-               "target": target.to_json(), "status_fd": write_fd,
-               "metrics_fd": relay.child_fd() if relay else None}
+               "target": target.to_json()}
     env = dict(os.environ)
     if options.follow_children:
         from pgo import bundle as fmt
@@ -76,28 +68,20 @@ def profile(target: Target, directory: Path, options: Options, *,
         env[FOLLOW_ENV] = json.dumps({"root": os.fspath(children), "options": options.to_json()})
         env[SKIP_ENV] = "1"
         env["PYTHONPATH"] = os.pathsep.join([HOOK_DIR] + [p for p in [env.get("PYTHONPATH")] if p])
-    argv = pgo_argv(target.python, "pgo.profiling.child", json.dumps(control))
+    ran = False
     try:
-        try:
-            child = subprocess.Popen(argv, env=env, pass_fds=pass_fds)
-        except OSError as e:
-            _discard(directory, created)
-            raise ProfilerError(f"cannot start {target.python[0]}: {e}") from None
-        finally:
-            os.close(write_fd)
-        with signals_to(child):        # ^C and SIGTERM reach the program as under python
-            status = read_status(read_fd)
-            if relay and status.get("started"):
-                relay.started(child.pid)
+        with launched(target, "pgo.profiling.child", control, env=env,
+                      metrics_port=metrics_port, error=ProfilerError) as (child, status):
+            ran = bool(status.get("started"))
             sampler = None
             if status.get("started") and cpu_options.enabled:
                 sampler = cpu.Sampler(child.pid, directory, cpu_options)
                 sampler.start()
             returncode = child.wait()
-    finally:
-        os.close(read_fd)
-        if relay:
-            relay.close()
+    except PgoError:
+        if not ran:
+            _discard(directory, created)     # a failed start leaves nothing behind
+        raise
     if not status.get("started"):
         _discard(directory, created)
         if "error" in status:
