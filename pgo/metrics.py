@@ -50,6 +50,7 @@ collectors.  ``rule`` names where an allocator comes from: the config's
 from __future__ import annotations
 
 import gc
+import numbers
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,8 +135,8 @@ def snapshot(pauses: Pauses | None, t0: float) -> dict[str, Any]:
         except Exception:       # noqa: BLE001, S112  (a pool torn down between scrapes)
             continue
         kind = str(st.get("allocator") or type(obj).__name__)
-        sources.append([rule, kind, {k: v for k, v in st.items()
-                                     if isinstance(v, (int, float)) and not isinstance(v, bool)}])
+        sources.append([rule, kind, {str(k): float(v) for k, v in st.items()
+                                     if isinstance(v, numbers.Real) and not isinstance(v, bool)}])
     rt = runtime.active()
     policy = rt.gc if rt is not None else None
     plan = None
@@ -290,22 +291,54 @@ class _Served:
                 self.registered = True
 
 
-def serve_lazily(sock: Any, setup: Callable[[], Any]) -> None:
+def serve_lazily(sock: Any, setup: Callable[[], Any]) -> _LazyServer:
     """Serve ``/metrics`` on the listening socket ``sock`` from a daemon
     thread.  prometheus_client is imported, and ``setup()`` called for the
-    registry to serve, when the first connection arrives."""
+    registry to serve, when the first connection arrives.  Returns what
+    stops it."""
+    server = _LazyServer(sock)
     port = sock.getsockname()[1]
-    threading.Thread(target=_serve_when_asked, args=(sock, setup),
-                     name=f"pgo-metrics-{port}", daemon=True).start()
+    server.thread = threading.Thread(target=_serve_when_asked, args=(server, setup),
+                                     name=f"pgo-metrics-{port}", daemon=True)
+    server.thread.start()
+    return server
 
 
-def _serve_when_asked(sock: Any, setup: Callable[[], Any]) -> None:
+class _LazyServer:
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.httpd: Any = None
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; waits for the server thread.
+        A thread still in accept() is woken by shutting the socket down."""
+        import socket
+        with self.lock:
+            self.stopped = True
+            httpd = self.httpd
+        if httpd is not None:
+            httpd.shutdown()                # waits for serve_forever to return
+        else:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def _serve_when_asked(server: _LazyServer, setup: Callable[[], Any]) -> None:
     # NOTE: runs in the server thread.  accept() waits without the GIL; the
     # imports and the collector come with the first connection.
+    sock = server.sock
     try:
         conn, peer = sock.accept()
     except OSError:
-        return
+        return                              # stopped before any scrape
     from wsgiref.simple_server import WSGIRequestHandler
 
     from prometheus_client import make_wsgi_app
@@ -323,5 +356,10 @@ def _serve_when_asked(sock: Any, setup: Callable[[], Any]) -> None:
     httpd.server_name, httpd.server_port = host, port
     httpd.setup_environ()
     httpd.set_app(make_wsgi_app(reg))
+    with server.lock:
+        if server.stopped:
+            conn.close()
+            return
+        server.httpd = httpd
     httpd.process_request(conn, peer)
     httpd.serve_forever()

@@ -36,7 +36,12 @@ from typing import Any
 
 from pgo import metrics
 
-_HEADER = struct.Struct("!I")        # the JSON document's length
+# A request is its number; an answer is (that number, the JSON document's
+# length) and the document.  Numbers let the launcher drop an answer that
+# came after its scrape gave up on it, instead of serving it to the next.
+_REQUEST = struct.Struct("!I")
+_HEADER = struct.Struct("!II")
+MAX_ANSWER_BYTES = 64 << 20            # anything longer is a broken stream
 ANSWER_TIMEOUT_S = 5.0
 
 
@@ -56,20 +61,33 @@ def answer(fd: int) -> None:
 
 def _answer_loop(conn: socket.socket, pauses: metrics.Pauses, t0: float) -> None:
     # NOTE: runs in the program's answering thread; recv() waits without the GIL.
-    info = None
     with conn:
-        while True:
-            try:
-                if not conn.recv(1):
-                    return                    # the launcher is gone
-                info = info or _python_info()
-                snap = metrics.snapshot(pauses, t0)
-                snap["gc_stats"] = gc.get_stats()
-                snap["python"] = info
-                data = json.dumps(snap).encode()
-                conn.sendall(_HEADER.pack(len(data)) + data)
-            except OSError:
-                return
+        try:
+            _answer_requests(conn, pauses, t0)
+        except OSError:
+            pass
+        finally:
+            gc.callbacks.remove(pauses.callback)    # nobody asks any more
+
+
+def _answer_requests(conn: socket.socket, pauses: metrics.Pauses, t0: float) -> None:
+    info = None
+    while True:
+        request = conn.recv(_REQUEST.size, socket.MSG_WAITALL)
+        if len(request) < _REQUEST.size:
+            return                          # the launcher is gone
+        (seq,) = _REQUEST.unpack(request)
+        try:
+            info = info or _python_info()
+            snap = metrics.snapshot(pauses, t0)
+            snap["gc_stats"] = gc.get_stats()
+            snap["python"] = info
+            data = json.dumps(snap).encode()
+        except Exception as e:              # noqa: BLE001  (a pool's stats() that fails)
+            # Said to the launcher, which prints it; the program's own
+            # stderr and its run are left alone.
+            data = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
+        conn.sendall(_HEADER.pack(seq, len(data)) + data)
 
 
 def _python_info() -> dict[str, str]:
@@ -105,8 +123,15 @@ class Relay:
             why = getattr(e, "strerror", None) or e
             raise CommandError(f"--metrics-port {port}: cannot listen on {addr}:{port}: {why}",
                                exit_code=2) from None
-        self._conn, self._child_end = socket.socketpair()
+        try:
+            self._conn, self._child_end = socket.socketpair()
+        except OSError:
+            self.sock.close()
+            raise
         self._lock = threading.Lock()
+        self._seq = 0
+        self._broken = False           # out of step with the program: asked no more
+        self._server: Any = None
 
     def child_fd(self) -> int:
         """The fd to pass to the program (``pass_fds``), whose ``answer``
@@ -125,24 +150,47 @@ class Relay:
             reg.register(_ProgramCollector(self))
             return reg
 
-        metrics.serve_lazily(self.sock, setup)
+        self._server = metrics.serve_lazily(self.sock, setup)
 
     def close(self) -> None:
-        """The program is gone: stop serving (a scrape now fails to connect)."""
+        """The program is gone: stop serving (a scrape now fails to
+        connect) and wait for the server thread."""
+        if self._server is not None:
+            self._server.stop()
+        else:
+            self.sock.close()
         self._child_end.close()
-        self._conn.close()
-        self.sock.close()
+        with self._lock:                # not under a scrape's recv
+            self._conn.close()
 
     def snapshot(self) -> dict[str, Any] | None:
         """The program's snapshot, or None when it does not answer (it has
-        exited, or is stopped) within ANSWER_TIMEOUT_S."""
+        exited, or is stopped) within ANSWER_TIMEOUT_S.  An answer that
+        comes later is dropped by the next request."""
         with self._lock:
+            if self._broken:
+                return None
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
             try:
                 self._conn.settimeout(ANSWER_TIMEOUT_S)
-                self._conn.sendall(b"?")
-                (n,) = _HEADER.unpack(self._recv(_HEADER.size))
-                return json.loads(self._recv(n))
+                self._conn.sendall(_REQUEST.pack(self._seq))
+                while True:
+                    try:
+                        first = self._conn.recv(1)
+                    except TimeoutError:
+                        return None                 # no answer yet: it may come later
+                    if not first:
+                        raise OSError("the program closed its end")
+                    header = first + self._recv(_HEADER.size - 1)
+                    seq, n = _HEADER.unpack(header)
+                    if n > MAX_ANSWER_BYTES:
+                        raise ValueError(f"an answer of {n:,} bytes")
+                    data = self._recv(n)
+                    if seq == self._seq:
+                        return json.loads(data)
             except (OSError, ValueError, struct.error):
+                # Mid-answer or garbled: the stream is out of step for good.
+                self._broken = True
                 return None
 
     def _recv(self, n: int) -> bytes:
@@ -168,13 +216,15 @@ class _ProgramCollector:
 
     def collect(self) -> Iterator[Any]:
         snap = self._relay.snapshot()
-        if snap is None:
+        if snap is None or "error" in snap:
             if not self._warned:        # once: a stopped program would say it every scrape
                 self._warned = True
-                print(f"pgo: warning: --metrics-port: the program did not answer a scrape "
-                      f"within {ANSWER_TIMEOUT_S:g} s; serving the process metrics only",
-                      file=sys.stderr)
+                why = (f"failed: {snap['error']}" if snap is not None else
+                       f"was not answered within {ANSWER_TIMEOUT_S:g} s")
+                print(f"pgo: warning: --metrics-port: a scrape of the program {why}; "
+                      f"serving the process metrics only", file=sys.stderr)
             return
+        self._warned = False
         yield from metrics.families(snap)
         yield from _gc_families(snap["gc_stats"])
         from prometheus_client.core import GaugeMetricFamily
