@@ -59,9 +59,16 @@ CONFIG = textwrap.dedent("""
 
 
 def start(args, cwd):
+    # As a shell starts a foreground job: SIGINT and SIGTERM at their
+    # defaults, whatever this test runner inherited (a runner started in the
+    # background by a shell without job control has SIGINT ignored, which
+    # its children would keep: see test_an_ignored_sigint_stays_ignored).
+    def as_a_shell_does():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return subprocess.Popen([sys.executable, "-m", "pgo", *args], cwd=cwd, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_a_shell_does)
 
 
 def wait_ready(proc, timeout=120):
