@@ -80,11 +80,10 @@ def unregister(name: str) -> None:
         _registered.pop(name, None)
 
 
-def _sources() -> list[tuple[str, Any]]:
-    """(rule, object) for every allocator and pool to export now."""
-    from pgo import runtime
+def _sources(rt: Any) -> list[tuple[str, Any]]:
+    """(rule, object) for every allocator and pool to export now (``rt``:
+    the active runtime, or None)."""
     out: list[tuple[str, Any]] = []
-    rt = runtime.active()
     if rt is not None:
         if rt.router is not None:
             out += [(f"numpy.size_class[{i}]", sc.allocator)
@@ -128,8 +127,9 @@ def snapshot(pauses: Pauses | None, t0: float) -> dict[str, Any]:
     (the launcher of ``pgo run --metrics-port`` asks the program for it
     over a socket; ``start_http_server`` reads it in-process)."""
     from pgo import runtime
+    rt = runtime.active()
     sources = []
-    for rule, obj in _sources():
+    for rule, obj in _sources(rt):
         try:
             st = obj.stats()
         except Exception:       # noqa: BLE001, S112  (a pool torn down between scrapes)
@@ -137,7 +137,6 @@ def snapshot(pauses: Pauses | None, t0: float) -> dict[str, Any]:
         kind = str(st.get("allocator") or type(obj).__name__)
         sources.append([rule, kind, {str(k): float(v) for k, v in st.items()
                                      if isinstance(v, numbers.Real) and not isinstance(v, bool)}])
-    rt = runtime.active()
     policy = rt.gc if rt is not None else None
     plan = None
     if policy is not None:
@@ -296,21 +295,19 @@ def serve_lazily(sock: Any, setup: Callable[[], Any]) -> _LazyServer:
     thread.  prometheus_client is imported, and ``setup()`` called for the
     registry to serve, when the first connection arrives.  Returns what
     stops it."""
-    server = _LazyServer(sock)
-    port = sock.getsockname()[1]
-    server.thread = threading.Thread(target=_serve_when_asked, args=(server, setup),
-                                     name=f"pgo-metrics-{port}", daemon=True)
-    server.thread.start()
-    return server
+    return _LazyServer(sock, setup)
 
 
 class _LazyServer:
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, setup: Callable[[], Any]) -> None:
         self.sock = sock
-        self.httpd: Any = None
-        self.thread: threading.Thread | None = None
+        self.httpd: Any = None                # once the first scrape made it
         self.lock = threading.Lock()
         self.stopped = False
+        self.thread = threading.Thread(target=_serve_when_asked, args=(self, setup),
+                                       name=f"pgo-metrics-{sock.getsockname()[1]}",
+                                       daemon=True)
+        self.thread.start()
 
     def stop(self) -> None:
         """Stop serving and close the socket; waits for the server thread.
@@ -326,8 +323,7 @@ class _LazyServer:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self.thread is not None:
-            self.thread.join(timeout=5)
+        self.thread.join(timeout=5)
         self.sock.close()
 
 

@@ -102,7 +102,7 @@ def _python_info() -> dict[str, str]:
 
 class Relay:
     """The launcher's side: bound to ``127.0.0.1:port`` when made, serving
-    once ``start(pid)`` is called with the program's pid.
+    once ``started(pid)`` is called with the program's pid.
 
     Raises (when made):
         CommandError: the port cannot be listened on, or prometheus_client

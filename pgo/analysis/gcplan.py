@@ -37,6 +37,8 @@ another).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from pgo.analysis.features import OBJECTS, Collected, Traced, collect
@@ -68,13 +70,14 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
                   if gen == 2) / 1e9)
     head = (f"GC took {share:.1%} of the {wall:.3g} s run ({collections:,} collections, "
             f"{full} full ones taking {full_s:.3g} s; {collected:,} objects freed)")
+    # Every plan records the share it was judged from (the metrics compare
+    # the run's GC time against it).
+    make = functools.partial(GCPlan, profiled_gc_share=round(share, 4))
     if share < MIN_SHARE:
-        return GCPlan(profiled_gc_share=round(share, 4),
-                      reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
+        return make(reason=f"{head}: under {MIN_SHARE:.0%}, left as it is")
     if pause_s < MIN_PAUSE_S:
-        return GCPlan(profiled_gc_share=round(share, 4),
-                      reason=f"{head}: under {MIN_PAUSE_S * 1e3:.0f} ms in all, too little "
-                             f"to judge from; left as it is")
+        return make(reason=f"{head}: under {MIN_PAUSE_S * 1e3:.0f} ms in all, too little "
+                           f"to judge from; left as it is")
     objects = (traces or collect(bundle))[0].get(OBJECTS)
     blocks = objects.blocks if objects is not None else None
     allocated = float(blocks.weight.sum()) if blocks is not None else 0.0
@@ -82,8 +85,8 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
     if objects is not None and allocated > 0 and collected < allocated / 1000:
         peak = _peak_blocks(objects)
         factor, garbage = _growth_factor(collected, allocated, peak)
-        return GCPlan(
-            profiled_gc_share=round(share, 4), thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
+        return make(
+            thresholds=(0, 0, 0), freeze_after_startup=freeze, startup_s=startup,
             full_collection="growth", growth_factor=factor, peak_heap_blocks=round(peak),
             reason=(f"{head}, {collected / max(allocated, 1):.2%} of ~{allocated:,.0f} objects "
                     f"allocated: no young collections (each surviving object was scanned "
@@ -93,8 +96,8 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
                     f"{garbage:.2g} of cyclic garbage per block of heap growth) the garbage "
                     f"stays under {GARBAGE_SHARE:.0%} of the heap at any input size"
                     + (f"; heap built in the first {startup:.3g} s is frozen" if freeze else "")))
-    return GCPlan(
-        profiled_gc_share=round(share, 4), thresholds=(10_000, 10, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
+    return make(
+        thresholds=(10_000, 10, 1_000_000), freeze_after_startup=freeze, startup_s=startup,
         full_collection="growth", growth_factor=1.5,
         reason=(f"{head}: collections free cycles, so young collections only 14x rarer and "
                 f"full ones at 1.5x heap growth (garbage held under 1.5x the live heap)"
