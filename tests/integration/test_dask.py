@@ -181,6 +181,20 @@ def test_an_array_job_profiled_on_the_fleet_gets_a_cache_that_serves_its_chunks(
     client.unregister_worker_plugin("pgo")
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"config": "a.toml", "profile": "fleet"}])
+def test_plugin_takes_config_or_profile_exactly_one(kwargs):
+    from pgo.dask import PgoPlugin
+    with pytest.raises(ValueError, match="exactly one"):
+        PgoPlugin(**kwargs)
+
+
+def test_a_bad_config_is_refused_on_the_client_before_any_worker_sees_it(tmp_path):
+    from pgo.dask import PgoPlugin
+    (tmp_path / "bad.toml").write_text("[pgo]\nversion = 1\n[gc]\nthresholds = [1, 2]\n")
+    with pytest.raises(config.ConfigError, match="bad.toml"):
+        PgoPlugin(config=tmp_path / "bad.toml")
+
+
 def test_import_pgo_never_imports_dask():
     out = subprocess.run([sys.executable, "-c", "import sys, pgo, pgo.runtime, pgo.config; "
                           "print(any(m.split('.')[0] in ('dask', 'distributed') "

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -95,3 +96,11 @@ def test_close_stops_the_server_before_and_after_a_scrape():
         assert not r._server.thread.is_alive()
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_without_prometheus_client_metrics_port_is_a_clear_error(monkeypatch):
+    from pgo._errors import CommandError
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)     # as if not installed
+    with pytest.raises(CommandError, match="--metrics-port needs prometheus_client") as e:
+        metrics_relay.Relay(free_port())
+    assert e.value.exit_code == 2
