@@ -74,7 +74,11 @@ def project(tmp_path):
 def test_script_runs_as_under_python_and_bundle_is_complete(project):
     plain = python("job.py", "50", "5", cwd=project)
     out = project / "b"
-    proc = pgo("profile", "-o", str(out), "--", sys.executable, "job.py", "50", "5", cwd=project)
+    # Objects are sampled about once per --sample-bytes allocated: at the
+    # default 32 KiB this little program makes 1-5 samples, and none at all
+    # now and then (it failed CI once); at 512 B it makes hundreds.
+    proc = pgo("profile", "--sample-bytes", "512", "-o", str(out), "--", sys.executable, "job.py",
+               "50", "5", cwd=project)
     assert proc.returncode == plain.returncode == 5
     assert proc.stdout == plain.stdout
     assert "to stderr" in proc.stderr and "argv ['50', '5'] name __main__" in proc.stdout
