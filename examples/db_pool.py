@@ -13,8 +13,10 @@ deliberately broken statement now and then) through a pool of at most
 - rows read back are packed into buffers from a ``pgo.BufferPool`` (the
   "query buffer"), and checksummed.
 
-At the end it prints a JSON summary: queries, errors, connections made,
-the most in use at once, and both pools' statistics.  Nothing may be left
+At the end it prints a JSON summary: queries, errors (the broken statements;
+a "database is locked" answer is retried, up to 50 times, and counted in
+``busy_retries``), connections made, the most in use at once, and both
+pools' statistics.  Nothing may be left
 checked out: ``leaked_connections`` and ``leaked_buffers`` must be 0.
 """
 
@@ -29,8 +31,8 @@ import sys
 import tempfile
 import threading
 import zlib
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pgo
 
@@ -49,9 +51,9 @@ class ConnectionPool:
         self.max_in_use = 0
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
+        # WAL is set once, by setup_db: it is kept in the file, and switching
+        # it here would take locks while other connections work.
+        return sqlite3.connect(self.path, timeout=30, check_same_thread=False)
 
     @staticmethod
     def _reset(conn: sqlite3.Connection) -> None:
@@ -84,49 +86,63 @@ class ConnectionPool:
 
 def setup_db(path: str) -> None:
     with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, owner INTEGER, "
                      "payload BLOB)")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    # SQLite answers "database is locked" without waiting out the timeout
+    # when waiting could deadlock (a deferred transaction whose snapshot went
+    # stale); the query is then simply run again.
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def worker(pool: ConnectionPool, buffers: pgo.BufferPool, tid: int, n: int,
            results: dict[str, int], lock: threading.Lock) -> None:
     rng = random.Random(tid)
-    errors = inserted = read = 0
+    errors = inserted = read = retries = 0
     checksum = 0
     for q in range(n):
         kind = rng.random()
-        try:
-            with pool.connection() as conn:
-                if q % 97 == 13:
-                    # A broken statement inside a transaction: the error
-                    # must not keep the connection or its transaction.
-                    conn.execute("INSERT INTO items (owner, payload) VALUES (?, ?)",
-                                 (tid, b"doomed"))
-                    conn.execute("SELECT * FROM no_such_table")
-                elif kind < 0.4:
-                    payload = bytes(rng.randrange(256) for _ in range(rng.randrange(16, 256)))
-                    with conn:
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(16, 256)))
+        for attempt in range(51):
+            try:
+                with pool.connection() as conn:
+                    if q % 97 == 13:
+                        # A broken statement inside a transaction: the error
+                        # must not keep the connection or its transaction.
                         conn.execute("INSERT INTO items (owner, payload) VALUES (?, ?)",
-                                     (tid, payload))
-                    inserted += 1
-                else:
-                    rows = conn.execute("SELECT payload FROM items WHERE owner = ? "
-                                        "ORDER BY id DESC LIMIT 8", (tid,)).fetchall()
-                    total = sum(len(r[0]) for r in rows)
-                    if total:
-                        with buffers.buffer(total) as buf:     # the query buffer
-                            pos = 0
-                            for (payload,) in rows:
-                                buf[pos:pos + len(payload)] = payload
-                                pos += len(payload)
-                            checksum = zlib.crc32(buf, checksum)
-                    read += 1
-        except sqlite3.OperationalError:
-            errors += 1
+                                     (tid, b"doomed"))
+                        conn.execute("SELECT * FROM no_such_table")
+                    elif kind < 0.4:
+                        with conn:
+                            conn.execute("INSERT INTO items (owner, payload) VALUES (?, ?)",
+                                         (tid, payload))
+                        inserted += 1
+                    else:
+                        rows = conn.execute("SELECT payload FROM items WHERE owner = ? "
+                                            "ORDER BY id DESC LIMIT 8", (tid,)).fetchall()
+                        total = sum(len(r[0]) for r in rows)
+                        if total:
+                            with buffers.buffer(total) as buf:     # the query buffer
+                                pos = 0
+                                for (payload_read,) in rows:
+                                    buf[pos:pos + len(payload_read)] = payload_read
+                                    pos += len(payload_read)
+                                checksum = zlib.crc32(buf, checksum)
+                        read += 1
+            except sqlite3.OperationalError as exc:
+                if _busy(exc) and attempt < 50:
+                    retries += 1
+                    continue
+                errors += 1
+            break
     with lock:
         results["errors"] += errors
         results["inserted"] += inserted
         results["reads"] += read
+        results["busy_retries"] += retries
         results["checksum"] ^= checksum
 
 
@@ -144,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_db(path)
         pool = ConnectionPool(path, args.size)
         buffers = pgo.BufferPool(max_bytes=1 << 20)
-        results = {"errors": 0, "inserted": 0, "reads": 0, "checksum": 0}
+        results = {"errors": 0, "inserted": 0, "reads": 0, "busy_retries": 0, "checksum": 0}
         lock = threading.Lock()
         per = [args.queries // args.threads + (i < args.queries % args.threads)
                for i in range(args.threads)]
