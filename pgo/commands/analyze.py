@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from pgo.commands._options import add_html, add_quiet
+
 
 class AnalyzeCommand:
     """Turn a profile bundle into a pgo config.
@@ -44,15 +46,13 @@ class AnalyzeCommand:
                             help="sites in the --explain table (default: 15, by bytes)")
         parser.add_argument("--json", action="store_true",
                             help="print the plan as JSON (decisions, clusters, config)")
-        parser.add_argument("--html", metavar="FILE",
-                            help="also write the profile and the plan as an HTML page (the "
-                                 "same page as `pgo show --html`)")
+        add_html(parser, "also write the profile and the plan as an HTML page (the same page "
+                         "as `pgo show --html`)")
         parser.add_argument("--allow-failed", action="store_true",
                             help="write a config even when the profiled run failed (an exit "
                                  "code other than 0, 130 or 143, or a crash); without it that "
                                  "is an error")
-        parser.add_argument("-q", "--quiet", action="store_true",
-                            help="print nothing but warnings (on stderr)")
+        add_quiet(parser, "print nothing but warnings (on stderr)")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import config

@@ -10,6 +10,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from pgo.commands._options import add_html, add_quiet
 from pgo.commands._program import add_arguments
 from pgo.commands._program import target as program_target
 
@@ -47,18 +48,17 @@ class BenchCommand:
                             help="comma-separated: jemalloc, mimalloc, tcmalloc, gc-freeze, gc-off")
         parser.add_argument("-o", "--output", default="bench.json", metavar="FILE",
                             help="results as JSON (default: bench.json)")
-        parser.add_argument("--html", metavar="FILE",
-                            help="the HTML report (default: the JSON's name with .html)")
+        add_html(parser, "the HTML report (default: the JSON's name with .html)")
         parser.add_argument("--max-rss-increase", type=float, default=10.0, metavar="PCT",
                             help="peak RSS the config may add over the baseline's, in percent, "
                                  "before its memory verdict is flagged (default: 10)")
-        parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        add_quiet(parser, "no progress bar")
         add_arguments(parser, "measure")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import config
-        from pgo.bench import report, runner
         from pgo._errors import CommandError
+        from pgo.bench import report, runner
         if args.runs < 2:
             parser.error("--runs must be at least 2")
         if args.max_rss_increase < 0:

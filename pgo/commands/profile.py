@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pgo._errors import PgoError
+from pgo.commands._options import add_quiet
 from pgo.commands._program import add_arguments, add_metrics_port, check_metrics_port
 from pgo.commands._program import target as program_target
 from pgo.profiling import cpu
@@ -74,7 +75,7 @@ class ProfileCommand:
                             help="allow unpickling --from-tracemalloc (runs code from the file: "
                                  "only for files you made yourself)")
         add_metrics_port(parser)
-        parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
+        add_quiet(parser, "only errors and warnings")
         add_arguments(parser, "profile")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pgo.commands._options import add_quiet
 from pgo.commands._program import add_arguments, add_metrics_port, check_metrics_port
 from pgo.commands._program import target as program_target
 
@@ -43,7 +44,7 @@ class RunCommand:
                                  "another program, another version of its source, another "
                                  "Python or numpy; without it those are warnings")
         add_metrics_port(parser)
-        parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+        add_quiet(parser, "only errors")
         add_arguments(parser, "run")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

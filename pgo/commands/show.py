@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pgo.commands._options import add_html
+
 
 class ShowCommand:
     """Summarize a profile bundle.
@@ -28,8 +30,7 @@ class ShowCommand:
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
         parser.add_argument("--top", type=int, default=10, metavar="N",
                             help="rows per table (default: 10)")
-        parser.add_argument("--html", metavar="FILE",
-                            help="also write the profile and its analysis as an HTML page")
+        add_html(parser, "also write the profile and its analysis as an HTML page")
 
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pgo import bundle as fmt
