@@ -185,6 +185,56 @@ def test_gc_plan_guardrails():
     assert busy.thresholds[0] <= 10_000 and "free cycles" in busy.reason
 
 
+def _objects_trace(n: int, wall: float, *, kept: bool):
+    """n objects born evenly over the run; kept: alive at the end, else
+    each lives while the next 1,000 are born (a heap that does not grow)."""
+    from pgo.analysis.features import OBJECTS, Traced
+    from pgo.analysis.lifetimes import Blocks
+    birth = np.linspace(0.0, wall * 0.95, n)
+    death = np.full(n, np.nan) if kept else birth + wall / n * 1000
+    z = np.zeros(n)
+    blocks = Blocks(site=np.ones(n, np.uint32), size=np.full(n, 64, np.uint64), birth=birth,
+                    death=death, tid=np.ones(n, np.uint32), weight=np.ones(n), end=wall,
+                    birth_ev=np.arange(n, dtype=np.int64), death_ev=np.full(n, -1, np.int64),
+                    censored=np.zeros(n, bool), censor_t=np.full(n, np.nan),
+                    by_realloc=np.zeros(n, bool))
+    traced = Traced(blocks=blocks, lifo=z, together=z, births_before=z,
+                    run_starts=np.array([0], np.int64))
+    return ({OBJECTS: traced}, {}, {}, {})
+
+
+def test_a_growing_heap_whose_collections_free_nothing_gets_a_plan_below_five_percent():
+    # 2% of the profiled run, but every full collection would scan the kept
+    # heap: at a larger input the share grows (feature_store: 1.9% profiled,
+    # GC off 9% faster at 3x), so the share alone does not rule it out.
+    def fake(share, collections=40):
+        b, _ = make_bundle({"long-lived": 1})
+        b.manifest["duration_s"] = 10.0
+        per = int(share * 10e9 / collections)
+        b.gc = {"thresholds": [700, 10, 10], "wall_s": 10.0,
+                "total_pause_ns": per * collections, "pauses_dropped": 0,
+                "pauses": {"t_s": [1.0] * collections, "generation": [0] * collections,
+                           "duration_ns": [per] * collections, "collected": [0] * collections,
+                           "uncollectable": [0] * collections},
+                "generations": [{"collections": collections, "collected": 3, "uncollectable": 0},
+                                {"collections": 0, "collected": 0, "uncollectable": 0},
+                                {"collections": 0, "collected": 0, "uncollectable": 0}]}
+        return b
+    kept = _objects_trace(20_000, 10.0, kept=True)
+    p = gc_plan(fake(0.02), kept)
+    assert p.thresholds == (0, 0, 0) and p.full_collection == "growth"
+    assert "share grows with the input" in p.reason
+    # The same share on a heap that does not grow, or under 1%, or
+    # from too few collections to say they free nothing: left as it is.
+    assert gc_plan(fake(0.02), _objects_trace(20_000, 10.0, kept=False)).thresholds is None
+    assert gc_plan(fake(0.005), kept).thresholds is None
+    assert gc_plan(fake(0.02, collections=10), kept).thresholds is None
+    # Collections that do free: the share rule stands.
+    freeing = fake(0.02)
+    freeing.gc["generations"][0]["collected"] = 10_000
+    assert gc_plan(freeing, kept).thresholds is None
+
+
 def test_the_growth_factor_depends_on_ratios_not_on_the_input_size():
     from pgo.analysis.gcplan import GARBAGE_SHARE, MAX_FACTOR, _growth_factor
 
