@@ -38,9 +38,11 @@ def main() -> int:
     timer = _GCTimer()
     gc.callbacks.append(timer.callback)
     runtime = None
+    target = _target.Target.from_json(arm["target"])
     if arm.get("config"):
         from pgo import runtime as rtmod
-        runtime = rtmod.apply(arm["config"])
+        # The program is the target, not this module (__main__ here).
+        runtime = rtmod.apply(arm["config"], program=target.identity())
     elif arm.get("gc_recipe"):
         gc.freeze()
         gc.set_threshold(*arm["gc_recipe"])
@@ -58,7 +60,6 @@ def main() -> int:
             json.dump(out, f, default=str)
 
     atexit.register(report)
-    target = _target.Target.from_json(arm["target"])
     compiler = runtime.compiler() if runtime is not None else None
     init = runtime.init_globals() if runtime is not None else None
     return _target.run(target, compiler=compiler, init_globals=init)

@@ -148,3 +148,24 @@ def test_statistics():
     assert compare(base, base)["ratio"] == 1.0
     assert compare([], fast)["ratio"] is None
     assert compare(base, fast) == compare(base, fast)      # seeded: reproducible
+
+
+def test_the_config_arm_checks_the_config_against_the_target_not_the_probe(project, tmp_path):
+    # Every arm runs through `python -m pgo.bench.probe`; the config must be
+    # compared with the program benched (job.py), not with the probe.
+    from pgo._target import Target
+    target = Target("script", str(project / "job.py"), [], [sys.executable])
+    base = (project / "pgo.toml").read_text()
+
+    def probe_stderr(program: str) -> str:
+        cfg = tmp_path / f"{program}.toml"
+        cfg.write_text(base.replace("version = 1", f'version = 1\nprogram = "{program}"', 1))
+        spec = {"config": str(cfg), "target": target.to_json(),
+                "result": str(tmp_path / "result.json")}
+        proc = subprocess.run([sys.executable, "-m", "pgo.bench.probe", json.dumps(spec)],
+                              cwd=project, env=ENV, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    assert "was made for" not in probe_stderr("job.py")
+    assert "was made for other.py, not job.py" in probe_stderr("other.py")
