@@ -1,8 +1,13 @@
 """numpy under different memory allocators: the same numpy programs, side by side.
 
     python3 benchmarks/bench_numpy_handler.py [--repeat 5] [--quick]
-        [--cases big,mid,small,mid2] [--arms default,pgo,jemalloc,...]
+        [--cases big,mid,small,mid2 | --matrix] [--arms default,pgo,jemalloc,...]
         [--max-cached 512MiB] [-o benchmarks/results/numpy-handler.json]
+
+``--matrix`` runs issue 18's matrix instead: array sizes 1, 4, 8, 16, 48
+and 64 MiB x 1, 2 or 3 temporaries alive at once x 1 or 2 threads (cells
+``m48x2t1`` ...), each cell's target pgo <= 1.02x the best peer's median, or not
+significantly slower than it (one-sided Mann-Whitney, p >= 0.05).
 
 Each *case* is a small numpy loop (elementwise expressions on big, mid-size
 and small arrays; see CASES).  Each *arm* is a way of giving numpy its
@@ -107,6 +112,51 @@ CASES = {
         "iterations": 300,
     },
 }
+
+# The matrix (issue 18): every size x live temporaries x threads, each cell
+# a step function whose temporaries are all alive at its end and all freed
+# when it returns.  Each thread writes about MATRIX_BYTES of temporaries
+# per run, so the cells take about as long as one another.
+MATRIX_SIZES_MIB = (1, 4, 8, 16, 48, 64)
+MATRIX_TEMPS = (1, 2, 3)
+MATRIX_THREADS = (1, 2)
+MATRIX_BYTES = 3072 * MIB
+MATRIX_BATCHES = 4                # timed iterations of a threaded cell (each: start, join)
+_STEP_LINES = ("t1 = a * 2.0", "t2 = t1 + a", "t3 = t2 * t1")
+
+
+def matrix_case(size_mib, temps, threads):
+    n = size_mib * MIB // 8
+    steps = max(4, round(MATRIX_BYTES / (temps * size_mib * MIB)))
+    step = ("def step(a):\n" + "".join(f"    {line}\n" for line in _STEP_LINES[:temps])
+            + f"    return float(t{temps}[0])\n")
+    describe = (f"{temps} live {size_mib} MiB temporar{'y' if temps == 1 else 'ies'} "
+                f"per step ({', '.join(_STEP_LINES[:temps])}), freed when it returns")
+    if threads == 1:
+        return {"describe": describe + ", 1 thread",
+                "setup": f"a = np.linspace(0.0, 1.0, {n})\n" + step,
+                "body": "step(a)", "iterations": steps}
+    per = max(1, steps // MATRIX_BATCHES)
+    return {"describe": describe + f", {threads} threads, {per} steps each per iteration",
+            "setup": ("import threading\n" + step
+                      + f"arrs = [np.linspace(0.0, 1.0, {n}) for _ in range({threads})]\n"
+                      + "def work(a):\n"
+                      + f"    for _ in range({per}):\n"
+                      + "        step(a)\n"
+                      + "def batch():\n"
+                      + "    ts = [threading.Thread(target=work, args=(x,)) for x in arrs]\n"
+                      + "    for t in ts:\n"
+                      + "        t.start()\n"
+                      + "    for t in ts:\n"
+                      + "        t.join()\n"),
+            "body": "batch()", "iterations": MATRIX_BATCHES}
+
+
+MATRIX = {f"m{size}x{temps}t{threads}": matrix_case(size, temps, threads)
+          for size in MATRIX_SIZES_MIB for temps in MATRIX_TEMPS for threads in MATRIX_THREADS}
+ALL_CASES = {**CASES, **MATRIX}
+# A matrix cell's target: pgo's median within this of the best peer's.
+MATRIX_PEER_SLACK = 1.02
 
 # ---------------------------------------------------------------------------
 # Arms
@@ -233,7 +283,7 @@ def run_one(case, plan, iterations):
     """One fresh child for (case, arm).  Returns the run's dict; `error` is set
     when it failed, `setup_failed` when the arm itself could not be set up."""
     spec = {"tag": RESULT_TAG, "case": case, "arm": plan["arm"], "arm_setup": plan["setup"],
-            "setup": CASES[case]["setup"], "body": CASES[case]["body"],
+            "setup": ALL_CASES[case]["setup"], "body": ALL_CASES[case]["body"],
             "iterations": iterations, "warmup": WARMUP}
     try:
         p = common.run_python(["-c", CHILD_SRC, json.dumps(spec)],
@@ -332,6 +382,22 @@ def judge(results, args):
         else:
             out.append(_target(case, "pgo no slower than the best peer", None, None,
                                "pgo or every peer did not run"))
+    for case in (c for c in results if c in MATRIX):
+        p = med(case, "pgo")
+        peers = {a: med(case, a) for a in PEERS if med(case, a)}
+        text = f"pgo <= {MATRIX_PEER_SLACK}x the best peer (or not significantly slower)"
+        if p and peers:
+            # As bench_generality judges: missed only when the medians say
+            # more than 2% slower and the runs say so significantly (the
+            # best of five noisy medians is low by chance alone).
+            best = min(peers, key=peers.get)
+            pv = common.p_greater(results[case]["pgo"]["wall_s"], results[case][best]["wall_s"])
+            out.append(_target(case, text, round(p / peers[best], 3),
+                               p <= MATRIX_PEER_SLACK * peers[best] or pv >= 0.05,
+                               f"pgo/{best} {p / peers[best]:.3f}, p = {pv:.3f} (pgo {p:.4f} s, "
+                               f"{best} {peers[best]:.4f} s)"))
+        else:
+            out.append(_target(case, text, None, None, "pgo or every peer did not run"))
     for case in ("mid", "small"):
         if case not in results:
             continue
@@ -433,7 +499,7 @@ def render(doc, args):
     w("\nTargets (pgo arm, judged on medians):")
     for t in doc["targets"]:
         tag = "NOT RUN" if t["met"] is None else ("MET    " if t["met"] else "MISSED ")
-        w(f"  {tag} {t['case']:<6} {t['text']}: {t['detail']}")
+        w(f"  {tag} {t['case']:<9} {t['text']}: {t['detail']}")
     for ch in doc["checks"]:
         w(f"  {'check ok' if ch['ok'] else 'CHECK FAILED'}: {ch['text']}: {ch['value']}")
     judged = [t for t in doc["targets"] if t["met"] is not None]
@@ -480,8 +546,16 @@ def main(argv=None):
                          "for a real run)")
     ap.add_argument("--quick", action="store_true",
                     help=f"divide every case's iteration count by {QUICK_DIVISOR}: a smoke run")
-    ap.add_argument("--cases", type=lambda s: _parse_list(s, tuple(CASES), "case"),
-                    default=list(CASES), help=f"comma-separated (default {','.join(CASES)})")
+    ap.add_argument("--cases", type=lambda s: _parse_list(s, tuple(ALL_CASES), "case"),
+                    default=None, help=f"comma-separated (default {','.join(CASES)}); the "
+                                       "matrix's cells are named mSIZExTEMPStTHREADS, e.g. "
+                                       "m48x2t1")
+    ap.add_argument("--matrix", action="store_true",
+                    help="the matrix instead (issue 18): sizes "
+                         f"{', '.join(map(str, MATRIX_SIZES_MIB))} MiB x "
+                         f"{', '.join(map(str, MATRIX_TEMPS))} live temporaries x "
+                         f"{', '.join(map(str, MATRIX_THREADS))} threads; target: pgo <= "
+                         f"{MATRIX_PEER_SLACK}x the best peer in every cell")
     ap.add_argument("--arms", type=lambda s: _parse_list(s, ARMS, "arm"), default=list(ARMS),
                     help=f"comma-separated (default {','.join(ARMS)}); `default` is the "
                          "baseline and is always run")
@@ -493,6 +567,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
+    if args.cases is None:
+        args.cases = list(MATRIX) if args.matrix else list(CASES)
+    elif args.matrix:
+        ap.error("--matrix and --cases: give one")
     arms = list(args.arms)
     if "default" not in arms:
         arms.insert(0, "default")
@@ -503,7 +581,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     plans = [arm_plan(a, args.max_cached) for a in arms]
     info = machine_info(plans)
-    iters = {c: max(3, CASES[c]["iterations"] // (QUICK_DIVISOR if args.quick else 1))
+    iters = {c: max(3, ALL_CASES[c]["iterations"] // (QUICK_DIVISOR if args.quick else 1))
              for c in args.cases}
     runs = {c: {p["arm"]: [] for p in plans if not p["skip"]} for c in args.cases}
     dead = {}                               # arm -> why its setup failed
@@ -528,7 +606,7 @@ def main(argv=None):
                     line.append(f"{a} ERROR")
                 else:
                     line.append(f"{a} {r['wall_s']:.3f}")
-            log(f"repeat {rep + 1}/{args.repeat} {case:<6} " + "  ".join(line))
+            log(f"repeat {rep + 1}/{args.repeat} {case:<9} " + "  ".join(line))
 
     results = {}
     for case in args.cases:
@@ -562,7 +640,7 @@ def main(argv=None):
         "numpy under different allocators", settings, info,
         arms=[{k: v for k, v in p.items() if k != "setup"} | {"setup_code": p["setup"],
               "setup_failed": dead.get(p["arm"])} for p in plans],
-        cases={c: {**CASES[c], "iterations": iters[c]} for c in args.cases},
+        cases={c: {**ALL_CASES[c], "iterations": iters[c]} for c in args.cases},
         results=results)
     doc["targets"] = judge(results, args)
     doc["checks"] = checks(results)
