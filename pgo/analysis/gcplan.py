@@ -95,7 +95,7 @@ def plan(bundle: Bundle, traces: Collected | None = None) -> GCPlan | None:
         head += (f": under {MIN_SHARE:.0%} here, but the heap keeps growing and its collections "
                  f"free nothing, so the share grows with the input")
     freeze, startup = _startup(blocks, wall)
-    if no_garbage:
+    if no_garbage and objects is not None:
         peak = _peak_blocks(objects)
         factor, garbage = _growth_factor(collected, allocated, peak)
         return make(
