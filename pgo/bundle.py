@@ -119,10 +119,16 @@ def _err(path: str | os.PathLike[str], offset: int | None, record: str,
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON atomically (a temporary file, then rename), so a
     reader never sees half a file, even from a process killed mid-write.
-    (No fsync: that guards against power loss, at milliseconds a write.)"""
+    (No fsync: that guards against power loss, at milliseconds a write.)
+
+    Compact, one line: without an indent ``json`` encodes in C.  With one it
+    encodes through nested Python closures that are reference cycles, and
+    the profiler writes while the program runs: the program's own
+    ``gc.collect()`` would find garbage it never made (pyperformance's
+    gc_traversal asserts it finds none)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+    data = json.dumps(obj, sort_keys=True, allow_nan=False, separators=(",", ":"))
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(data)
         f.write("\n")
