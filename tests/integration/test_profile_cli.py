@@ -125,6 +125,29 @@ def test_the_profiler_leaves_no_cyclic_garbage_in_the_program(tmp_path):
     assert "collected 0 in 0 collections" in proc.stdout, proc.stdout
 
 
+def test_the_trace_is_flushed_every_quarter_second_not_every_10_ms(tmp_path):
+    # An allocation every 10 ms for about 1.2 s: each flush writes a partial
+    # block, so the blocks count the flushes (it was one per 10 ms, with
+    # tracemalloc off: the profiler's thread never slept longer).
+    (tmp_path / "tick.py").write_text(textwrap.dedent("""
+        import time
+        import numpy as np
+        for i in range(120):
+            a = np.ones(16)
+            time.sleep(0.01)
+    """))
+    out = tmp_path / "b"
+    proc = pgo("profile", "-q", "--no-cpu", "-o", str(out), "--", "python", "tick.py",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    records = manifest["collectors"]["events"]["written"]
+    assert records >= 240
+    size = (out / "events.trace").stat().st_size
+    blocks = (size - bundle.TRACE_HEADER.size - 16 - 48 * records) // 16
+    assert 1 <= blocks <= 12, (blocks, manifest["duration_s"])
+
+
 def test_module_with_relative_import_and_exit_code(project):
     proc = pgo("profile", "-q", "-o", str(project / "m"), "-m", "pkg.main", "x", "--flag",
                cwd=project)
