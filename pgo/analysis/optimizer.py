@@ -10,6 +10,12 @@ or a per-function rule a thousand blocks.
   faults on reuse), bounded by a headroom over its own peak rather than
   by a size from the profile, so larger arrays on a larger input are
   served as well and the peak footprint grows by at most 10%;
+  unless glibc already keeps those blocks in its heap: under its largest
+  dynamic mmap threshold (32 MiB) even at 4x the input, and never more of
+  them alive at once than its trim threshold (twice the largest freed),
+  so it never gives their pages back to fault them in again
+  (``glibc_keeps``); there a cache would only add RSS (feature_store in
+  benchmarks/corpus: 5% slower and +11-18% RSS with one);
 - ``slab`` sites: one size class from 1 byte to the largest such block
   (rounded up to 16, at most 4 KiB) to a SlabAllocator of that block size;
 - ``cache`` sites of scoped temporaries, ``arena`` and ``stack`` sites: one
@@ -47,6 +53,7 @@ class Plan:
     suggestions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     failed_runs: list[str] = field(default_factory=list)   # the profiled runs that failed
+    left_out: list[str] = field(default_factory=list)      # rules weighed and not written, why
 
     def bytes_by_strategy(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -69,18 +76,18 @@ class ProfileGuidedOptimizer:
         decisions, clusters = cls.classify(sites)
         m = b.manifest
         target = m.get("target") or {}
+        classes, left_out = _size_classes(decisions, collected)
         cfg = Config(
             profile=str(b.path), profile_started_at=str(m.get("started_at", "")),
             pgo=__version__, python=str(m.get("python", "")), numpy=str(m.get("numpy") or ""),
             program=str(target.get("program", "")),
             program_sha256=str(target.get("program_sha256", "")),
-            gc=gcplan.plan(b, collected),
-            size_classes=_size_classes(decisions, collected),
+            gc=gcplan.plan(b, collected), size_classes=classes,
             sites=_site_rules(decisions, collected))
         warnings, failed = run_warnings(b)
         return Plan(config=cfg, decisions=decisions, clusters=clusters,
                     suggestions=suggestions(sites), warnings=list(b.warnings) + warnings,
-                    failed_runs=failed)
+                    failed_runs=failed, left_out=left_out)
 
 
 # A profile shorter than this is start-up more than work: its numbers say
@@ -154,9 +161,61 @@ def _replayed_headroom(collected: features.Collected, keep: np.ndarray,
     return int(chosen.headroom or CACHE_HEADROOM_PERCENT), chosen.window, what
 
 
-def _size_classes(decisions: list[cls.Decision],
-                  collected: features.Collected) -> tuple[SizeClassRule, ...]:
+# glibc's malloc, as Debian's 2.36 and every 64-bit glibc since 2.x ship it:
+# a block from 128 KiB is mmapped on its own, and freeing one raises that
+# threshold to its size, up to DEFAULT_MMAP_THRESHOLD_MAX; past the
+# threshold, blocks come from the heap, whose top goes back to the system
+# only when more than the trim threshold (twice the mmap threshold) is
+# free there.
+GLIBC_MMAP_MAX = 32 * MiB
+# A larger input than the profiled one: its blocks may be this much larger.
+INPUT_GROWTH = 4
+
+
+def glibc_keeps(traced: features.Traced) -> str:
+    """Why glibc already keeps the profile's large numpy blocks in its heap
+    (no fault when one is reused), or "" when it may give them back: a
+    block it maps on its own (32 MiB and up, or 90% of the blocks' sizes
+    within INPUT_GROWTH of that), or more of the freed ones alive at once
+    than its trim threshold (twice the largest freed one)."""
+    bl = traced.blocks
+    k = bl.size >= features.LARGE
+    if not k.any():
+        return ""
+    size = bl.size[k].astype(np.float64)
+    freed = bl.death_ev[k] >= 0
+    largest = float(size[freed].max()) if freed.any() else 0.0
+    typical = _weighted_quantile(size, bl.weight[k], 0.9)
+    if largest >= GLIBC_MMAP_MAX or typical * INPUT_GROWTH >= GLIBC_MMAP_MAX:
+        return ""
+    trim = 2 * largest
+    # Most bytes of the freed ones alive at once (a free before a birth at
+    # the same event): what their frees can leave free at the heap's top.
+    # Blocks kept to the end came before them, below them in the heap.
+    f = np.flatnonzero(k)[freed]
+    at = np.concatenate([bl.birth_ev[f], bl.death_ev[f]])
+    w = bl.size[f].astype(np.float64) * bl.weight[f]
+    delta = np.concatenate([w, -w])
+    live = float(np.cumsum(delta[np.lexsort((delta, at))]).max())
+    if live > trim:
+        return ""
+    return (f"glibc keeps them in its heap (9 in 10 of {fmt_bytes(typical)} or less: under its "
+            f"{fmt_bytes(GLIBC_MMAP_MAX)} mmap ceiling even at {INPUT_GROWTH}x the input; at most "
+            f"{fmt_bytes(live)} of them alive at once, within its trim threshold of "
+            f"{fmt_bytes(trim)}, so it never gives their pages back)")
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][min(len(values) - 1, int(np.searchsorted(cum, q * cum[-1])))])
+
+
+def _size_classes(decisions: list[cls.Decision], collected: features.Collected
+                  ) -> tuple[tuple[SizeClassRule, ...], list[str]]:
+    """(the size-class rules, the rules weighed and left out with why)."""
     out = []
+    left_out: list[str] = []
     numpy = _material(decisions)
     slab = [d for d in numpy if d.strategy == "slab"]
     if slab and sum(d.site.count for d in slab) >= MIN_BLOCKS:
@@ -168,11 +227,16 @@ def _size_classes(decisions: list[cls.Decision],
             reason=(f"{len(slab)} site(s), {sum(d.site.count for d in slab):,.0f} blocks of at "
                     f"most {hi} B; largest: {top.site.name}: {top.reason}")))
     cache = [d for d in numpy if d.strategy == "cache" and d.pattern == Pattern.LARGE_REPEATED]
+    traced = collected[0].get(features.NUMPY)
+    kept = glibc_keeps(traced) if cache and traced is not None else None
+    if kept:
+        left_out.append(f"no numpy cache for the {len(cache)} site(s) of large repeated "
+                        f"blocks: {kept}; a cache would only add RSS")
+        cache = []
     if cache:
         biggest = max(d.site.max_size for d in cache)
         top = max(cache, key=lambda d: (d.site.bytes, d.site.name))
         # The class serves every numpy block from 1 MiB, not only these sites'.
-        traced = collected[0].get(features.NUMPY)
         keep = (traced.blocks.size >= features.LARGE) if traced is not None else np.zeros(0, bool)
         headroom, window, cost = _replayed_headroom(collected, keep, CACHE_SAFETY_BYTES)
         out.append(SizeClassRule(
@@ -181,7 +245,7 @@ def _size_classes(decisions: list[cls.Decision],
             reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
                     f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
                     f"{top.reason}" + (f"; {cost}" if cost else ""))))
-    return tuple(sorted(out, key=lambda r: r.min_bytes))
+    return tuple(sorted(out, key=lambda r: r.min_bytes)), left_out
 
 
 def _site_rules(decisions: list[cls.Decision],

@@ -226,6 +226,9 @@ def _analysis(plan: Plan, top: int) -> str:
     return ("<h2>Analysis</h2><h3>The config's rules</h3>"
             + ("<table><tr><th>rule</th><th>settings</th><th>reason</th></tr>" + rule_rows
                + "</table>" if rule_rows else "<p>Nothing to change: no rule.</p>")
+            + ("<h3>Rules weighed and left out</h3><ul>"
+               + "".join(f"<li>{_e(x)}</li>" for x in plan.left_out) + "</ul>"
+               if plan.left_out else "")
             + "<h3>Sites: pattern and strategy (by bytes)</h3>"
             + ("<table><tr><th>site</th><th>domain</th><th>bytes</th><th>pattern</th>"
                "<th>strategy</th><th>confidence</th><th>reason</th></tr>" + dec_rows

@@ -100,6 +100,7 @@ def _plan_json(plan) -> dict:
                        "features": asdict(d.site)} for d in plan.decisions],
         "clusters": [asdict(c) for c in plan.clusters],
         "suggestions": plan.suggestions,
+        "left_out": plan.left_out,
         "warnings": plan.warnings,
         "bytes_by_strategy": plan.bytes_by_strategy(),
         "config": config.dumps(plan.config),
@@ -149,7 +150,9 @@ def _summary(con, plan, out: Path) -> None:
         con.print(f"  numpy {fmt_bytes(sc.min_bytes)}..{hi} -> {sc.allocator}: {sc.reason}")
     for site in cfg.sites:
         con.print(f"  while {site.function} runs -> {site.allocator}: {site.reason}")
-    if not cfg.size_classes and not cfg.sites:
+    for why in plan.left_out:
+        con.print(f"  left out: {why}")
+    if not cfg.size_classes and not cfg.sites and not plan.left_out:
         con.print("  numpy: no allocation pattern here that a pgo allocator serves better")
     if cfg.gc is not None:
         g = cfg.gc

@@ -148,3 +148,31 @@ def test_analyze_refuses_a_failed_run_and_warns_on_a_stopped_one(tmp_path):
     stopped = pgo("analyze", str(tmp_path / "b130"), "-o", "s.toml", "-q", cwd=tmp_path)
     assert stopped.returncode == 0 and (tmp_path / "s.toml").exists()
     assert "was stopped (exit code 130)" in stopped.stderr and stopped.stdout == ""
+
+
+@pytest.mark.parametrize("mib, cached", [(2, False), (40, True)])
+def test_a_numpy_cache_only_where_glibc_would_give_the_blocks_back(tmp_path, mib, cached):
+    # Batches of three temporaries, freed when the batch's function returns,
+    # as feature_store scores its batches: of 2-4 MiB glibc keeps them in its
+    # heap (a cache would only add RSS); of 40-80 MiB it maps and unmaps
+    # every one (the cache's pages stay).
+    import textwrap
+    (tmp_path / "batches.py").write_text(textwrap.dedent(f"""
+        import numpy as np
+        x = np.ones(({mib} << 20) // 8)
+
+        def batch():
+            s = x * 2.0
+            t = -s
+            i = np.argsort(t[:16]).astype(np.int64).repeat(2 * t.size // 16)
+            return float(s[0] + t[0] + i[0])
+
+        print(max(batch() for _ in range(40)))
+    """))
+    proc = pgo("profile", "-q", "--no-cpu", "-o", "b", "--", "python", "batches.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = pgo("analyze", "b", "-o", "pgo.toml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = config.load(tmp_path / "pgo.toml")
+    assert bool(cfg.size_classes) is cached, proc.stdout
+    assert ("left out: no numpy cache" in proc.stdout) is not cached, proc.stdout

@@ -316,3 +316,45 @@ def test_a_run_too_short_to_judge_is_warned_about():
     assert "lasted 20 ms, too short to judge" in w
     b.manifest["duration_s"] = 2.0
     assert run_warnings(b) == ([], [])
+
+
+def _large_trace(steps):
+    """A numpy trace from steps of block sizes (MiB) allocated together and
+    freed together, one step after another."""
+    from pgo.analysis.features import Traced
+    from pgo.analysis.lifetimes import Blocks
+    sizes, birth, death = [], [], []
+    ev = 0
+    for step in steps:
+        first = ev
+        ev += len(step)
+        for i, mib in enumerate(step):
+            sizes.append(mib << 20)
+            birth.append(first + i)
+            death.append(ev + i)
+        ev += len(step)
+    n = len(sizes)
+    z = np.zeros(n)
+    t = np.arange(n, dtype=np.float64)
+    blocks = Blocks(site=np.full(n, 2, np.uint32), size=np.array(sizes, np.uint64), birth=t,
+                    death=t + 1, tid=np.ones(n, np.uint32), weight=np.ones(n), end=float(n + 1),
+                    birth_ev=np.array(birth, np.int64), death_ev=np.array(death, np.int64),
+                    censored=np.zeros(n, bool), censor_t=np.full(n, np.nan),
+                    by_realloc=np.zeros(n, bool))
+    return Traced(blocks=blocks, lifo=z, together=z, births_before=z,
+                  run_starts=np.array([0], np.int64))
+
+
+def test_glibc_keeps_blocks_it_never_maps_nor_trims():
+    from pgo.analysis.optimizer import glibc_keeps
+    # feature_store's batches: 2 + 2 + 4 MiB alive at once, within glibc's
+    # trim threshold (twice the largest freed block): it reuses its heap.
+    assert "trim threshold of 8.0 MiB" in glibc_keeps(_large_trace([[2, 2, 4]] * 30))
+    # More alive at once than that: the heap's top can go back, and come again.
+    assert glibc_keeps(_large_trace([[2, 2, 4, 4, 4]] * 30)) == ""
+    # Blocks that reach glibc's 32 MiB mmap ceiling at 4x the input, or are
+    # past it already: glibc maps (and faults) each one.
+    assert glibc_keeps(_large_trace([[10]] * 30)) == ""
+    assert glibc_keeps(_large_trace([[2]] * 30 + [[40]])) == ""
+    # 9 in 10 small, one large one-off: judged by the sizes the blocks come in.
+    assert glibc_keeps(_large_trace([[2, 2]] * 30 + [[9]])) != ""
