@@ -11,11 +11,12 @@ or a per-function rule a thousand blocks.
   by a size from the profile, so larger arrays on a larger input are
   served as well and the peak footprint grows by at most 10%;
   unless glibc already keeps those blocks in its heap: under its largest
-  dynamic mmap threshold (32 MiB) even at 4x the input, and never more of
-  them alive at once than its trim threshold (twice the largest freed),
-  so it never gives their pages back to fault them in again
-  (``glibc_keeps``); there a cache would only add RSS (feature_store in
-  benchmarks/corpus: 5% slower and +11-18% RSS with one);
+  dynamic mmap threshold (32 MiB) even at 4x the input, and so few of the
+  freed ones alive at once that they stay under its trim threshold (twice
+  the largest freed) with its top pad, so it never gives their pages back
+  to fault them in again (``glibc_keeps``); there a cache would only add
+  RSS (feature_store in benchmarks/corpus: 5% slower and +11-18% RSS with
+  one);
 - ``slab`` sites: one size class from 1 byte to the largest such block
   (rounded up to 16, at most 4 KiB) to a SlabAllocator of that block size;
 - ``cache`` sites of scoped temporaries, ``arena`` and ``stack`` sites: one
@@ -40,6 +41,7 @@ from pgo import bundle as fmt
 from pgo._version import __version__
 from pgo.analysis import classify as cls
 from pgo.analysis import cachesim, features, gcplan
+from pgo.analysis.lifetimes import Blocks
 from pgo._sizes import MiB, SMALL_BLOCK_BYTES, fmt_bytes
 from pgo.config import Config, Pattern, SiteRule, SizeClassRule
 
@@ -165,9 +167,12 @@ def _replayed_headroom(collected: features.Collected, keep: np.ndarray,
 # a block from 128 KiB is mmapped on its own, and freeing one raises that
 # threshold to its size, up to DEFAULT_MMAP_THRESHOLD_MAX; past the
 # threshold, blocks come from the heap, whose top goes back to the system
-# only when more than the trim threshold (twice the mmap threshold) is
-# free there.
+# only when the trim threshold (twice the mmap threshold) is free there,
+# its top pad included.  Measured here (glibc 2.36): a step freeing 2 + 2 +
+# 4 MiB faults 1,505 pages each time; after a one-off 16 MiB block was
+# freed (thresholds 16/32 MiB), none.
 GLIBC_MMAP_MAX = 32 * MiB
+GLIBC_TOP_PAD = 128 * 1024       # DEFAULT_TOP_PAD: kept free at the top, counted in the trim
 # A larger input than the profiled one: its blocks may be this much larger.
 INPUT_GROWTH = 4
 
@@ -176,15 +181,28 @@ def glibc_keeps(traced: features.Traced) -> str:
     """Why glibc already keeps the profile's large numpy blocks in its heap
     (no fault when one is reused), or "" when it may give them back: a
     block it maps on its own (32 MiB and up, or 90% of the blocks' sizes
-    within INPUT_GROWTH of that), or more of the freed ones alive at once
-    than its trim threshold (twice the largest freed one)."""
+    within INPUT_GROWTH of that), or so many of the freed ones alive at
+    once that, freed, they reach its trim threshold (twice the largest
+    freed one) with the top pad it keeps.  Each run of a merged bundle is
+    its own process, judged alone; all of them must keep the blocks."""
     bl = traced.blocks
-    k = bl.size >= features.LARGE
-    if not k.any():
+    ends = [*traced.run_starts[1:], len(bl)]
+    why = ""
+    for a, b in zip(traced.run_starts, ends):
+        why = _glibc_keeps_run(bl, np.arange(int(a), int(b)))
+        if not why:
+            return ""
+    return why
+
+
+def _glibc_keeps_run(bl: Blocks, rows: np.ndarray) -> str:
+    k = rows[bl.size[rows] >= features.LARGE]
+    freed = k[bl.death_ev[k] >= 0]
+    if len(freed) == 0:
+        # Nothing freed in this run: nothing to tell of glibc's reuse.
         return ""
     size = bl.size[k].astype(np.float64)
-    freed = bl.death_ev[k] >= 0
-    largest = float(size[freed].max()) if freed.any() else 0.0
+    largest = float(bl.size[freed].max())
     typical = _weighted_quantile(size, bl.weight[k], 0.9)
     if largest >= GLIBC_MMAP_MAX or typical * INPUT_GROWTH >= GLIBC_MMAP_MAX:
         return ""
@@ -192,17 +210,17 @@ def glibc_keeps(traced: features.Traced) -> str:
     # Most bytes of the freed ones alive at once (a free before a birth at
     # the same event): what their frees can leave free at the heap's top.
     # Blocks kept to the end came before them, below them in the heap.
-    f = np.flatnonzero(k)[freed]
-    at = np.concatenate([bl.birth_ev[f], bl.death_ev[f]])
-    w = bl.size[f].astype(np.float64) * bl.weight[f]
+    at = np.concatenate([bl.birth_ev[freed], bl.death_ev[freed]])
+    w = bl.size[freed].astype(np.float64) * bl.weight[freed]
     delta = np.concatenate([w, -w])
     live = float(np.cumsum(delta[np.lexsort((delta, at))]).max())
-    if live > trim:
+    if live + GLIBC_TOP_PAD >= trim:
         return ""
     return (f"glibc keeps them in its heap (9 in 10 of {fmt_bytes(typical)} or less: under its "
             f"{fmt_bytes(GLIBC_MMAP_MAX)} mmap ceiling even at {INPUT_GROWTH}x the input; at most "
-            f"{fmt_bytes(live)} of them alive at once, within its trim threshold of "
-            f"{fmt_bytes(trim)}, so it never gives their pages back)")
+            f"{fmt_bytes(live)} of them alive at once, under its trim threshold of "
+            f"{fmt_bytes(trim)} with its {fmt_bytes(GLIBC_TOP_PAD)} top pad, so it never gives "
+            f"their pages back)")
 
 
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:

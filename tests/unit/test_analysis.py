@@ -345,16 +345,43 @@ def _large_trace(steps):
                   run_starts=np.array([0], np.int64))
 
 
+def _merged(a, b):
+    """Two traces laid end to end, as a merged bundle's runs are."""
+    from pgo.analysis.features import Traced
+    from pgo.analysis.lifetimes import Blocks
+    x, y = a.blocks, b.blocks
+    shift = int(max(x.birth_ev.max(), x.death_ev.max())) + 1
+    cat = {f: np.concatenate([getattr(x, f), getattr(y, f) + (shift if f.endswith("_ev") else 0)])
+           for f in ("site", "size", "birth", "death", "tid", "weight", "birth_ev", "death_ev",
+                     "censored", "censor_t", "by_realloc")}
+    blocks = Blocks(end=y.end, **cat)
+    z = np.zeros(len(blocks))
+    return Traced(blocks=blocks, lifo=z, together=z, births_before=z,
+                  run_starts=np.array([0, len(x)], np.int64))
+
+
 def test_glibc_keeps_blocks_it_never_maps_nor_trims():
     from pgo.analysis.optimizer import glibc_keeps
-    # feature_store's batches: 2 + 2 + 4 MiB alive at once, within glibc's
-    # trim threshold (twice the largest freed block): it reuses its heap.
-    assert "trim threshold of 8.0 MiB" in glibc_keeps(_large_trace([[2, 2, 4]] * 30))
-    # More alive at once than that: the heap's top can go back, and come again.
-    assert glibc_keeps(_large_trace([[2, 2, 4, 4, 4]] * 30)) == ""
+    # feature_store: a one-off 16 MiB block, then batches of 2 + 2 + 4 MiB
+    # alive at once, well under glibc's trim threshold (twice the largest
+    # freed block): it reuses its heap (measured: no fault per batch).
+    assert "trim threshold of 32.0 MiB" in glibc_keeps(_large_trace([[16]] + [[2, 2, 4]] * 30))
+    # The same batches alone reach the threshold (8 MiB) with glibc's top
+    # pad: the top goes back and is faulted in again (measured: 1,505
+    # faults a batch).  So do two 1 MiB blocks (the matrix's m1x2t1).
+    assert glibc_keeps(_large_trace([[2, 2, 4]] * 30)) == ""
+    assert glibc_keeps(_large_trace([[1, 1]] * 30)) == ""
+    assert glibc_keeps(_large_trace([[1]] * 30)) != ""
+    # Nothing freed: nothing known of glibc's reuse.
+    assert glibc_keeps(_large_trace([])) == ""
     # Blocks that reach glibc's 32 MiB mmap ceiling at 4x the input, or are
     # past it already: glibc maps (and faults) each one.
     assert glibc_keeps(_large_trace([[10]] * 30)) == ""
     assert glibc_keeps(_large_trace([[2]] * 30 + [[40]])) == ""
     # 9 in 10 small, one large one-off: judged by the sizes the blocks come in.
     assert glibc_keeps(_large_trace([[2, 2]] * 30 + [[9]])) != ""
+    # A merged bundle: each run is a process of its own, and every one of
+    # them must keep its blocks (here the second run's batches alone trim).
+    one = _large_trace([[16]] + [[2, 2, 4]] * 30)
+    assert glibc_keeps(_merged(one, _large_trace([[16]] + [[2, 2, 4]] * 30))) != ""
+    assert glibc_keeps(_merged(one, _large_trace([[2, 2, 4]] * 30))) == ""
