@@ -42,6 +42,7 @@ from pgo._version import __version__
 from pgo.analysis import classify as cls
 from pgo.analysis import cachesim, features, gcplan
 from pgo.analysis.lifetimes import Blocks
+from pgo.analysis.summary import wquantile
 from pgo._sizes import MiB, SMALL_BLOCK_BYTES, fmt_bytes
 from pgo.config import Config, Pattern, SiteRule, SizeClassRule
 
@@ -203,7 +204,7 @@ def _glibc_keeps_run(bl: Blocks, rows: np.ndarray) -> str:
         return ""
     size = bl.size[k].astype(np.float64)
     largest = float(bl.size[freed].max())
-    typical = _weighted_quantile(size, bl.weight[k], 0.9)
+    typical = wquantile(size, bl.weight[k], 0.9)
     if largest >= GLIBC_MMAP_MAX or typical * INPUT_GROWTH >= GLIBC_MMAP_MAX:
         return ""
     trim = 2 * largest
@@ -221,12 +222,6 @@ def _glibc_keeps_run(bl: Blocks, rows: np.ndarray) -> str:
             f"{fmt_bytes(live)} of them alive at once, under its trim threshold of "
             f"{fmt_bytes(trim)} with its {fmt_bytes(GLIBC_TOP_PAD)} top pad, so it never gives "
             f"their pages back)")
-
-
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    order = np.argsort(values, kind="stable")
-    cum = np.cumsum(weights[order])
-    return float(values[order][min(len(values) - 1, int(np.searchsorted(cum, q * cum[-1])))])
 
 
 def _size_classes(decisions: list[cls.Decision], collected: features.Collected

@@ -50,8 +50,8 @@ def site_stats(blocks: Blocks, names: dict[int, str], domain: str,
                          np.where(censored, blocks.censor_t[idx], end), blocks.death[idx])
         life = death - blocks.birth[idx]
         known = ~censored
-        median = _wquantile(life, w, 0.5)
-        p90 = _wquantile(life, w, 0.9)
+        median = wquantile(life, w, 0.5)
+        p90 = wquantile(life, w, 0.9)
         alive_share = float(w[alive].sum() / w[known].sum()) if known.any() else 0.0
         if alive_share >= LONG_LIVED_ALIVE_SHARE or (end > 0 and median >= LONG_LIVED_LIFE_SHARE * end):
             cls = "long"
@@ -73,7 +73,8 @@ def site_stats(blocks: Blocks, names: dict[int, str], domain: str,
     return out
 
 
-def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+def wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """The q-quantile of ``x`` weighted by ``w`` (sample weights)."""
     order = np.argsort(x)
     cw = np.cumsum(w[order])
     k = int(np.searchsorted(cw, q * cw[-1]))
