@@ -5,8 +5,8 @@
 
 from pgo._core._typedefs cimport (
     PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_OK, pgo_alloc_fn, pgo_backend_t,
-    pgo_bad_align, pgo_fit, pgo_free_fn, pgo_lock, pgo_lock_t, pgo_locked_fn, pgo_stats_t,
-    pgo_unlock,
+    pgo_bad_align, pgo_destroy_fn, pgo_fit, pgo_free_fn, pgo_holds_fn, pgo_lock, pgo_lock_t,
+    pgo_locked_fn, pgo_span_fn, pgo_stats_t, pgo_unlock,
 )
 
 # Raises the exception for `code` (MemoryError naming nbytes, ValueError for
@@ -23,17 +23,26 @@ cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align)
 cdef int pgo_raise_at(int code, const char* who, const void* p) except -1 with gil
 cdef int pgo_fail_at(int code, const char* who, const void* p) noexcept nogil
 
-# A one-buffer allocator (stack, linear): a zeroed struct of struct_size
-# bytes whose first field, a char*, is set to a new buffer of `capacity`
-# bytes (64-byte aligned; filled in the test build, a valgrind pool);
-# pgo_buffer_init sets the fields that follow from the buffer.  NULL with
-# MemoryError naming `who` when the system refuses.
-cdef void* pgo_buffer_new(size_t struct_size, size_t capacity, const char* who) except NULL nogil
-cdef void pgo_buffer_init(char* base, size_t capacity, bint threadsafe, size_t* size,
-                          size_t* lo, size_t* hi, bint* fast, pgo_stats_t* st,
-                          pgo_lock_t* lock) noexcept nogil
-# Releases what pgo_buffer_new made (owner: the struct) and its lock.
-cdef void pgo_buffer_free(void* owner, char* base, pgo_lock_t* lock) noexcept nogil
+# A one-buffer allocator's (stack, linear) first field: the buffer and what
+# follows from it, so that one pair of functions makes and frees both.  The
+# inline paths read base, size, top and fast together, so they come first.
+ctypedef struct pgo_buffer_t:
+    char* base
+    size_t size               # bytes in the buffer
+    size_t top                # offset of the first free byte
+    bint fast                 # no lock, normal build: the inline paths apply
+    size_t lo, hi             # the buffer's address range
+    pgo_stats_t stats
+    pgo_lock_t lock
+
+# A zeroed struct of struct_size bytes that starts with a pgo_buffer_t, over
+# a new buffer of `capacity` bytes (64-byte aligned; filled in the test
+# build; a valgrind pool keyed by the struct).  NULL with MemoryError naming
+# `who` when the system refuses.  The caller owns it until
+# pgo_buffer_destroy, which takes NULL.
+cdef void* pgo_buffer_create(size_t struct_size, size_t capacity, bint threadsafe,
+                             const char* who) except NULL nogil
+cdef void pgo_buffer_destroy(void* state) noexcept nogil
 
 
 # Where a one-buffer allocator's complete (slow) path puts a block: n bytes,
@@ -108,7 +117,7 @@ cdef class Block:
 
 cdef class Allocator:
     # NOTE: _st, _lock and _be point into the subclass's C struct, which the
-    # subclass owns (allocated in its __cinit__, released by _c_destroy).
+    # subclass owns (allocated in its __cinit__, released by _destroy).
     # Every Block holds a reference to its allocator, so the struct outlives
     # them.
     cdef pgo_stats_t* _st
@@ -118,15 +127,20 @@ cdef class Allocator:
     cdef size_t _min_align
     cdef size_t _max_align     # most an allocation can be aligned to
     cdef bint _fork_registered # its mutex is in the fork registry (see _base.pyx)
+    cdef pgo_destroy_fn _destroy  # frees _be.state; NULL until __cinit__ made it
     cdef object __weakref__
 
     # For each subclass's __cinit__, after it filled in _be: point _st and
-    # _lock at the backend's (its C struct's) and set the alignments it
-    # serves.
-    cdef void _bind(self, size_t min_align, size_t max_align) noexcept
-    # Frees the subclass's C struct (NULL when its __cinit__ failed); called
-    # once, by Allocator.__dealloc__, after the mutex left the fork registry.
-    cdef void _c_destroy(self) noexcept
+    # _lock at the backend's (its C struct's), set the alignments it serves,
+    # and hand over the struct: Allocator.__dealloc__ frees it with
+    # `destroy` (the family's *_destroy, whose pointer argument has the
+    # same calling convention as void*), once, after the mutex left the
+    # fork registry.
+    cdef void _bind(self, pgo_destroy_fn destroy, size_t min_align, size_t max_align) noexcept
+    # _bind for a one-buffer allocator (stack, linear), whose struct starts
+    # with `b`: no zeroed take, no size limit, pgo_buffer_destroy.
+    cdef void _bind_buffer(self, pgo_buffer_t* b, pgo_alloc_fn take, pgo_holds_fn holds,
+                           pgo_free_fn give, pgo_span_fn span, size_t min_align) noexcept
 
     # Hooks, called with the lock held (and the GIL): return a PGO_ERR_* code.
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept

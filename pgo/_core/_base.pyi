@@ -1,4 +1,4 @@
-from typing import Any, Literal, SupportsIndex, overload
+from typing import Any, Final, Literal, SupportsIndex, overload
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -8,16 +8,13 @@ DEBUG_BUILD: bool
 _Shape = SupportsIndex | tuple[SupportsIndex, ...] | list[SupportsIndex]
 
 class Block:
-    @property
-    def allocator(self) -> Allocator: ...
-    @property
-    def address(self) -> int: ...
-    @property
-    def nbytes(self) -> int: ...
-    @property
-    def exports(self) -> int: ...
-    @property
-    def freed(self) -> bool: ...
+    # Read-only to users (Final: they cannot rebind it); the allocator keeps
+    # exports and freed up to date.  Block has no subclasses.
+    allocator: Final[Allocator]
+    address: Final[int]
+    nbytes: Final[int]
+    exports: Final[int]
+    freed: Final[bool]
     def __len__(self) -> int: ...
     @overload
     def __getitem__(self, key: SupportsIndex) -> int: ...

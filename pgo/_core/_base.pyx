@@ -6,9 +6,9 @@ Design
 a) Each allocator family (stack, linear, arena, slab) is a C struct plus
    ``nogil`` functions in its ``.pxd``; its ``cdef class`` derives from
    ``Allocator``, hands it numpy's entry points with the struct's stats and
-   lock (``_be``) and its alignments (``_bind``) in ``__cinit__``, and
-   fills in the hooks
-   (``_c_alloc``, ``_c_free``, ``_c_dead``, ``_c_reset``, ``_c_destroy``).
+   lock (``_be``), its alignments and the struct's destroy function
+   (``_bind``) in ``__cinit__``, and fills in the hooks
+   (``_c_alloc``, ``_c_free``, ``_c_dead``, ``_c_reset``).
    Everything users see -- ``alloc``, ``empty``, ``zeros``, ``free``,
    ``reset``, ``stats`` -- is written once, here, and so is ``__dealloc__``.
 b) Python never sees a bare pointer.  ``alloc()`` returns a ``Block``, an
@@ -30,7 +30,7 @@ c) A Block that dies without ``free()`` gives its memory back through
 # it holds its Allocator, whose subclass owns the C struct behind _st and
 # _lock.  The fork registry (_c/pgo_fork.c) holds the mutexes of
 # Python-made threadsafe allocators while they live.  The one-buffer
-# helpers (pgo_buffer_new) hand what they make to the caller.
+# helpers (pgo_buffer_create) hand what they make to the caller.
 
 # NOTE: thread-safety.  Python-level calls hold the GIL.  An allocator made
 # with threadsafe=True also takes its mutex around every C hook, so C code
@@ -44,7 +44,7 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.exc cimport PyErr_SetObject, PyErr_WriteUnraisable
 from cpython.object cimport PyTypeObject
 from cpython.ref cimport PyObject, Py_INCREF
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport SIZE_MAX, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._c.pgo_fork cimport pgo_fork_hooks, pgo_fork_register, pgo_fork_unregister
@@ -52,9 +52,9 @@ from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
     PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_ORDER, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED,
-    PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_MAX_ALIGN, PGO_OK, pgo_backend_t, pgo_bad_align,
-    pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_lock_t, pgo_mul_overflow,
-    pgo_stats_t, pgo_unlock, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess,
+    PGO_ERR_TOO_BIG, PGO_FILL_FREE, PGO_MAX_ALIGN, PGO_OK, pgo_backend_init, pgo_backend_t,
+    pgo_bad_align, pgo_canary_ok, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_lock_t,
+    pgo_mul_overflow, pgo_stats_t, pgo_unlock, pgo_vg_create, pgo_vg_destroy, pgo_vg_noaccess,
 )
 
 import numpy as np
@@ -155,43 +155,40 @@ cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align)
     return NULL
 
 
-cdef void* pgo_buffer_new(size_t struct_size, size_t capacity, const char* who) except NULL nogil:
-    cdef void* owner = pgo_sys_calloc(1, struct_size)
-    cdef char* base
-    if owner == NULL:
+cdef void* pgo_buffer_create(size_t struct_size, size_t capacity, bint threadsafe,
+                             const char* who) except NULL nogil:
+    cdef pgo_buffer_t* b = <pgo_buffer_t*>pgo_sys_calloc(1, struct_size)
+    if b == NULL:
         pgo_raise(PGO_ERR_NOMEM, who, struct_size, 0)
         return NULL
-    base = <char*>pgo_sys_alloc(capacity, 64)
-    if base == NULL:
-        pgo_sys_free(owner)
+    b.base = <char*>pgo_sys_alloc(capacity, 64)
+    if b.base == NULL:
+        pgo_sys_free(b)
         pgo_raise(PGO_ERR_NOMEM, who, capacity, 64)
         return NULL
-    (<char**>owner)[0] = base          # the struct's first field
     if PGO_DEBUG_FILL:
-        memset(base, PGO_FILL_FREE, capacity)
-    pgo_vg_create(owner)
-    pgo_vg_noaccess(base, capacity)
-    return owner
-
-
-cdef void pgo_buffer_init(char* base, size_t capacity, bint threadsafe, size_t* size,
-                          size_t* lo, size_t* hi, bint* fast, pgo_stats_t* st,
-                          pgo_lock_t* lock) noexcept nogil:
-    size[0] = capacity
-    lo[0] = <size_t>base
-    hi[0] = <size_t>base + capacity
-    st.capacity = capacity
-    pgo_lock_init(lock, threadsafe)
+        memset(b.base, PGO_FILL_FREE, capacity)
+    pgo_vg_create(b)
+    pgo_vg_noaccess(b.base, capacity)
+    b.size = capacity
+    b.lo = <size_t>b.base
+    b.hi = <size_t>b.base + capacity
+    b.stats.capacity = capacity
+    pgo_lock_init(&b.lock, threadsafe)
     # Decided here, by pgo's own build, not by the build of whoever inlines
     # the .pxd paths.
-    fast[0] = not threadsafe and not PGO_DEBUG_FILL
+    b.fast = not threadsafe and not PGO_DEBUG_FILL
+    return b
 
 
-cdef void pgo_buffer_free(void* owner, char* base, pgo_lock_t* lock) noexcept nogil:
-    pgo_vg_destroy(owner)
-    pgo_lock_destroy(lock)
-    pgo_sys_free(base)
-    pgo_sys_free(owner)
+cdef void pgo_buffer_destroy(void* state) noexcept nogil:
+    cdef pgo_buffer_t* b = <pgo_buffer_t*>state
+    if b == NULL:
+        return
+    pgo_vg_destroy(b)
+    pgo_lock_destroy(&b.lock)
+    pgo_sys_free(b.base)
+    pgo_sys_free(b)
 
 
 cdef inline size_t _size_arg(object n, str what) except? 0:
@@ -360,26 +357,34 @@ cdef class Allocator:
 
     def __dealloc__(self):
         # NOTE: the subclasses have no __dealloc__ of their own: their struct
-        # is freed here, through _c_destroy, after its mutex has left the
-        # fork registry (a fork in between would lock freed memory).
+        # is freed here, through _destroy, after its mutex has left the
+        # fork registry (a fork in between would lock freed memory).  A
+        # __cinit__ that failed before _bind left nothing to free.
         self._fork_forget()
-        self._c_destroy()
+        if self._destroy != NULL:
+            self._destroy(self._be.state)
+            self._destroy = NULL
 
-    cdef void _bind(self, size_t min_align, size_t max_align) noexcept:
+    cdef void _bind(self, pgo_destroy_fn destroy, size_t min_align, size_t max_align) noexcept:
         # After pgo_backend_init(&self._be, ...): the struct's stats and lock
         # are the backend's.
         self._st = self._be.stats
         self._lock = self._be.lock
         self._min_align = min_align
         self._max_align = max_align
+        self._destroy = destroy
+
+    cdef void _bind_buffer(self, pgo_buffer_t* b, pgo_alloc_fn take, pgo_holds_fn holds,
+                           pgo_free_fn give, pgo_span_fn span, size_t min_align) noexcept:
+        pgo_backend_init(&self._be, b, &b.lock, &b.stats, take, NULL, SIZE_MAX, holds, give, span,
+                         &b.lo, &b.hi)
+        self._bind(pgo_buffer_destroy, min_align, PGO_MAX_ALIGN)
+        self._buffer = b.base
 
     cdef void _fork_forget(self) noexcept:
         if self._fork_registered:
             pgo_fork_unregister(&self._lock.mutex)
             self._fork_registered = False
-
-    cdef void _c_destroy(self) noexcept:
-        pass
 
     # -- hooks filled in by each allocator family ------------------------
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:

@@ -180,6 +180,8 @@ cdef inline bint pgo_canary_ok(const char* p, size_t n) noexcept nogil:
 #         the router passes a pointer by without calling give.
 ctypedef bint (*pgo_holds_fn)(void* state, void* p) noexcept nogil
 ctypedef size_t (*pgo_span_fn)(void* state, void* p) noexcept nogil
+# Frees an allocator's C struct (its *_destroy, which takes NULL).
+ctypedef void (*pgo_destroy_fn)(void* state) noexcept nogil
 
 ctypedef struct pgo_backend_t:
     void* state

@@ -34,7 +34,7 @@ from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free, pgo_
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_LIVE,
     PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_MAX_ALIGN,
-    PGO_OK, pgo_add_overflow, pgo_atomic_load, pgo_atomic_store, pgo_backend_init,
+    PGO_OK, pgo_add_overflow, pgo_atomic_load, pgo_atomic_store, pgo_backend_init, pgo_destroy_fn,
     pgo_bad_align, pgo_fit, pgo_lock, pgo_lock_destroy,
     pgo_lock_gil_held, pgo_lock_init, pgo_stats_reset, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
     pgo_vg_destroy, pgo_vg_noaccess, pgo_vg_trim,
@@ -455,10 +455,7 @@ cdef class ArenaAllocator(Allocator):
                          _arena_take_unlocked, NULL, SIZE_MAX,
                          _arena_holds, _arena_give_unlocked, _arena_span_unlocked,
                          &self.a.lo, &self.a.hi)
-        self._bind(PGO_ARENA_MIN_ALIGN, PGO_MAX_ALIGN)
-
-    cdef void _c_destroy(self) noexcept:
-        arena_destroy(self.a)
+        self._bind(<pgo_destroy_fn>arena_destroy, PGO_ARENA_MIN_ALIGN, PGO_MAX_ALIGN)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
         return _arena_alloc_py(self.a, nbytes, align, out, token)

@@ -45,7 +45,7 @@ from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free, pgo_sys_map, pgo_sy
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED,
     PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_atomic_load, pgo_atomic_store,
-    pgo_backend_init, pgo_lock,
+    pgo_backend_init, pgo_destroy_fn, pgo_lock,
     pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
     pgo_vg_destroy, pgo_vg_free,
 )
@@ -504,10 +504,7 @@ cdef class CacheAllocator(Allocator):
                          _cache_take_unlocked, _cache_take_zeroed, SIZE_MAX,
                          _cache_holds, _cache_give_unlocked, _cache_span_unlocked,
                          &self.c.lo, &self.c.hi)
-        self._bind(1, PGO_PAGE_BYTES)
-
-    cdef void _c_destroy(self) noexcept:
-        cache_destroy(self.c)
+        self._bind(<pgo_destroy_fn>cache_destroy, 1, PGO_PAGE_BYTES)
 
     @property
     def max_cached_bytes(self):

@@ -38,8 +38,8 @@ from pgo._core._memory cimport (
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_OVERFLOW, PGO_ERR_OVERRUN,
-    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_init, pgo_bad_align, pgo_canary_ok,
-    pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_mul_overflow, pgo_unlock, pgo_vg_alloc,
+    PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC, PGO_FILL_FREE, PGO_OK, pgo_backend_init,
+    pgo_bad_align, pgo_canary_ok, pgo_destroy_fn, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_mul_overflow, pgo_unlock, pgo_vg_alloc,
     pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_vg_trim, pgo_within,
 )
 
@@ -384,10 +384,7 @@ cdef class SlabAllocator(Allocator):
                          _slab_take_unlocked, NULL, self.s.block_size,
                          _slab_holds, _slab_give_unlocked, _slab_span_unlocked,
                          &self.s.lo, &self.s.hi)
-        self._bind(1, self.s.align)
-
-    cdef void _c_destroy(self) noexcept:
-        slab_destroy(self.s)
+        self._bind(<pgo_destroy_fn>slab_destroy, 1, self.s.align)
 
     @property
     def block_size(self):

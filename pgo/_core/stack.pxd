@@ -15,12 +15,12 @@
 # valid case; locking, the test build's fills, errors and deferred releases
 # go to the out-of-line functions in stack.pyx, which keeps the inline code
 # small enough for the C compiler to inline.  stats.in_use is derived:
-# call stack_sync_stats(s) before reading s.stats.
+# call stack_sync_stats(s) before reading s.b.stats.
 
 from libc.stdint cimport uint32_t, uintptr_t
 
-from pgo._core._base cimport Allocator
-from pgo._core._typedefs cimport pgo_bad_align, pgo_fit, pgo_lock_t, pgo_stats_t, pgo_unlikely
+from pgo._core._base cimport Allocator, pgo_buffer_t
+from pgo._core._typedefs cimport pgo_bad_align, pgo_fit, pgo_unlikely
 
 cdef enum:
     PGO_STACK_MAGIC = 0x5354434B
@@ -42,15 +42,9 @@ ctypedef struct pgo_stack_mark_t:
 
 
 ctypedef struct pgo_stack_t:
-    char* base
-    size_t size               # bytes in the buffer
-    size_t top                # offset of the first free byte
+    pgo_buffer_t b            # first: the buffer, its top, stats and lock
     size_t last               # data offset of the most recent block (0: none)
     size_t ndead              # blocks given up but not yet released (DEAD)
-    size_t lo, hi             # the buffer's address range
-    bint fast                 # no lock, normal build: the inline paths apply
-    pgo_stats_t stats
-    pgo_lock_t lock
 
 
 cdef pgo_stack_t* stack_create(size_t capacity, bint threadsafe) except NULL nogil
@@ -69,39 +63,39 @@ cdef void _stack_pop_dead(pgo_stack_t* s) noexcept nogil
 
 
 cdef inline pgo_stack_hdr_t* _stack_hdr(pgo_stack_t* s, size_t off) noexcept nogil:
-    return <pgo_stack_hdr_t*>(s.base + off - sizeof(pgo_stack_hdr_t))
+    return <pgo_stack_hdr_t*>(s.b.base + off - sizeof(pgo_stack_hdr_t))
 
 
 cdef inline void _stack_push(pgo_stack_t* s, size_t off, size_t n, size_t take) noexcept nogil:
     # Records a block of n bytes (take with the test build's canary) whose
     # data starts at `off`, above the current top: header, top, stats.
     cdef pgo_stack_hdr_t* h = _stack_hdr(s, off)
-    h.prev_top = s.top
+    h.prev_top = s.b.top
     h.prev_last = s.last
     h.magic = PGO_STACK_MAGIC
     h.flags = 0
-    s.stats.allocs += 1
-    s.stats.requested += n
-    s.stats.lost += off - s.top + (take - n)
-    s.top = off + take
+    s.b.stats.allocs += 1
+    s.b.stats.requested += n
+    s.b.stats.lost += off - s.b.top + (take - n)
+    s.b.top = off + take
     s.last = off
-    if s.top > s.stats.peak:
-        s.stats.peak = s.top
+    if s.b.top > s.b.stats.peak:
+        s.b.stats.peak = s.b.top
 
 
 cdef inline void stack_sync_stats(pgo_stack_t* s) noexcept nogil:
-    s.stats.in_use = s.top
+    s.b.stats.in_use = s.b.top
 
 
 cdef inline void* stack_alloc(pgo_stack_t* s, size_t n, size_t align) except NULL nogil:
     """Allocate n bytes aligned to align (>= 8); raises MemoryError/ValueError."""
     cdef char* p
     cdef size_t off
-    if pgo_unlikely(not s.fast or pgo_bad_align(align)):
+    if pgo_unlikely(not s.b.fast or pgo_bad_align(align)):
         return _stack_alloc_slow(s, n, align)
     if align < PGO_STACK_MIN_ALIGN:
         align = PGO_STACK_MIN_ALIGN
-    p = pgo_fit(s.base, s.size, s.top + sizeof(pgo_stack_hdr_t), align, n, &off)
+    p = pgo_fit(s.b.base, s.b.size, s.b.top + sizeof(pgo_stack_hdr_t), align, n, &off)
     if pgo_unlikely(p == NULL):
         return _stack_alloc_slow(s, n, align)
     _stack_push(s, off, n, n)
@@ -113,17 +107,17 @@ cdef inline int stack_free(pgo_stack_t* s, void* p) except -1 nogil:
     cdef size_t off
     cdef pgo_stack_hdr_t* h
     # NULL and foreign pointers below the buffer take the slow path too.
-    if pgo_unlikely(not s.fast or <uintptr_t>p <= <uintptr_t>s.base):
+    if pgo_unlikely(not s.b.fast or <uintptr_t>p <= <uintptr_t>s.b.base):
         return _stack_free_slow(s, p)
-    off = <uintptr_t>p - <uintptr_t>s.base
+    off = <uintptr_t>p - <uintptr_t>s.b.base
     if pgo_unlikely(off != s.last):
         return _stack_free_slow(s, p)
     h = _stack_hdr(s, off)
     if pgo_unlikely(h.flags != 0):
         return _stack_free_slow(s, p)
-    s.top = h.prev_top
+    s.b.top = h.prev_top
     s.last = h.prev_last
-    s.stats.frees += 1
+    s.b.stats.frees += 1
     if pgo_unlikely(s.ndead != 0 and s.last != 0 and (_stack_hdr(s, s.last).flags & PGO_STACK_DEAD)):
         _stack_pop_dead(s)
     return 0

@@ -8,9 +8,9 @@ Python Block that dies out of order be released later, once every block
 above it is gone, instead of corrupting the stack.
 
 # NOTE: ownership.  The ``pgo_stack_t`` and its buffer belong to the
-# StackAllocator object (created in ``__cinit__``, freed by ``_c_destroy``
-# when it dies); C callers of ``stack_create`` own what it returns and
-# free it with ``stack_destroy``.  A Python Block holds its allocator, so
+# StackAllocator object (created in ``__cinit__``, freed by
+# ``Allocator.__dealloc__`` when it dies); C callers of ``stack_create``
+# own what it returns and free it with ``stack_destroy``.  A Python Block holds its allocator, so
 # the buffer outlives every Block and array made from it.
 # NOTE: threads and the GIL.  Nothing here needs the GIL: every C path is
 # nogil.  Without threadsafe=True the struct relies on its single user (or
@@ -23,30 +23,26 @@ from libc.stdint cimport SIZE_MAX, uintptr_t
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_buffer_free, pgo_buffer_init, pgo_buffer_new, pgo_buffer_place,
+    Allocator, Block, pgo_buffer_create, pgo_buffer_destroy, pgo_buffer_place,
     pgo_locked_reset, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
 )
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
     PGO_ERR_LIVE, PGO_ERR_ORDER, PGO_ERR_OVERRUN, PGO_ERR_PY_OWNED, PGO_FILL_ALLOC, PGO_FILL_FREE,
-    PGO_MAX_ALIGN, PGO_OK, pgo_add_overflow, pgo_backend_init, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_stats_reset, pgo_unlock,
-    pgo_vg_alloc, pgo_vg_free, pgo_within,
+    PGO_OK, pgo_add_overflow, pgo_canary_ok, pgo_lock, pgo_lock_gil_held, pgo_stats_reset,
+    pgo_unlock, pgo_vg_alloc, pgo_vg_free, pgo_within,
 )
 
 import warnings
 
 
 cdef pgo_stack_t* stack_create(size_t capacity, bint threadsafe) except NULL nogil:
-    cdef pgo_stack_t* s = <pgo_stack_t*>pgo_buffer_new(sizeof(pgo_stack_t), capacity,
-                                                      "StackAllocator")
-    pgo_buffer_init(s.base, capacity, threadsafe, &s.size, &s.lo, &s.hi, &s.fast, &s.stats,
-                    &s.lock)
-    return s
+    return <pgo_stack_t*>pgo_buffer_create(sizeof(pgo_stack_t), capacity, threadsafe,
+                                          "StackAllocator")
 
 
 cdef void stack_destroy(pgo_stack_t* s) noexcept nogil:
-    if s != NULL:
-        pgo_buffer_free(s, s.base, &s.lock)
+    pgo_buffer_destroy(s)
 
 
 cdef int _stack_alloc_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
@@ -57,17 +53,17 @@ cdef int _stack_alloc_unlocked(void* state, size_t n, size_t align, void** out) 
     cdef int err
     if pgo_add_overflow(n, PGO_CANARY, &take):
         take = SIZE_MAX                 # fails below, as too big
-    err = pgo_buffer_place(s.base, s.size, s.top + sizeof(pgo_stack_hdr_t), n, take, align,
-                           PGO_STACK_MIN_ALIGN, &s.stats, &off)
+    err = pgo_buffer_place(s.b.base, s.b.size, s.b.top + sizeof(pgo_stack_hdr_t), n, take, align,
+                           PGO_STACK_MIN_ALIGN, &s.b.stats, &off)
     if err != PGO_OK:
         return err
     # For valgrind a block runs from the old top (padding and header
     # included) to the end of its canary.
-    pgo_vg_alloc(s, s.base + s.top, off + take - s.top)
+    pgo_vg_alloc(s, s.b.base + s.b.top, off + take - s.b.top)
     _stack_push(s, off, n, take)
     if PGO_DEBUG_FILL:
-        memset(s.base + off, PGO_FILL_ALLOC, take)
-    out[0] = s.base + off
+        memset(s.b.base + off, PGO_FILL_ALLOC, take)
+    out[0] = s.b.base + off
     return PGO_OK
 
 
@@ -77,9 +73,9 @@ cdef void _stack_drop_top(pgo_stack_t* s) noexcept nogil:
     cdef size_t new_top = h.prev_top
     cdef size_t new_last = h.prev_last
     if PGO_DEBUG_FILL:
-        memset(s.base + new_top, PGO_FILL_FREE, s.top - new_top)
-    pgo_vg_free(s, s.base + new_top)
-    s.top = new_top
+        memset(s.b.base + new_top, PGO_FILL_FREE, s.b.top - new_top)
+    pgo_vg_free(s, s.b.base + new_top)
+    s.b.top = new_top
     s.last = new_last
 
 
@@ -98,7 +94,7 @@ cdef int _stack_classify(pgo_stack_t* s, size_t off) noexcept nogil:
                 return PGO_ERR_DOUBLE_FREE
             return PGO_ERR_ORDER
         k = _stack_hdr(s, k).prev_last
-    return PGO_ERR_INTERIOR if off < s.top else PGO_ERR_FOREIGN
+    return PGO_ERR_INTERIOR if off < s.b.top else PGO_ERR_FOREIGN
 
 
 cdef int _stack_free_unlocked(pgo_stack_t* s, void* p, bint from_python) noexcept nogil:
@@ -108,9 +104,9 @@ cdef int _stack_free_unlocked(pgo_stack_t* s, void* p, bint from_python) noexcep
     cdef pgo_stack_hdr_t* h
     if p == NULL:
         return PGO_OK
-    if a < <uintptr_t>s.base or a - <uintptr_t>s.base > s.top:
+    if a < <uintptr_t>s.b.base or a - <uintptr_t>s.b.base > s.b.top:
         return PGO_ERR_FOREIGN
-    off = a - <uintptr_t>s.base
+    off = a - <uintptr_t>s.b.base
     if off != s.last or off == 0:
         return _stack_classify(s, off)
     h = _stack_hdr(s, off)
@@ -118,11 +114,11 @@ cdef int _stack_free_unlocked(pgo_stack_t* s, void* p, bint from_python) noexcep
         return PGO_ERR_DOUBLE_FREE
     if h.flags & PGO_STACK_PY and not from_python:
         return PGO_ERR_PY_OWNED
-    if PGO_CANARY and not pgo_canary_ok(s.base + s.top - PGO_CANARY, PGO_CANARY):
+    if PGO_CANARY and not pgo_canary_ok(s.b.base + s.b.top - PGO_CANARY, PGO_CANARY):
         return PGO_ERR_OVERRUN
     h.flags |= PGO_STACK_DEAD
     s.ndead += 1
-    s.stats.frees += 1
+    s.b.stats.frees += 1
     _stack_pop_dead(s)
     return PGO_OK
 
@@ -132,21 +128,21 @@ cdef int _stack_free_c(void* state, void* p) noexcept nogil:
 
 
 cdef void* _stack_alloc_slow(pgo_stack_t* s, size_t n, size_t align) noexcept nogil:
-    return pgo_locked_alloc(&s.lock, &s.stats, _stack_alloc_unlocked, s, n, align,
+    return pgo_locked_alloc(&s.b.lock, &s.b.stats, _stack_alloc_unlocked, s, n, align,
                             "StackAllocator")
 
 
 cdef int _stack_free_slow(pgo_stack_t* s, void* p) noexcept nogil:
-    return pgo_locked_free(&s.lock, &s.stats, _stack_free_c, s, p, "StackAllocator")
+    return pgo_locked_free(&s.b.lock, &s.b.stats, _stack_free_c, s, p, "StackAllocator")
 
 
 cdef void _stack_kill_unlocked(pgo_stack_t* s, void* p) noexcept nogil:
     # A Python Block died: its block is released now if it is on top, else
     # as soon as every block above it is gone.
-    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.b.base
     _stack_hdr(s, off).flags |= PGO_STACK_DEAD
     s.ndead += 1
-    s.stats.frees += 1
+    s.b.stats.frees += 1
     if off == s.last:
         _stack_pop_dead(s)
 
@@ -160,14 +156,14 @@ cdef int _stack_alloc_py(void* state, size_t n, size_t align, void** out) noexce
     cdef pgo_stack_t* s = <pgo_stack_t*>state
     cdef int err = _stack_alloc_unlocked(s, n, align, out)
     if err == PGO_OK:
-        _stack_hdr(s, <uintptr_t>out[0] - <uintptr_t>s.base).flags |= PGO_STACK_PY
+        _stack_hdr(s, <uintptr_t>out[0] - <uintptr_t>s.b.base).flags |= PGO_STACK_PY
     return err
 
 
 cdef bint _stack_holds(void* state, void* p) noexcept nogil:
     # base and size never change: no lock needed.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    return p != s.base and pgo_within(p, s.base, s.size)    # offset 0 is never a block
+    return p != s.b.base and pgo_within(p, s.b.base, s.b.size)    # offset 0 is never a block
 
 
 cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept nogil:
@@ -176,7 +172,7 @@ cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept no
     # walk from the top quadratic.  Only pointers the handler handed out get
     # here (numpy gives back nothing else), so a header is not forged.
     cdef pgo_stack_hdr_t* h
-    if off < sizeof(pgo_stack_hdr_t) or off >= s.top or off & 7:
+    if off < sizeof(pgo_stack_hdr_t) or off >= s.b.top or off & 7:
         return False
     h = _stack_hdr(s, off)
     return (h.magic == PGO_STACK_MAGIC and h.prev_top <= off - sizeof(pgo_stack_hdr_t)
@@ -185,7 +181,7 @@ cdef inline bint _stack_looks_like_block(pgo_stack_t* s, size_t off) noexcept no
 
 cdef int _stack_give_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.b.base
     cdef int err = PGO_OK
     if off != s.last and not _stack_looks_like_block(s, off):
         # Not the top, and no header of a block under it: say what it is
@@ -204,8 +200,8 @@ cdef size_t _stack_span_unlocked(void* state, void* p) noexcept nogil:
     # Walks down from the top: a block ends where the one above it began
     # (its header's prev_top), the top block at the top.
     cdef pgo_stack_t* s = <pgo_stack_t*>state
-    cdef size_t off = <uintptr_t>p - <uintptr_t>s.base
-    cdef size_t k = s.last, end = s.top
+    cdef size_t off = <uintptr_t>p - <uintptr_t>s.b.base
+    cdef size_t k = s.last, end = s.b.top
     while k > off:
         end = _stack_hdr(s, k).prev_top
         k = _stack_hdr(s, k).prev_last
@@ -216,10 +212,10 @@ cdef size_t _stack_span_unlocked(void* state, void* p) noexcept nogil:
 
 cdef pgo_stack_mark_t stack_mark(pgo_stack_t* s) noexcept nogil:
     cdef pgo_stack_mark_t m
-    pgo_lock(&s.lock, &s.stats)
-    m.top = s.top
+    pgo_lock(&s.b.lock, &s.b.stats)
+    m.top = s.b.top
     m.last = s.last
-    pgo_unlock(&s.lock)
+    pgo_unlock(&s.b.lock)
     return m
 
 
@@ -227,7 +223,7 @@ cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept no
     cdef size_t k = s.last
     cdef size_t released = 0, dead = 0
     cdef pgo_stack_hdr_t* h
-    if m.top > s.top:
+    if m.top > s.b.top:
         return PGO_ERR_ORDER
     while k > m.top:
         h = _stack_hdr(s, k)
@@ -242,19 +238,19 @@ cdef int _stack_release_unlocked(pgo_stack_t* s, pgo_stack_mark_t m) noexcept no
         # A stale mark: the block it remembers was released and its space
         # reused, so the chain never reaches it.
         return PGO_ERR_ORDER
-    s.stats.frees += released
+    s.b.stats.frees += released
     s.ndead -= dead
     while s.last != m.last:
         _stack_drop_top(s)
-    s.top = m.top
+    s.b.top = m.top
     return PGO_OK
 
 
 cdef int stack_release(pgo_stack_t* s, pgo_stack_mark_t m) except -1 nogil:
     cdef int code
-    pgo_lock(&s.lock, &s.stats)
+    pgo_lock(&s.b.lock, &s.b.stats)
     code = _stack_release_unlocked(s, m)
-    pgo_unlock(&s.lock)
+    pgo_unlock(&s.b.lock)
     if code != PGO_OK:
         return pgo_raise(code, "StackAllocator", 0, 0)
     return 0
@@ -266,12 +262,12 @@ cdef int _stack_reset_unlocked(void* state) noexcept nogil:
     zero.top = 0
     zero.last = 0
     _stack_release_unlocked(s, zero)
-    pgo_stats_reset(&s.stats)
+    pgo_stats_reset(&s.b.stats)
     return PGO_OK
 
 
 cdef int stack_reset(pgo_stack_t* s) except -1 nogil:
-    return pgo_locked_reset(&s.lock, &s.stats, _stack_reset_unlocked, s, "StackAllocator")
+    return pgo_locked_reset(&s.b.lock, &s.b.stats, _stack_reset_unlocked, s, "StackAllocator")
 
 
 cdef class StackAllocator(Allocator):
@@ -297,15 +293,8 @@ cdef class StackAllocator(Allocator):
 
     def __cinit__(self, size_t capacity=1048576, *, bint threadsafe=False):
         self.s = stack_create(capacity, threadsafe)
-        pgo_backend_init(&self._be, self.s, &self.s.lock, &self.s.stats,
-                         _stack_alloc_py, NULL, SIZE_MAX,
-                         _stack_holds, _stack_give_unlocked, _stack_span_unlocked,
-                         &self.s.lo, &self.s.hi)
-        self._bind(PGO_STACK_MIN_ALIGN, PGO_MAX_ALIGN)
-        self._buffer = self.s.base
-
-    cdef void _c_destroy(self) noexcept:
-        stack_destroy(self.s)
+        self._bind_buffer(&self.s.b, _stack_alloc_py, _stack_holds, _stack_give_unlocked,
+                          _stack_span_unlocked, PGO_STACK_MIN_ALIGN)
 
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
         return _stack_alloc_py(self.s, nbytes, align, out)
@@ -320,8 +309,8 @@ cdef class StackAllocator(Allocator):
         return _stack_reset_unlocked(self.s)
 
     def _describe_nomem(self, size_t nbytes):
-        return (f"{self!r}: cannot allocate {nbytes:,} bytes: {self.s.size - self.s.top:,} "
-                f"of {self.s.size:,} bytes free (each block also takes a "
+        return (f"{self!r}: cannot allocate {nbytes:,} bytes: {self.s.b.size - self.s.b.top:,} "
+                f"of {self.s.b.size:,} bytes free (each block also takes a "
                 f"{sizeof(pgo_stack_hdr_t)}-byte header and alignment padding)")
 
     cdef void _sync(self) noexcept:
@@ -331,7 +320,7 @@ cdef class StackAllocator(Allocator):
         return PGO_CANARY
 
     def _extra_stats(self):
-        return {"top": self.s.top, "header_bytes": sizeof(pgo_stack_hdr_t),
+        return {"top": self.s.b.top, "header_bytes": sizeof(pgo_stack_hdr_t),
                 "canary_bytes": PGO_CANARY}
 
     def frame(self):
@@ -352,8 +341,8 @@ cdef class StackAllocator(Allocator):
             pgo_raise_at(code, "StackAllocator", <void*>address)
 
     def __repr__(self):
-        return (f"<StackAllocator capacity={self.s.size} top={self.s.top} "
-                f"threadsafe={bool(self.s.lock.enabled)}>")
+        return (f"<StackAllocator capacity={self.s.b.size} top={self.s.b.top} "
+                f"threadsafe={bool(self.s.b.lock.enabled)}>")
 
 
 @cython.final
@@ -369,10 +358,10 @@ cdef class StackFrame:
 
     def __enter__(self):
         cdef pgo_stack_t* s = self.stack.s
-        pgo_lock_gil_held(&s.lock, &s.stats)
-        self.mark.top = s.top
+        pgo_lock_gil_held(&s.b.lock, &s.b.stats)
+        self.mark.top = s.b.top
         self.mark.last = s.last
-        pgo_unlock(&s.lock)
+        pgo_unlock(&s.b.lock)
         self.live = 0
         return self
 
@@ -382,13 +371,13 @@ cdef class StackFrame:
         cdef pgo_stack_t* s = self.stack.s
         cdef size_t k
         cdef Py_ssize_t live = 0
-        pgo_lock_gil_held(&s.lock, &s.stats)
+        pgo_lock_gil_held(&s.b.lock, &s.b.stats)
         k = s.last
         while k > self.mark.top:
             if not (_stack_hdr(s, k).flags & PGO_STACK_DEAD):
                 live += 1
             k = _stack_hdr(s, k).prev_last
-        pgo_unlock(&s.lock)
+        pgo_unlock(&s.b.lock)
         self.live = live
         if live:
             warnings.warn(

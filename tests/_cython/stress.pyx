@@ -160,7 +160,7 @@ def stack_standalone(size_t capacity):
             stack_free(s, a)
             b = <char*>stack_alloc(s, 8, 8)
             stack_release(s, m)
-            released = s.top == 0 and s.stats.in_use == 0
+            released = s.b.top == 0 and s.b.stats.in_use == 0
             stack_reset(s)
     finally:
         stack_destroy(s)
