@@ -22,6 +22,7 @@ the cache's peak) grow together.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 
@@ -159,23 +160,24 @@ def choose(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray, *,
     reuses within HIT_SLACK of no bound; then the reuse window: twice the
     reuse distance 99% of its hits come within (a power of two), doubled
     until the hits it gives up are within HIT_SLACK too."""
-    kw = {"run_starts": run_starts, "max_cached": max_cached}
-    free = replay(sizes, births, deaths, None, **kw)
+    run = functools.partial(replay, sizes, births, deaths, run_starts=run_starts,
+                            max_cached=max_cached)
+    free = run(None)
     slack = HIT_SLACK * free.allocations
     chosen = None
     for h in HEADROOMS:
-        r = replay(sizes, births, deaths, h, **kw)
+        r = run(h)
         if r.misses <= free.misses + slack:
             chosen = r
             break
     if chosen is None:
-        chosen = replay(sizes, births, deaths, HEADROOMS[-1], **kw)
+        chosen = run(HEADROOMS[-1])
     if not chosen.distances:
         return chosen, free
     window = max(MIN_WINDOW, _next_pow2(2 * float(np.quantile(chosen.distances, 0.99))))
     longest = max(chosen.distances)
     while True:
-        r = replay(sizes, births, deaths, chosen.headroom, window=window, **kw)
+        r = run(chosen.headroom, window=window)
         # Past the longest reuse distance the window takes no hit away.
         if r.misses <= chosen.misses + slack or window > longest:
             return r, free
