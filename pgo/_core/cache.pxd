@@ -23,7 +23,11 @@
 # thread-safe: large blocks are few, and the lock costs nothing next to
 # touching their pages).  Every block, live or cached, is found from its
 # address in a hash table, so a free is checked (a foreign pointer, a double
-# free) and the size passed to a free is never needed.
+# free) and the size passed to a free is never needed.  Blocks of 64 KiB
+# and more are coloured: mapped a page longer, numpy's arrays start one of
+# eight offsets (multiples of 576 bytes) into them, so that the arrays of
+# one elementwise loop do not share the CPU caches' sets; C and Python
+# callers get the page-aligned start.
 
 from libc.stdint cimport uint64_t
 
@@ -32,7 +36,10 @@ from pgo._core._typedefs cimport pgo_lock_t, pgo_stats_t
 
 
 ctypedef struct pgo_cblock_t:
-    char* ptr
+    char* ptr                   # what its last allocation handed out: map, or map + colour
+    char* map                   # the block's mapping (page aligned)
+    size_t mapped               # bytes mapped: size, plus a page where it has a colour
+    unsigned int colour         # bytes into the mapping where numpy's arrays start
     size_t size                 # bytes allocated: the size class
     size_t requested
     pgo_cblock_t* hnext         # chain in the address table (every block)
@@ -42,6 +49,7 @@ ctypedef struct pgo_cblock_t:
     pgo_cblock_t* newer
     unsigned int cls
     uint64_t freed_at           # cached: the cache's allocation count when it was freed
+    uint64_t born_at            # the cache's allocation count when it was last handed out
     bint live                   # handed out (else waiting in the cache)
     bint python_owned           # a Python Block or a numpy array owns it
 

@@ -1,5 +1,9 @@
 from pgo._core._base import Allocator
 
+BURST_SCAN_BLOCKS: int
+COLOUR_STEP_BYTES: int
+COLOURS: int
+
 class CacheAllocator(Allocator):
     def __init__(
         self,

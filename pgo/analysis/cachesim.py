@@ -35,6 +35,7 @@ HIT_SLACK = 0.02                          # of all allocations: hits given up at
 MIN_WINDOW = 64                           # allocations: the shortest reuse window chosen
 MAX_BLOCKS = 500_000                      # replayed at most (the first ones; a profile
                                           # repeats its phases long before that)
+BURST_SCAN = 8                            # the cache's: blocks of a burst of frees looked at
 
 
 def class_size(n: int) -> int:
@@ -99,6 +100,8 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
     by_class: dict[int, deque[int]] = {}     # cached tokens per class, oldest first
     recency: deque[tuple[int, int]] = deque()   # (token, class), oldest freed first
     freed_at: dict[int, int] = {}            # cached token -> allocations count at its free
+    born_at: dict[int, int] = {}             # cached token -> allocations count at its handout
+    born = [0] * len(sizes)                  # per block: the allocations count at its birth
     distances: list[int] = []                # per hit: allocations since that block's free
     token = 0
 
@@ -112,6 +115,7 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
         tok, c = recency.popleft()
         if tok in freed_at:
             del freed_at[tok]
+            del born_at[tok]
             by_class[c].popleft()
             cached -= c
 
@@ -128,10 +132,13 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
                                    or allocs - freed_at[recency[0][0]] > window):
                     evict_oldest()
             stack = by_class.get(c)
+            born[i] = allocs
             live += c
             peak = max(peak, live)
             if stack:
-                tok = stack.pop()                       # the most recently freed
+                tok = stack[_burst_pick(stack, freed_at, born_at)]
+                stack.remove(tok)
+                del born_at[tok]
                 distances.append(allocs - freed_at.pop(tok))
                 cached -= c
             else:
@@ -146,10 +153,26 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
                 by_class.setdefault(c, deque()).append(token)
                 recency.append((token, c))
                 freed_at[token] = allocs
+                born_at[token] = born[i]
                 cached += c
                 evict_to(bound)
         held = max(held, live + cached)
     return Replay(headroom, allocs, misses, peak, held, window, tuple(distances))
+
+
+def _burst_pick(stack: deque[int], freed_at: dict[int, int], born_at: dict[int, int]) -> int:
+    """The cache's _burst_pick: the index in a class's cached tokens
+    (oldest freed first) that the next allocation takes: the most recently
+    freed, or among those freed with it in one burst (the same allocations
+    count), looking at BURST_SCAN more, the one handed out first."""
+    best = len(stack) - 1
+    head = freed_at[stack[best]]
+    for k in range(best - 1, max(-1, best - 1 - BURST_SCAN), -1):
+        if freed_at[stack[k]] != head:
+            break
+        if born_at[stack[k]] < born_at[stack[best]]:
+            best = k
+    return best
 
 
 def choose(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray, *,

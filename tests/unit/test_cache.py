@@ -261,6 +261,76 @@ def test_zeros_on_reused_memory_are_zero():
     assert (z == 0).all()
 
 
+COLOUR_STEP, NCOLOURS = 576, 8          # what the docs promise (pgo._core.cache pins them)
+
+
+def test_numpys_arrays_start_at_a_colour_of_their_block():
+    # From 64 KiB, numpy's arrays start at one of eight offsets (multiples
+    # of 576 bytes) into the block's first page, in turn as blocks are made,
+    # so the arrays of one loop do not share the CPU caches' sets.  Smaller
+    # blocks, Python Blocks and arrays from Allocator.empty get the block's
+    # page-aligned start, as promised.
+    from pgo._core import cache
+
+    assert (cache.COLOUR_STEP_BYTES, cache.COLOURS) == (COLOUR_STEP, NCOLOURS)
+    c = C()
+    with pgo.use(c):
+        arrs = [np.full(1 << 17, float(i)) for i in range(NCOLOURS + 1)]   # 1 MiB each
+        small = np.full(2048, 5.0)                                          # 16 KiB
+        grown = np.arange(float(1 << 17))
+        grown.resize(1 << 19, refcheck=False)       # realloc: copied out of a coloured block
+    offsets = [a.__array_interface__["data"][0] % PAGE for a in arrs]
+    assert len(set(offsets[:NCOLOURS])) == NCOLOURS and offsets[NCOLOURS] == offsets[0]
+    assert all(o % COLOUR_STEP == 0 and o < NCOLOURS * COLOUR_STEP for o in offsets)
+    assert all(pgo.owner(a) is c and (a == i).all() for i, a in enumerate(arrs))
+    assert small.__array_interface__["data"][0] % PAGE == 0 and (small == 5.0).all()
+    assert pgo.owner(grown) is c and (grown[:1 << 17] == np.arange(float(1 << 17))).all()
+    blk = c.alloc(1 << 20)
+    arr = c.empty(1 << 17)
+    assert blk.address % PAGE == 0 and arr.__array_interface__["data"][0] % PAGE == 0
+    c.free(blk)
+    del arrs, small, grown, arr
+    s = check_invariants(c)
+    assert s["live_blocks"] == 0 and s["cached_blocks"] >= NCOLOURS + 1
+    # A coloured block handed to a Python Block starts at its page again.
+    again = [c.alloc(1 << 20) for _ in range(NCOLOURS + 1)]
+    assert all(b.address % PAGE == 0 for b in again)
+    for b in again:
+        c.free(b)
+    check_invariants(c)
+
+
+def test_a_burst_of_frees_comes_back_in_the_order_it_was_made():
+    # A function's temporaries are freed together when it returns; each gets
+    # back, in the next call, the block it had in this one, whatever order
+    # they were freed in.
+    c = C()
+    made = [c.alloc(1 << 20) for _ in range(3)]
+    addrs = [b.address for b in made]
+    for b in reversed(made):
+        c.free(b)
+    again = [c.alloc(1 << 20) for _ in range(3)]
+    assert [b.address for b in again] == addrs
+    for b in again[::2] + again[1:2]:           # another order of freeing
+        c.free(b)
+    third = [c.alloc(1 << 20) for _ in range(3)]
+    assert [b.address for b in third] == addrs
+
+
+def test_frees_between_allocations_come_back_most_recent_first():
+    # Not a burst: an allocation came between the frees, so the most
+    # recently freed block (the one still in the CPU's caches) goes first.
+    c = C()
+    a, b, keep = c.alloc(1 << 20), c.alloc(1 << 20), c.alloc(8192)
+    c.free(a)
+    other = c.alloc(8192)
+    c.free(b)
+    first, second = c.alloc(1 << 20), c.alloc(1 << 20)
+    assert (first.address, second.address) == (b.address, a.address)
+    for blk in (first, second, keep, other):
+        c.free(blk)
+
+
 # -- the cached-bytes bound and eviction ----------------------------------------
 
 def test_bound_evicts_the_least_recently_freed():
@@ -273,8 +343,9 @@ def test_bound_evicts_the_least_recently_freed():
     assert s["cached_blocks"] == 3 and s["cached_bytes"] == 3 * 8192
     assert s["evictions"] == 1                     # the first one freed
     again = [c.alloc(8192) for _ in range(3)]
-    # Most recently freed first; the evicted block is not among them.
-    assert [b.address for b in again] == [addrs[3], addrs[2], addrs[1]]
+    # Freed in one burst, so back in the order they were made; the evicted
+    # block is not among them.
+    assert [b.address for b in again] == [addrs[1], addrs[2], addrs[3]]
     assert c.stats()["hits"] == 3
     fourth = c.alloc(8192)
     assert c.stats()["misses"] == 5
@@ -385,10 +456,11 @@ def test_headroom_keeps_the_most_recent_blocks_within_it():
     s = check_invariants(c)
     assert s["in_use"] == 192 << 10 and s["cached_bytes"] == 192 << 10
     assert s["evictions"] == 1
-    # The newest freed survive: peak[1..3], most recent first.
+    # The newest freed survive: peak[1..3], freed in one burst, so back in
+    # the order they were made.
     addrs = [b.address for b in peak]
     reused = [c.alloc(64 << 10) for _ in range(3)]
-    assert [b.address for b in reused] == [addrs[3], addrs[2], addrs[1]]
+    assert [b.address for b in reused] == [addrs[1], addrs[2], addrs[3]]
     for b in other + reused:
         c.free(b)
 

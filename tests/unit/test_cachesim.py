@@ -18,6 +18,12 @@ def test_class_size_is_the_caches(n):
     assert cachesim.class_size(n) == pgo.CacheAllocator.class_size(n)
 
 
+def test_the_burst_scan_is_the_caches():
+    from pgo._core import cache
+
+    assert cachesim.BURST_SCAN == cache.BURST_SCAN_BLOCKS
+
+
 def traffic(seed, n=300, sizes=(1 << 20, 3 << 20, 8 << 20, 5 << 19)):
     """Blocks as (size, birth event, death event): phases of one size at
     a time, a few blocks live at once, some never freed."""
