@@ -27,7 +27,8 @@
 # and more are coloured: mapped a page longer, numpy's arrays start one of
 # eight offsets (multiples of 576 bytes) into them, so that the arrays of
 # one elementwise loop do not share the CPU caches' sets; C and Python
-# callers get the page-aligned start.
+# callers get the page-aligned start.  The extra page is not in the byte
+# counts (stats, cached_bytes) nor the bounds: they count size classes.
 
 from libc.stdint cimport uint64_t
 

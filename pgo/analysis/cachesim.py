@@ -136,8 +136,9 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
             live += c
             peak = max(peak, live)
             if stack:
-                tok = stack[_burst_pick(stack, freed_at, born_at)]
-                stack.remove(tok)
+                k = _burst_pick(stack, freed_at, born_at)    # among the last few
+                tok = stack[k]
+                del stack[k]
                 del born_at[tok]
                 distances.append(allocs - freed_at.pop(tok))
                 cached -= c
