@@ -10,8 +10,9 @@ page faults.  Too much and the cache holds memory the run never reuses.
 
 The replay answers it from the profile: the blocks the cache would serve,
 in the order the program allocated and freed them, through the same rules
-as the C cache (size classes, most recently freed first within a class,
-the least recently freed evicted first); for each candidate headroom, the
+as the C cache (size classes, most recently freed first within a class
+but a burst of frees in the order its blocks were made, the least
+recently freed evicted first); for each candidate headroom, the
 misses, and the most bytes held (live + cached) against the most live.
 The choice is the smallest headroom whose hits come within HIT_SLACK of
 an unbounded cache's, and its cost is the measured peak held over peak
