@@ -1,6 +1,7 @@
 from pgo._core._base import Allocator
 
 BURST_SCAN_BLOCKS: int
+BORROW_CLASSES_UP: int
 COLOUR_STEP_BYTES: int
 COLOURS: int
 

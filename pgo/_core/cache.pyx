@@ -5,7 +5,9 @@ limit of _c/pgo_memory.h: smaller requests are the numpy handler's small
 blocks; then eight classes per power of two, so at most 12.5% is rounded
 away) and served from
 the most recently freed block of that class (of blocks freed together, the
-one made first: see _burst_pick), or else from a fresh block
+one made first: see _burst_pick), or else from a cached block of one of
+the next sixteen classes (at most 4x the request: pages already resident
+rather than fresh ones), or else from a fresh block
 mapped from the system (``pgo_sys_map``: zero pages, so ``np.zeros`` needs
 no memset; huge-page aligned and advised from 4 MiB).  A block of 64 KiB
 or more is mapped a page longer, and numpy's arrays start at its colour,
@@ -67,11 +69,16 @@ cdef enum:
     COLOUR_STEP = 576           # nine cache lines
     NCOLOURS = 8
     BURST_SCAN = 8              # blocks of a burst of frees looked at for the next allocation
+    # A request its class cannot serve takes a cached block of the nearest
+    # of the next BORROW_CLASSES classes: two powers of two, so a block at
+    # most 4x the request (the rest of it serves nothing while it lives).
+    BORROW_CLASSES = 16
 
 cdef size_t MAX_REQUEST = (<size_t>1) << 48
 
 # For pgo.analysis.cachesim's model of the cache and the tests (pinned equal).
 BURST_SCAN_BLOCKS = BURST_SCAN
+BORROW_CLASSES_UP = BORROW_CLASSES
 COLOUR_STEP_BYTES = COLOUR_STEP
 COLOURS = NCOLOURS
 
@@ -353,6 +360,7 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
     cdef unsigned int cls
     cdef pgo_cblock_t* b
     cdef bint fresh = False
+    cdef unsigned int k
     if n == 0:
         n = 1
     size = cache_class_size(n)
@@ -376,6 +384,19 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
             return PGO_ERR_NOMEM
     cls = _class_index(n)
     b = _burst_pick(c.heads[cls])
+    if b == NULL:
+        # A cached block up to BORROW_CLASSES larger rather than a fresh one:
+        # its pages are resident already, where a fresh block's would be
+        # faulted in and add to RSS (a program whose arrays change size
+        # between phases, as a tile pipeline alternating 2 and 8 MiB tiles,
+        # otherwise keeps a set of blocks per size).
+        k = cls + 1
+        while k <= cls + BORROW_CLASSES and k < NCLASSES:
+            if c.heads[k] != NULL:
+                b = _burst_pick(c.heads[k])
+                size = b.size
+                break
+            k += 1
     if b != NULL:
         _unlink_free(c, b)
         c.hits += 1

@@ -11,8 +11,9 @@ page faults.  Too much and the cache holds memory the run never reuses.
 The replay answers it from the profile: the blocks the cache would serve,
 in the order the program allocated and freed them, through the same rules
 as the C cache (size classes, most recently freed first within a class
-but a burst of frees in the order its blocks were made, the least
-recently freed evicted first); for each candidate headroom, the
+but a burst of frees in the order its blocks were made, a cached block
+of one of the next classes when a class has none, the least recently
+freed evicted first); for each candidate headroom, the
 misses, and the most bytes held (live + cached) against the most live.
 The choice is the smallest headroom whose hits come within HIT_SLACK of
 an unbounded cache's, and its cost is the measured peak held over peak
@@ -37,6 +38,7 @@ MIN_WINDOW = 64                           # allocations: the shortest reuse wind
 MAX_BLOCKS = 500_000                      # replayed at most (the first ones; a profile
                                           # repeats its phases long before that)
 BURST_SCAN = 8                            # the cache's: blocks of a burst of frees looked at
+BORROW_CLASSES = 16                       # the cache's: larger classes a miss may take from
 
 
 def class_size(n: int) -> int:
@@ -103,6 +105,7 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
     freed_at: dict[int, int] = {}            # cached token -> allocations count at its free
     born_at: dict[int, int] = {}             # cached token -> allocations count at its handout
     born = [0] * len(sizes)                  # per block: the allocations count at its birth
+    held_as = [0] * len(sizes)               # per block: the class of the block it got
     distances: list[int] = []                # per hit: allocations since that block's free
     token = 0
 
@@ -132,22 +135,25 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
                 while recency and (recency[0][0] not in freed_at
                                    or allocs - freed_at[recency[0][0]] > window):
                     evict_oldest()
-            stack = by_class.get(c)
             born[i] = allocs
-            live += c
+            got = _take_class(c, by_class)
+            held_as[i] = got or c
+            live += held_as[i]
             peak = max(peak, live)
-            if stack:
+            if got:
+                stack = by_class[got]
                 k = _burst_pick(stack, freed_at, born_at)    # among the last few
                 tok = stack[k]
                 del stack[k]
                 del born_at[tok]
                 distances.append(allocs - freed_at.pop(tok))
-                cached -= c
+                cached -= got
             else:
                 misses += 1
                 if cached:
                     evict_to(limit())
         else:
+            c = held_as[i]
             live -= c
             bound = limit()
             if c <= bound:
@@ -160,6 +166,17 @@ def _replay_run(sizes: np.ndarray, births: np.ndarray, deaths: np.ndarray,
                 evict_to(bound)
         held = max(held, live + cached)
     return Replay(headroom, allocs, misses, peak, held, window, tuple(distances))
+
+
+def _take_class(c: int, by_class: dict[int, deque[int]]) -> int:
+    """The class whose cached block a request of class ``c`` gets: its
+    own, else the nearest of the next BORROW_CLASSES that has one; 0 for
+    a miss."""
+    for _ in range(BORROW_CLASSES + 1):
+        if by_class.get(c):
+            return c
+        c = class_size(c + 1)
+    return 0
 
 
 def _burst_pick(stack: deque[int], freed_at: dict[int, int], born_at: dict[int, int]) -> int:

@@ -233,6 +233,34 @@ def test_miss_on_another_class():
     c.free(other)
 
 
+def test_a_miss_takes_a_cached_block_up_to_4x_larger():
+    # Pages already resident rather than fresh ones: the nearest larger
+    # class that has a cached block, at most 16 classes (4x) up.
+    c = C()
+    blocks = {n: c.alloc(n) for n in (2 << 20, 3 << 20, 9 << 20)}
+    for b in blocks.values():
+        c.free(b)
+    got = c.alloc(2 << 20)                         # its own class
+    assert got.address == blocks[2 << 20].address
+    small = c.alloc(1 << 20)                       # 3 MiB is the nearest larger class
+    assert small.address == blocks[3 << 20].address and small.nbytes == 1 << 20
+    s = check_invariants(c)
+    assert s["hits"] == 2 and s["misses"] == 3
+    assert s["in_use"] == (2 << 20) + (3 << 20)    # the block's size, not the request's
+    assert s["lost"] == 2 << 20
+    # 9 MiB is over 4x a 2 MiB request: a fresh block, the 9 MiB one stays.
+    fresh = c.alloc(2 << 20)
+    assert fresh.address != blocks[9 << 20].address
+    s = check_invariants(c)
+    assert s["misses"] == 4 and s["cached_blocks"] == 1
+    c.free(small)                                  # back to its block's class
+    again = c.alloc(3 << 20)
+    assert again.address == blocks[3 << 20].address
+    for b in (got, fresh, again):
+        c.free(b)
+    check_invariants(c)
+
+
 def test_contents_survive_other_traffic():
     c = C(max_cached_bytes=1 << 20)
     keep = [c.alloc(5000 + 3000 * i) for i in range(8)]
@@ -422,14 +450,14 @@ def test_headroom_keeps_a_steady_loop_in_the_cache():
 
 
 def test_headroom_gives_back_blocks_of_a_finished_phase():
-    # Phase one caches 2 x 80 KiB; phase two makes a 192 KiB block: live +
-    # cached would be 352 KiB against a 192 KiB peak + 10%, so the oldest
+    # Phase one caches 2 x 40 KiB; phase two makes a 192 KiB block: live +
+    # cached would be 272 KiB against a 192 KiB peak + 10%, so the oldest
     # cached blocks go back first, until the cache fits in the headroom.
     c = C(headroom_percent=10)
-    first = [c.alloc(80 << 10) for _ in range(2)]
+    first = [c.alloc(40 << 10) for _ in range(2)]
     for b in first:
         c.free(b)
-    assert c.stats()["cached_bytes"] == 160 << 10
+    assert c.stats()["cached_bytes"] == 80 << 10
     big = c.alloc(192 << 10)
     s = check_invariants(c)
     assert s["peak"] == 192 << 10 and s["evictions"] == 2 and s["cached_bytes"] == 0
@@ -437,10 +465,11 @@ def test_headroom_gives_back_blocks_of_a_finished_phase():
     # Its own free stays: live + cached is its peak.
     s = check_invariants(c)
     assert s["cached_bytes"] == 192 << 10 and s["evictions"] == 2
-    # The first phase's blocks were given back: its size is a miss now (and
-    # the 192 KiB block goes too: 80 + 192 KiB is over the headroom).
+    # The first phase's blocks were given back: its size is a miss now (the
+    # 192 KiB block is over 4x its size, too large to serve it), and the
+    # 192 KiB block goes too: 40 + 192 KiB is over the headroom.
     hits = s["hits"]
-    again = c.alloc(80 << 10)
+    again = c.alloc(40 << 10)
     s = check_invariants(c)
     assert s["hits"] == hits and s["misses"] == 4 and s["evictions"] == 3
     c.free(again)
@@ -620,13 +649,13 @@ def test_system_refusal_gives_cached_blocks_back_and_retries(which):
     # a bigger live table -- memory held in the cache must be offered first.
     c = C()
     live = [c.alloc(1) for _ in range(63 if which == "table" else 0)]
-    cached = c.alloc(10000)
+    cached = c.alloc(40000)                         # over 4x a 1-byte request's class
     c.free(cached)
     if which == "table":
         live.append(c.alloc(1))                    # 64 live: the next request grows the table
     assert c.stats()["cached_blocks"] == 1
     _memory._inject_oom(1 if which == "memory" else 0)
-    b = c.alloc(100000)                             # another class: a miss
+    b = c.alloc(100000)                             # a larger class: a miss
     assert not _memory._oom_armed()
     fill(b, 5)
     s = check_invariants(c)
@@ -810,12 +839,19 @@ class CacheMachine(RuleBasedStateMachine):
         self.c = C(max_cached_bytes=256 << 10)
         self.live = {}                             # address -> (Block, seed, n)
         self.seed = 0
+        self.block_size = {}                       # address -> size of the block made there
 
     @rule(n=SIZES)
     def alloc(self, n):
+        misses = self.c.stats()["misses"]
         b = self.c.alloc(n)
         assert b.address % PAGE == 0 and b.nbytes == n
         assert b.address not in self.live
+        if self.c.stats()["misses"] > misses:
+            self.block_size[b.address] = C.class_size(n)
+        else:
+            # A cached block: its own class's, or one at most 4x larger.
+            assert C.class_size(n) <= self.block_size[b.address] <= 4 * C.class_size(n)
         self.seed += 1
         fill(b, self.seed)
         self.live[b.address] = (b, self.seed, n)
@@ -847,7 +883,7 @@ class CacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_overlap_and_contents(self):
-        spans = sorted((a, a + max(C.class_size(n), 1)) for a, (_, _, n) in self.live.items())
+        spans = sorted((a, a + self.block_size[a]) for a in self.live)
         for (_, end), (start, _) in zip(spans, spans[1:]):
             assert end <= start
         for b, seed, n in self.live.values():
@@ -858,7 +894,7 @@ class CacheMachine(RuleBasedStateMachine):
     def stats_match_the_model(self):
         s = check_invariants(self.c)
         assert s["live_blocks"] == len(self.live)
-        assert s["in_use"] == sum(C.class_size(n) for _, _, n in self.live.values())
+        assert s["in_use"] == sum(self.block_size[a] for a in self.live)
         assert s["requested"] == sum(max(n, 1) for _, _, n in self.live.values())
 
     def teardown(self):

@@ -22,6 +22,7 @@ def test_the_burst_scan_is_the_caches():
     from pgo._core import cache
 
     assert cachesim.BURST_SCAN == cache.BURST_SCAN_BLOCKS
+    assert cachesim.BORROW_CLASSES == cache.BORROW_CLASSES_UP
 
 
 def traffic(seed, n=300, sizes=(1 << 20, 3 << 20, 8 << 20, 5 << 19)):
@@ -143,24 +144,43 @@ def test_a_steady_loop_gets_the_least_headroom():
     assert chosen.misses == free.misses == 3 and chosen.extra_share == 0.0
 
 
-def test_alternating_phases_get_the_headroom_that_keeps_both():
-    # Tiles of 2 MiB, then one of 8 MiB, each with four temporaries: a
-    # 10% headroom gives the 8 MiB blocks back before they come again.
+def tiles(small, large, n=40):
+    # Three tiles of `small` bytes, then one of `large`, each with four
+    # temporaries.
     sizes, births, deaths = [], [], []
     ev = 0
-    for k in range(40):
-        size = (8 << 20) if k % 4 == 0 else (2 << 20)
+    for k in range(n):
+        size = large if k % 4 == 0 else small
         for j in range(4):
             sizes.append(size)
             births.append(ev + j)
             deaths.append(ev + 4 + j)
         ev += 8
-    s, b, d = np.array(sizes), np.array(births), np.array(deaths)
+    return np.array(sizes), np.array(births), np.array(deaths)
+
+
+def test_alternating_phases_get_the_headroom_that_keeps_both():
+    # 1 MiB tiles and 8 MiB ones (too large to serve a 1 MiB request): a
+    # 10% headroom gives the 8 MiB blocks back before they come again.
+    s, b, d = tiles(1 << 20, 8 << 20)
     tight = cachesim.replay(s, b, d, 10)
     chosen, free = cachesim.choose(s, b, d)
     assert tight.misses > free.misses + 0.02 * free.allocations
     assert chosen.headroom > 10 and chosen.misses <= free.misses + 0.02 * free.allocations
     assert chosen.extra_share <= chosen.headroom / 100
+
+
+def test_a_smaller_phase_takes_the_blocks_of_a_larger_one():
+    # 2 MiB tiles after an 8 MiB one: their requests take the cached 8 MiB
+    # blocks (at most 4x larger), so one set of blocks serves both sizes and
+    # even a 10% headroom keeps them all: only the first tile misses.
+    s, b, d = tiles(2 << 20, 8 << 20)
+    tight = cachesim.replay(s, b, d, 10)
+    assert tight.misses == 4
+    assert tight.peak_held == tight.peak_live == 4 * (8 << 20)
+    # Starting with the small tiles, the 8 MiB tile cannot use their blocks.
+    s, b, d = tiles(8 << 20, 2 << 20)
+    assert cachesim.replay(s, b, d, None).misses == 8
 
 
 def test_every_run_of_a_merged_bundle_starts_empty():
