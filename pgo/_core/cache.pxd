@@ -3,7 +3,8 @@
 # blocks over its mmap threshold (32 MiB) fresh every time and unmaps them on
 # free, so every temporary page-faults all its pages in again.  Here a freed
 # block waits in its size class (eight classes per power of two) for the
-# next request of that class, with its pages still mapped.
+# next request of that class (or of a class up to 4x smaller, when that
+# one has none cached), with its pages still mapped.
 #
 #   cdef pgo_cache_t* c = cache_create(512 << 20, PGO_CACHE_NO_HEADROOM, True, False, 0)
 #   cdef void* p = cache_alloc(c, 48 << 20)

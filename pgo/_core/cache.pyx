@@ -6,8 +6,8 @@ blocks; then eight classes per power of two, so at most 12.5% is rounded
 away) and served from
 the most recently freed block of that class (of blocks freed together, the
 one made first: see _burst_pick), or else from a cached block of one of
-the next sixteen classes (at most 4x the request: pages already resident
-rather than fresh ones), or else from a fresh block
+the next sixteen classes (a block at most 4x the request's class: pages
+already resident rather than fresh ones), or else from a fresh block
 mapped from the system (``pgo_sys_map``: zero pages, so ``np.zeros`` needs
 no memset; huge-page aligned and advised from 4 MiB).  A block of 64 KiB
 or more is mapped a page longer, and numpy's arrays start at its colour,
@@ -71,7 +71,8 @@ cdef enum:
     BURST_SCAN = 8              # blocks of a burst of frees looked at for the next allocation
     # A request its class cannot serve takes a cached block of the nearest
     # of the next BORROW_CLASSES classes: two powers of two, so a block at
-    # most 4x the request (the rest of it serves nothing while it lives).
+    # most 4x the request's class (the rest of it serves nothing while the
+    # request lives).
     BORROW_CLASSES = 16
 
 cdef size_t MAX_REQUEST = (<size_t>1) << 48
@@ -538,8 +539,10 @@ cdef bint _cache_holds(void* state, void* p) noexcept nogil:
 
 
 cdef size_t _cache_span_unlocked(void* state, void* p) noexcept nogil:
+    # The bytes requested (at least 1), not the block's size: what a realloc
+    # copies out, and a block taken from a larger class may be 4x that.
     cdef pgo_cblock_t* b = _table_take(<pgo_cache_t*>state, p, False)
-    return b.size if b != NULL and b.live else 0
+    return b.requested if b != NULL and b.live else 0
 
 
 cdef class CacheAllocator(Allocator):
@@ -565,7 +568,9 @@ cdef class CacheAllocator(Allocator):
             first use of it takes no page faults.
 
     Always thread-safe.  A request is rounded up to its size class (at most
-    12.5% more; see ``class_size``).  ``trim()`` gives every cached block
+    12.5% more; see ``class_size``) and served by a block of that class, or,
+    when none is cached, by a cached block of up to 4x its class rather
+    than a fresh one.  ``trim()`` gives every cached block
     back to the system.  ``stats()`` adds ``hits``, ``misses``,
     ``hit_rate``, ``cached_bytes``, ``cached_blocks``, ``evictions`` and
     ``trims``.
@@ -626,7 +631,8 @@ cdef class CacheAllocator(Allocator):
 
     @staticmethod
     def class_size(size_t nbytes):
-        """The bytes a request of ``nbytes`` is served with (its size class)."""
+        """The size class of a request of ``nbytes``: the size of a fresh
+        block made for it (a cached block of a larger class may serve it)."""
         cdef size_t n = cache_class_size(nbytes if nbytes else 1)
         if n == 0:
             raise MemoryError(f"CacheAllocator serves at most 2**48 bytes; {nbytes:,} requested")

@@ -261,6 +261,43 @@ def test_a_miss_takes_a_cached_block_up_to_4x_larger():
     check_invariants(c)
 
 
+def test_a_miss_takes_a_block_exactly_16_classes_up_not_17():
+    c = C()
+    n = 2 << 20
+    up16 = c.alloc(4 * n)                          # 16 classes above n's
+    up17 = c.alloc(4 * n + 1)                      # 17
+    assert C.class_size(4 * n + 1) > 4 * C.class_size(n)
+    c.free(up16)
+    got = c.alloc(n)
+    assert got.address == up16.address
+    c.free(got)
+    again = c.alloc(4 * n)                         # take 16 back: only 17 is cached
+    c.free(up17)
+    fresh = c.alloc(n)
+    assert fresh.address not in (up16.address, up17.address)
+    for b in (again, fresh):
+        c.free(b)
+    check_invariants(c)
+
+
+def test_zeros_and_realloc_on_a_block_from_a_larger_class():
+    # np.zeros on a borrowed block that held other data is zero; a realloc
+    # out of it keeps the array's bytes.
+    c = C()
+    with pgo.use(c):
+        big = np.full(3 << 20, 7, dtype=np.uint8)  # 3 MiB of 7s, then cached
+        where = big.ctypes.data
+        del big
+        z = np.zeros(1 << 20, dtype=np.uint8)      # 1 MiB: takes the 3 MiB block
+        assert z.ctypes.data == where and not z.any()
+        z[:] = 5
+        z.resize(2 << 20, refcheck=False)          # realloc into a fresh 2 MiB block
+        assert z.ctypes.data != where
+        assert (z[: 1 << 20] == 5).all() and not z[1 << 20:].any()
+        del z
+    check_invariants(c)
+
+
 def test_contents_survive_other_traffic():
     c = C(max_cached_bytes=1 << 20)
     keep = [c.alloc(5000 + 3000 * i) for i in range(8)]
