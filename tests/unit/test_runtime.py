@@ -97,6 +97,25 @@ def test_no_automatic_collections_but_full_ones_on_heap_growth():
         policy.stop()
 
 
+def test_the_poller_looks_less_often_when_a_look_is_expensive(monkeypatch):
+    # sys.getallocatedblocks() walks every pymalloc pool with the GIL held;
+    # at 1 ms a look the poller must not look every 5 ms (20% of the time).
+    real = sys.getallocatedblocks
+
+    def slow() -> int:
+        time.sleep(0.001)
+        return real()
+
+    policy = GCPolicy(GCPlan(thresholds=(0, 0, 0), full_collection="growth", growth_factor=64.0))
+    monkeypatch.setattr(sys, "getallocatedblocks", slow)
+    policy.start()
+    try:
+        time.sleep(0.5)                              # 100 looks at a fixed 5 ms
+        assert 1 <= policy.stats()["heap_polls"] <= 5   # a look at most every 200 ms
+    finally:
+        policy.stop()
+
+
 def test_the_profiled_peak_delays_the_first_full_collection():
     from pgo.runtime.gc_policy import MIN_HEAP_BLOCKS
     start = max(sys.getallocatedblocks(), MIN_HEAP_BLOCKS)
