@@ -384,21 +384,18 @@ cdef int _cache_alloc_unlocked(pgo_cache_t* c, size_t n, bint python_owned, bint
             c.stats.failed += 1
             return PGO_ERR_NOMEM
     cls = _class_index(n)
-    b = _burst_pick(c.heads[cls])
-    if b == NULL:
-        # A cached block up to BORROW_CLASSES larger rather than a fresh one:
-        # its pages are resident already, where a fresh block's would be
-        # faulted in and add to RSS (a program whose arrays change size
-        # between phases, as a tile pipeline alternating 2 and 8 MiB tiles,
-        # otherwise keeps a set of blocks per size).
-        k = cls + 1
-        while k <= cls + BORROW_CLASSES and k < NCLASSES:
-            if c.heads[k] != NULL:
-                b = _burst_pick(c.heads[k])
-                size = b.size
-                break
-            k += 1
+    # The request's class, else a cached block up to BORROW_CLASSES larger
+    # rather than a fresh one: its pages are resident already, where a fresh
+    # block's would be faulted in and add to RSS (a program whose arrays
+    # change size between phases, as a tile pipeline alternating 2 and 8 MiB
+    # tiles, otherwise keeps a set of blocks per size).
+    b = NULL
+    k = cls
+    while b == NULL and k <= cls + BORROW_CLASSES and k < NCLASSES:
+        b = _burst_pick(c.heads[k])
+        k += 1
     if b != NULL:
+        size = b.size
         _unlink_free(c, b)
         c.hits += 1
     else:
