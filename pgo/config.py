@@ -69,10 +69,11 @@ SETTINGS: dict[str, dict[str, tuple[type, int]]] = {
     "slab": {"block_size": (int, 1), "slots_per_slab": (int, 0), "limit_bytes": (int, 0)},
     "arena": {"chunk_size": (int, 1), "limit_bytes": (int, 0)},
     "linear": {"capacity": (int, 1)},
+    "mapped": {"capacity": (int, 1), "populate": (bool, 0), "huge_pages": (bool, 0)},
     "stack": {"capacity": (int, 1)},
 }
 ALLOCATORS = tuple(sorted(SETTINGS))
-SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache")
+SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache", "mapped")
 SIZE_KEYS = ("min_bytes", "max_bytes", "allocator")
 FULL_COLLECTION = ("default", "growth")
 # The most a "growth" plan waits for (the runtime's backoff stops there too).
@@ -425,8 +426,14 @@ class _Reader:
             if block is not None and hi is not None and block < hi:
                 raise self.fail(table, i, "block_size",
                                 f"block_size {block} is smaller than max_bytes {hi}")
+        self._check_mapped(table, i, a, settings)
         return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a, settings=settings,
                              **self._notes(table, i, d))
+
+    def _check_mapped(self, table: str, i: int, a: str, settings: tuple[Any, ...]) -> None:
+        # A mapped pool never grows: its size is the config's to say.
+        if a == "mapped" and "capacity" not in dict(settings):
+            raise self.fail(table, i, None, "a mapped pool needs capacity (bytes; it never grows)")
 
     def site(self, i: int, d: Any) -> SiteRule:
         table = "site"
@@ -442,6 +449,7 @@ class _Reader:
         settings = self._settings(table, i, d, a)
         if a == "slab" and "block_size" not in dict(settings):
             raise self.fail(table, i, None, "a slab [[site]] needs block_size")
+        self._check_mapped(table, i, a, settings)
         return SiteRule(function=fn, allocator=a, settings=settings, **self._notes(table, i, d))
 
 

@@ -22,7 +22,7 @@ import pytest
 import pgo
 from pgo._core import _memory
 
-KINDS = ("stack", "linear", "arena", "slab")
+KINDS = ("stack", "linear", "arena", "slab", "mapped")
 
 # Large enough for every generic test; the slab serves blocks of up to
 # SLAB_BLOCK bytes.
@@ -39,6 +39,8 @@ def new_allocator(kind, *, threadsafe=False):
         return pgo.ArenaAllocator(CAPACITY // 4, threadsafe=threadsafe)
     if kind == "slab":
         return pgo.SlabAllocator(SLAB_BLOCK, slots_per_slab=16, threadsafe=threadsafe)
+    if kind == "mapped":
+        return pgo.MappedPool(CAPACITY, threadsafe=threadsafe)
     raise AssertionError(kind)
 
 

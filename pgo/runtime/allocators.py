@@ -43,6 +43,9 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
         if kind == "arena":
             from pgo._core.arena import ArenaAllocator
             return ArenaAllocator(threadsafe=True, **kwargs)
+        if kind == "mapped":
+            from pgo._core.mapped import MappedPool
+            return MappedPool(threadsafe=True, **kwargs)
         if kind == "linear":
             from pgo._core.linear import LinearAllocator
             return LinearAllocator(threadsafe=True, **kwargs)

@@ -38,6 +38,10 @@ from pgo._core.linear cimport (
     pgo_linear_t,
 )
 from pgo._core.slab cimport SlabAllocator, pgo_slab_t, slab_alloc, slab_free, slab_reset
+from pgo._core.mapped cimport (
+    MappedPool, mapped_alloc, mapped_create, mapped_destroy, mapped_free, mapped_trim,
+    pgo_mapped_t,
+)
 from pgo._core.stack cimport (
     StackAllocator, pgo_stack_mark_t, pgo_stack_t, stack_alloc, stack_create,
     stack_destroy, stack_free, stack_mark, stack_release, stack_reset,
@@ -230,6 +234,53 @@ def slab_free_c(SlabAllocator sl not None, uintptr_t address):
 def slab_reset_c(SlabAllocator sl not None):
     with nogil:
         slab_reset(sl.s)
+
+
+def mapped_alloc_c(MappedPool mp not None, size_t n, size_t align=64):
+    cdef void* p
+    with nogil:
+        p = mapped_alloc(mp.s, n, align)
+    return <uintptr_t>p
+
+
+def mapped_free_c(MappedPool mp not None, uintptr_t address):
+    with nogil:
+        mapped_free(mp.s, <void*>address)
+
+
+def mapped_trim_c(MappedPool mp not None):
+    cdef size_t got
+    with nogil:
+        got = mapped_trim(mp.s)
+    return got
+
+
+def mapped_without_a_python_object(size_t capacity, int rounds):
+    # A private pool made, used and destroyed from C alone: blocks of
+    # growing sizes, written, freed in reverse, then one block of nearly all
+    # of it (which needs every free extent merged back).
+    cdef pgo_mapped_t* s
+    cdef char* ps[64]
+    cdef int i, r, wrong = 0
+    cdef size_t free_after
+    with nogil:
+        s = mapped_create(capacity, False, False)
+        for r in range(rounds):
+            for i in range(64):
+                ps[i] = <char*>mapped_alloc(s, 64 * (i + 1), 64)
+                ps[i][0] = <char>i
+            for i in range(63, -1, -1):
+                wrong += ps[i][0] != <char>i
+                mapped_free(s, ps[i])
+            ps[0] = <char*>mapped_alloc(s, capacity - 4096, 64)
+            mapped_free(s, ps[0])
+    if wrong:
+        mapped_destroy(s)
+        return -1
+    free_after = s.free_units
+    with nogil:
+        mapped_destroy(s)
+    return free_after
 
 
 def slab_churn_nogil(SlabAllocator sl not None, long iters):

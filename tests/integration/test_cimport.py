@@ -1,7 +1,7 @@
 """pgo's .pxd files are a usable C API for third-party Cython code.
 
 The ``cext`` fixture (tests/conftest.py) compiles tests/_cython/stress.pyx,
-which cimports pgo._core.stack, linear, arena and slab, against the .pxd
+which cimports pgo._core.stack, linear, arena, slab and mapped, against the .pxd
 files shipped next to the pgo under test.  That it builds and imports is
 the first proof; each wrapper makes its C-API call inside ``with nogil:``,
 so these tests also prove that errors raised without the GIL reach Python
@@ -223,6 +223,39 @@ def test_slab_exhaustion_raises_through_the_c_api(cext):
     cext.slab_free_c(sl, ptrs.pop())
     ptrs.append(cext.slab_alloc_c(sl))
     assert len(set(ptrs)) == 4
+
+
+def test_mapped_c_api(cext):
+    mp = pgo.MappedPool(1 << 20)
+    ptrs = [cext.mapped_alloc_c(mp, 100 * (i + 1)) for i in range(10)]
+    assert len(set(ptrs)) == 10 and all(p % 64 == 0 for p in ptrs)
+    assert cext.mapped_alloc_c(mp, 10, 4096) % 4096 == 0
+    py = mp.alloc(48)
+    before = mp.stats()
+    with pytest.raises(pgo.AllocatorError, match="owned by a Python Block"):
+        cext.mapped_free_c(mp, py.address)
+    with pytest.raises(pgo.AllocatorError, match="inside a block"):
+        cext.mapped_free_c(mp, ptrs[3] + 64)
+    with pytest.raises(pgo.AllocatorError, match="not allocated here"):
+        cext.mapped_free_c(mp, ptrs[0] + (2 << 20))
+    with pytest.raises(MemoryError, match="MappedPool: cannot allocate 1,044,480 bytes"):
+        cext.mapped_alloc_c(mp, (1 << 20) - 4096)
+    with pytest.raises(ValueError, match="alignment"):
+        cext.mapped_alloc_c(mp, 10, 3)
+    after = mp.stats()
+    assert after.pop("failed") == before.pop("failed") + 2
+    assert after == before
+    for p in ptrs:
+        cext.mapped_free_c(mp, p)
+    with pytest.raises(pgo.AllocatorError, match="double free"):
+        cext.mapped_free_c(mp, ptrs[0])
+    cext.mapped_free_c(mp, 0)                                      # NULL: nothing
+    assert cext.mapped_trim_c(mp) > 0
+
+
+def test_mapped_without_a_python_object(cext):
+    # Everything freed merges back: the pool ends as one free extent.
+    assert cext.mapped_without_a_python_object(1 << 20, 3) == (1 << 20) // 64
 
 
 # -- the test build's directives ---------------------------------------------------

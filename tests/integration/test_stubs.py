@@ -46,6 +46,12 @@ USE = textwrap.dedent("""
     before: pgo.Router | None = pgo.uninstall()
     route_stats: dict[str, object] = router.stats()
     from_cfg = pgo.Router.from_config([{"min_bytes": 0, "allocator": "cache"}])
+    pool = pgo.MappedPool(1 << 20, shared=True, populate=False, huge_pages=False)
+    arr = pool.zeros(10)
+    where: int = pool.offset(arr)
+    seen: np.ndarray = pgo.MappedPool.attach(pool.name).view(where, (10,), np.float64)
+    given_back: int = pool.trim()
+    pool_name: str = pool.name + pool.mode
 """)
 
 MISUSE = textwrap.dedent("""

@@ -47,11 +47,12 @@ PROGRAM = textwrap.dedent("""
     a = {"slab": lambda: pgo.SlabAllocator(64), "stack": lambda: pgo.StackAllocator(4096),
          "linear": lambda: pgo.LinearAllocator(4096),
          "arena": lambda: pgo.ArenaAllocator(4096),
-         "cache": lambda: pgo.CacheAllocator(1 << 20)}[kind]()
+         "cache": lambda: pgo.CacheAllocator(1 << 20),
+         "mapped": lambda: pgo.MappedPool(1 << 16)}[kind]()
     b = a.alloc(64)
     address = b.address
     ctypes.memset(address, 1, 64)
-    if kind in ("slab", "stack", "cache"):
+    if kind in ("slab", "stack", "cache", "mapped"):
         a.free(b)
     else:
         del b
@@ -73,7 +74,8 @@ NUMPY_PROGRAM = textwrap.dedent("""
              "stack": pgo.StackAllocator(1 << 22, threadsafe=True),
              "linear": pgo.LinearAllocator(1 << 22, threadsafe=True),
              "arena": pgo.ArenaAllocator(1 << 20, threadsafe=True),
-             "cache": pgo.CacheAllocator()}
+             "cache": pgo.CacheAllocator(),
+             "mapped": pgo.MappedPool(1 << 22, threadsafe=True)}
     for name, a in kinds.items():
         with pgo.use(a):
             xs = [np.ones(n) * 2 for n in (1, 10, 100, 300)]
@@ -112,7 +114,7 @@ def run_under_valgrind(tmp_path, kind, mode, program=PROGRAM):
                       proc.stderr, re.S)
 
 
-@pytest.mark.parametrize("kind", ["slab", "stack", "linear", "arena", "cache"])
+@pytest.mark.parametrize("kind", ["slab", "stack", "linear", "arena", "cache", "mapped"])
 def test_read_after_free_is_flagged_and_clean_use_is_not(tmp_path, kind):
     assert run_under_valgrind(tmp_path, kind, "clean") == []
     reports = run_under_valgrind(tmp_path, kind, "use-after-free")

@@ -49,6 +49,7 @@ MAKERS = {
     "arena": lambda: pgo.ArenaAllocator(MiB, threadsafe=True),
     "slab": lambda: pgo.SlabAllocator(1 << 16, align=16, threadsafe=True),
     "cache": lambda: pgo.CacheAllocator(),
+    "mapped": lambda: pgo.MappedPool(8 * MiB, threadsafe=True),
 }
 KINDS = list(MAKERS)
 

@@ -276,10 +276,38 @@ class SlabMachine(AllocatorMachine):
         assert s["capacity"] == s["in_use"] + s["free_slots"] * s["stride"]
 
 
+class MappedMachine(SlabMachine):
+    max_n = 3000
+
+    def make(self):
+        return pgo.MappedPool(16384)
+
+    @staticmethod
+    def units(n):
+        # What a block of n bytes takes: whole 64-byte units, the test
+        # build's canary included, at least one.
+        canary = 8 if pgo.DEBUG_BUILD else 0
+        return max(1, (n + canary + 63) // 64) * 64
+
+    def check_exhausted(self, n, align, st_before):
+        # Refused only when no free extent can hold it (alignments up to 64
+        # need no padding: every unit is 64-byte aligned).
+        assert st_before["largest_free"] < self.units(n)
+
+    @invariant()
+    def slots_add_up(self):
+        s = self.a.stats()
+        assert s["in_use"] == sum(self.units(block_of(obj).nbytes) for obj, _ in self.live)
+        assert s["in_use"] + s["free_bytes"] == s["capacity"]
+        if not self.live:
+            assert s["free_extents"] == 1 and s["largest_free"] == s["capacity"]
+
+
 TestStack = StackMachine.TestCase
 TestLinear = LinearMachine.TestCase
 TestArena = ArenaMachine.TestCase
 TestSlab = SlabMachine.TestCase
-for _case in (TestStack, TestLinear, TestArena, TestSlab):
+TestMapped = MappedMachine.TestCase
+for _case in (TestStack, TestLinear, TestArena, TestSlab, TestMapped):
     _case.settings = SETTINGS
 del _case
