@@ -13,7 +13,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "mapped",
+MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "mapped", "numa",
            "_handler_hook", "numpy_bridge", "containers", "recorder"]
 
 # pgo's hand-written C: the headers (each declared for Cython by the .pxd of

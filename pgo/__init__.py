@@ -1,6 +1,6 @@
 """pgo: profile-guided memory and GC optimization for Python.
 
-The allocators (stack, linear, arena, slab, cache, mapped) are Cython over malloc'd
+The allocators (stack, linear, arena, slab, cache, mapped, numa) are Cython over malloc'd
 blocks; they hand out Blocks (buffer objects) and numpy arrays, and serve
 numpy's own allocations as its data-memory handler (use, install, Router).
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pgo._core.containers import IntMap, StringBuilder, Vector
     from pgo._core.linear import LinearAllocator
     from pgo._core.mapped import MappedPool
+    from pgo._core.numa import NUMAAllocator
     from pgo._core.numpy_bridge import (
         Router, SizeClass, current_handler, handler_name, install, installed, owner,
         uninstall, use,
@@ -42,6 +43,7 @@ _LAZY = {
     "pgo._core.containers": ("IntMap", "StringBuilder", "Vector"),
     "pgo._core.linear": ("LinearAllocator",),
     "pgo._core.mapped": ("MappedPool",),
+    "pgo._core.numa": ("NUMAAllocator",),
     "pgo._core.numpy_bridge": ("SizeClass", "current_handler", "handler_name", "install",
                                "installed", "owner", "uninstall", "use"),
     "pgo._core.slab": ("SlabAllocator",),
@@ -56,12 +58,12 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 # A literal list: type checkers read it to know what pgo exports.
 __all__ = [
-    "DEBUG_BUILD", "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool",
-    "CacheAllocator", "ConfigError", "IntMap", "LinearAllocator", "MappedPool", "ObjectPool",
-    "PgoError", "PoolError", "ProfileFormatError", "ProfileGuidedOptimizer", "ProfilerError",
-    "Router", "SizeClass", "SlabAllocator", "StackAllocator", "StackFrame", "StringBuilder",
-    "Vector", "__version__", "current_handler", "handler_name", "install", "installed", "owner",
-    "uninstall", "use",
+    "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool", "CacheAllocator",
+    "ConfigError", "DEBUG_BUILD", "IntMap", "LinearAllocator", "MappedPool", "NUMAAllocator",
+    "ObjectPool", "PgoError", "PoolError", "ProfileFormatError", "ProfileGuidedOptimizer",
+    "ProfilerError", "Router", "SizeClass", "SlabAllocator", "StackAllocator", "StackFrame",
+    "StringBuilder", "Vector", "__version__", "current_handler", "handler_name", "install",
+    "installed", "owner", "uninstall", "use",
 ]
 
 

@@ -70,10 +70,11 @@ SETTINGS: dict[str, dict[str, tuple[type, int]]] = {
     "arena": {"chunk_size": (int, 1), "limit_bytes": (int, 0)},
     "linear": {"capacity": (int, 1)},
     "mapped": {"capacity": (int, 1), "populate": (bool, 0), "huge_pages": (bool, 0)},
+    "numa": {"capacity": (int, 1), "node": (int, 0), "huge_pages": (bool, 0)},
     "stack": {"capacity": (int, 1)},
 }
 ALLOCATORS = tuple(sorted(SETTINGS))
-SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache", "mapped")
+SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache", "mapped", "numa")
 SIZE_KEYS = ("min_bytes", "max_bytes", "allocator")
 FULL_COLLECTION = ("default", "growth")
 # The most a "growth" plan waits for (the runtime's backoff stops there too).
@@ -431,9 +432,12 @@ class _Reader:
                              **self._notes(table, i, d))
 
     def _check_mapped(self, table: str, i: int, a: str, settings: tuple[Any, ...]) -> None:
-        # A mapped pool never grows: its size is the config's to say.
+        # Mapped pools never grow: their size is the config's to say.
         if a == "mapped" and "capacity" not in dict(settings):
             raise self.fail(table, i, None, "a mapped pool needs capacity (bytes; it never grows)")
+        if a == "numa" and "capacity" not in dict(settings):
+            raise self.fail(table, i, None,
+                            "a numa allocator needs capacity (bytes per node; it never grows)")
 
     def site(self, i: int, d: Any) -> SiteRule:
         table = "site"

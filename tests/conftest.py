@@ -22,7 +22,7 @@ import pytest
 import pgo
 from pgo._core import _memory
 
-KINDS = ("stack", "linear", "arena", "slab", "mapped")
+KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa")
 
 # Large enough for every generic test; the slab serves blocks of up to
 # SLAB_BLOCK bytes.
@@ -41,6 +41,8 @@ def new_allocator(kind, *, threadsafe=False):
         return pgo.SlabAllocator(SLAB_BLOCK, slots_per_slab=16, threadsafe=threadsafe)
     if kind == "mapped":
         return pgo.MappedPool(CAPACITY, threadsafe=threadsafe)
+    if kind == "numa":
+        return pgo.NUMAAllocator(CAPACITY, threadsafe=threadsafe)
     raise AssertionError(kind)
 
 

@@ -77,6 +77,17 @@ cdef int mapped_free(pgo_mapped_t* s, void* p) except -1 nogil
 # Gives the whole pages inside free extents back to the system; the bytes.
 cdef size_t mapped_trim(pgo_mapped_t* s) noexcept nogil
 
+# For allocators built from mapped pools (NUMAAllocator): the steps, with
+# the caller holding whatever lock covers `s`; PGO_ERR_* codes.
+# A block of n bytes (Python-owned with py) at *out.
+cdef int mapped_take_unlocked(pgo_mapped_t* s, size_t n, size_t align, bint py,
+                              void** out) noexcept nogil
+# The live block starting at p: PGO_OK and its unit, or why not.
+cdef int mapped_locate(pgo_mapped_t* s, void* p, size_t* unit) noexcept nogil
+# Free the live block at `unit` (a unit mapped_locate gave).
+cdef void mapped_release(pgo_mapped_t* s, size_t unit) noexcept nogil
+cdef int mapped_reset_unlocked(void* state) noexcept nogil
+
 
 cdef class MappedPool(Allocator):
     cdef pgo_mapped_t* s

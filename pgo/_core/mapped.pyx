@@ -42,7 +42,6 @@ import re
 
 import numpy as np
 
-from cpython.buffer cimport PyBUF_WRITABLE
 from libc.errno cimport EEXIST, ENOENT, errno
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset, strerror
@@ -62,9 +61,9 @@ from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free, pgo_sys_map, pgo_sy
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC,
-    PGO_FILL_FREE, PGO_OK, pgo_add_overflow, pgo_alloc_fn, pgo_backend_init, pgo_bad_align, pgo_destroy_fn,
-    pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock, pgo_vg_alloc, pgo_vg_create,
-    pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_within,
+    PGO_FILL_FREE, PGO_OK, pgo_add_overflow, pgo_alloc_fn, pgo_backend_init, pgo_bad_align,
+    pgo_destroy_fn, pgo_lock, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
+    pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_within,
 )
 
 from pgo._errors import AllocatorError
@@ -204,8 +203,8 @@ cdef size_t _find(pgo_mapped_t* s, size_t need, size_t align_units) noexcept nog
     return NIL
 
 
-cdef int _alloc_unlocked(pgo_mapped_t* s, size_t n, size_t align, bint py,
-                         void** out) noexcept nogil:
+cdef int mapped_take_unlocked(pgo_mapped_t* s, size_t n, size_t align, bint py,
+                              void** out) noexcept nogil:
     cdef size_t need, align_units, u, a, total, end
     if s.view:
         s.stats.failed += 1
@@ -249,7 +248,7 @@ cdef int _alloc_unlocked(pgo_mapped_t* s, size_t n, size_t align, bint py,
     return PGO_OK
 
 
-cdef int _locate(pgo_mapped_t* s, void* p, size_t* unit) noexcept nogil:
+cdef int mapped_locate(pgo_mapped_t* s, void* p, size_t* unit) noexcept nogil:
     # The live block that starts at p: PGO_OK and its unit, or why not.
     cdef size_t off, u, w
     cdef uint64_t word
@@ -277,7 +276,7 @@ cdef int _locate(pgo_mapped_t* s, void* p, size_t* unit) noexcept nogil:
     return PGO_ERR_DOUBLE_FREE
 
 
-cdef void _release(pgo_mapped_t* s, size_t u) noexcept nogil:
+cdef void mapped_release(pgo_mapped_t* s, size_t u) noexcept nogil:
     # Free the live block at unit u and merge it with its free neighbours.
     cdef size_t n = s.len_at[u], right, left
     _clear(s.live, u)
@@ -306,12 +305,12 @@ cdef int _free_unlocked(void* state, void* p) noexcept nogil:
     cdef int err
     if p == NULL:
         return PGO_OK
-    err = _locate(s, p, &u)
+    err = mapped_locate(s, p, &u)
     if err != PGO_OK:
         return err
     if _bit(s.pybits, u):
         return PGO_ERR_PY_OWNED
-    _release(s, u)
+    mapped_release(s, u)
     return PGO_OK
 
 
@@ -404,7 +403,7 @@ cdef int _alloc_c(void* state, size_t n, size_t align, void** out) noexcept nogi
     if s.shared and s.fork_gen != _fork_gen:
         s.stats.failed += 1
         return PGO_ERR_NOMEM
-    return _alloc_unlocked(s, n, align, False, out)
+    return mapped_take_unlocked(s, n, align, False, out)
 
 
 cdef void* mapped_alloc(pgo_mapped_t* s, size_t n, size_t align) except NULL nogil:
@@ -450,7 +449,7 @@ cdef int _take_unlocked(void* state, size_t n, size_t align, void** out) noexcep
     if s.shared and s.fork_gen != _fork_gen:
         s.stats.failed += 1
         return PGO_ERR_NOMEM
-    return _alloc_unlocked(s, n, align, True, out)
+    return mapped_take_unlocked(s, n, align, True, out)
 
 
 cdef bint _holds(void* state, void* p) noexcept nogil:
@@ -461,23 +460,23 @@ cdef bint _holds(void* state, void* p) noexcept nogil:
 cdef int _give_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_mapped_t* s = <pgo_mapped_t*>state
     cdef size_t u
-    cdef int err = _locate(s, p, &u)
+    cdef int err = mapped_locate(s, p, &u)
     if err == PGO_OK and not _bit(s.pybits, u):
         return PGO_ERR_DOUBLE_FREE
     if err == PGO_OK:
-        _release(s, u)
+        mapped_release(s, u)
     return err
 
 
 cdef size_t _span_unlocked(void* state, void* p) noexcept nogil:
     cdef pgo_mapped_t* s = <pgo_mapped_t*>state
     cdef size_t u
-    if s.view or _locate(s, p, &u) != PGO_OK:
+    if s.view or mapped_locate(s, p, &u) != PGO_OK:
         return 0
     return (<size_t>s.len_at[u] << MAPPED_UNIT_SHIFT) - PGO_CANARY
 
 
-cdef int _reset_unlocked(void* state) noexcept nogil:
+cdef int mapped_reset_unlocked(void* state) noexcept nogil:
     cdef pgo_mapped_t* s = <pgo_mapped_t*>state
     cdef size_t u
     if s.view:
@@ -779,14 +778,14 @@ cdef class MappedPool(Allocator):
         return err
 
     cdef int _c_free(self, Block b) noexcept:
-        _release(self.s, b.token)
+        mapped_release(self.s, b.token)
         return PGO_OK
 
     cdef void _c_dead(self, Block b) noexcept:
-        _release(self.s, b.token)
+        mapped_release(self.s, b.token)
 
     cdef int _c_reset(self) noexcept:
-        return _reset_unlocked(self.s)
+        return mapped_reset_unlocked(self.s)
 
     cdef void _sync(self) noexcept:
         self.s.stats.in_use = self.s.live_units << MAPPED_UNIT_SHIFT

@@ -46,6 +46,9 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
         if kind == "mapped":
             from pgo._core.mapped import MappedPool
             return MappedPool(threadsafe=True, **kwargs)
+        if kind == "numa":
+            from pgo._core.numa import NUMAAllocator
+            return NUMAAllocator(threadsafe=True, **kwargs)
         if kind == "linear":
             from pgo._core.linear import LinearAllocator
             return LinearAllocator(threadsafe=True, **kwargs)

@@ -38,6 +38,7 @@ from pgo._core.linear cimport (
     pgo_linear_t,
 )
 from pgo._core.slab cimport SlabAllocator, pgo_slab_t, slab_alloc, slab_free, slab_reset
+from pgo._core.numa cimport NUMAAllocator, numa_alloc, numa_free, numa_home_pool
 from pgo._core.mapped cimport (
     MappedPool, mapped_alloc, mapped_create, mapped_destroy, mapped_free, mapped_trim,
     pgo_mapped_t,
@@ -253,6 +254,20 @@ def mapped_trim_c(MappedPool mp not None):
     with nogil:
         got = mapped_trim(mp.s)
     return got
+
+
+def numa_alloc_c(NUMAAllocator na not None, size_t n, size_t align=64):
+    cdef void* p
+    cdef size_t pool
+    with nogil:
+        p = numa_alloc(na.s, n, align)
+        pool = numa_home_pool(na.s)
+    return <uintptr_t>p, pool
+
+
+def numa_free_c(NUMAAllocator na not None, uintptr_t address):
+    with nogil:
+        numa_free(na.s, <void*>address)
 
 
 def mapped_without_a_python_object(size_t capacity, int rounds):

@@ -1,7 +1,7 @@
 """pgo's .pxd files are a usable C API for third-party Cython code.
 
 The ``cext`` fixture (tests/conftest.py) compiles tests/_cython/stress.pyx,
-which cimports pgo._core.stack, linear, arena, slab and mapped, against the .pxd
+which cimports pgo._core.stack, linear, arena, slab, mapped and numa, against the .pxd
 files shipped next to the pgo under test.  That it builds and imports is
 the first proof; each wrapper makes its C-API call inside ``with nogil:``,
 so these tests also prove that errors raised without the GIL reach Python
@@ -256,6 +256,25 @@ def test_mapped_c_api(cext):
 def test_mapped_without_a_python_object(cext):
     # Everything freed merges back: the pool ends as one free extent.
     assert cext.mapped_without_a_python_object(1 << 20, 3) == (1 << 20) // 64
+
+
+def test_numa_c_api(cext):
+    na = pgo.NUMAAllocator(1 << 20)
+    (p, pool), (q, _) = cext.numa_alloc_c(na, 1000), cext.numa_alloc_c(na, 1000, 4096)
+    assert na.nodes[pool] == na.home_node() and q % 4096 == 0 and p != q
+    before = na.stats()
+    with pytest.raises(pgo.AllocatorError, match="inside a block"):
+        cext.numa_free_c(na, p + 64)
+    with pytest.raises(MemoryError, match="NUMAAllocator: 2,097,152 bytes is more than"):
+        cext.numa_alloc_c(na, 1 << 21)
+    after = na.stats()
+    assert after.pop("failed") == before.pop("failed") + 1
+    assert after == before
+    cext.numa_free_c(na, p)
+    cext.numa_free_c(na, q)
+    with pytest.raises(pgo.AllocatorError, match="double free"):
+        cext.numa_free_c(na, p)
+    assert na.stats()["in_use"] == 0 and na.stats()["frees"] == 2
 
 
 # -- the test build's directives ---------------------------------------------------

@@ -52,6 +52,11 @@ USE = textwrap.dedent("""
     seen: np.ndarray = pgo.MappedPool.attach(pool.name).view(where, (10,), np.float64)
     given_back: int = pool.trim()
     pool_name: str = pool.name + pool.mode
+    na = pgo.NUMAAllocator(1 << 20, node=None, huge_pages=False)
+    nodes: tuple[int, ...] = na.nodes
+    placed: dict[int | None, int] = na.nodes_of(na.zeros(8))
+    why: str = na.fallback
+    home: int = na.home_node()
 """)
 
 MISUSE = textwrap.dedent("""

@@ -48,11 +48,12 @@ PROGRAM = textwrap.dedent("""
          "linear": lambda: pgo.LinearAllocator(4096),
          "arena": lambda: pgo.ArenaAllocator(4096),
          "cache": lambda: pgo.CacheAllocator(1 << 20),
-         "mapped": lambda: pgo.MappedPool(1 << 16)}[kind]()
+         "mapped": lambda: pgo.MappedPool(1 << 16),
+         "numa": lambda: pgo.NUMAAllocator(1 << 16)}[kind]()
     b = a.alloc(64)
     address = b.address
     ctypes.memset(address, 1, 64)
-    if kind in ("slab", "stack", "cache", "mapped"):
+    if kind in ("slab", "stack", "cache", "mapped", "numa"):
         a.free(b)
     else:
         del b
@@ -75,7 +76,8 @@ NUMPY_PROGRAM = textwrap.dedent("""
              "linear": pgo.LinearAllocator(1 << 22, threadsafe=True),
              "arena": pgo.ArenaAllocator(1 << 20, threadsafe=True),
              "cache": pgo.CacheAllocator(),
-             "mapped": pgo.MappedPool(1 << 22, threadsafe=True)}
+             "mapped": pgo.MappedPool(1 << 22, threadsafe=True),
+             "numa": pgo.NUMAAllocator(1 << 22)}
     for name, a in kinds.items():
         with pgo.use(a):
             xs = [np.ones(n) * 2 for n in (1, 10, 100, 300)]
@@ -114,7 +116,8 @@ def run_under_valgrind(tmp_path, kind, mode, program=PROGRAM):
                       proc.stderr, re.S)
 
 
-@pytest.mark.parametrize("kind", ["slab", "stack", "linear", "arena", "cache", "mapped"])
+@pytest.mark.parametrize("kind", ["slab", "stack", "linear", "arena", "cache", "mapped",
+                                  "numa"])
 def test_read_after_free_is_flagged_and_clean_use_is_not(tmp_path, kind):
     assert run_under_valgrind(tmp_path, kind, "clean") == []
     reports = run_under_valgrind(tmp_path, kind, "use-after-free")

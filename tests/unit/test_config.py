@@ -62,7 +62,7 @@ BAD = [
      ":4: gc.peak_heap_blocks: expected int, got float"),
     ("[pgo]\nversion = 1\n\n[[numpy.size_class]]\nmin_bytes = 0\nallocator = \"tcmalloc\"\n",
      ":6: numpy.size_class[0].allocator: unknown allocator 'tcmalloc'; valid: arena, cache, "
-     "linear, mapped, slab, stack"),
+     "linear, mapped, numa, slab, stack"),
     ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = -1\nallocator = \"cache\"\n",
      "bad size range"),
     ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = 10\nmax_bytes = 5\nallocator = \"cache\"\n",
@@ -135,6 +135,7 @@ def test_round_trip_property(th, freeze, growth, peak, reason, sites, lo):
                   peak_heap_blocks=peak, reason=reason),
         size_classes=(SizeClassRule(lo, lo + 5, "cache", reason=reason),),
         sites=tuple(SiteRule(fn, a, {"slab": (("block_size", 64),),
-                                     "mapped": (("capacity", 4096),)}.get(a, ()), reason=r,
+                                     "mapped": (("capacity", 4096),),
+                                     "numa": (("capacity", 4096),)}.get(a, ()), reason=r,
                              confidence=c) for fn, a, r, c in sites))
     assert cfgmod.loads(cfgmod.dumps(cfg)) == cfg

@@ -31,8 +31,9 @@ MAKERS = {
     "arena": lambda: pgo.ArenaAllocator(1 << 14),
     "slab": lambda: pgo.SlabAllocator(1024, slots_per_slab=16),
     "mapped": lambda: pgo.MappedPool(1 << 16),
+    "numa": lambda: pgo.NUMAAllocator(1 << 16),
 }
-WITH_FREE = ["stack", "slab", "mapped"]
+WITH_FREE = ["stack", "slab", "mapped", "numa"]
 
 
 def snapshot(a):
@@ -204,8 +205,8 @@ def test_foreign_pointer(freeing):
     numpy_owned = np.zeros(64, dtype=np.uint8)
     if isinstance(a, pgo.StackAllocator):
         beyond = b.address + 4096                 # inside the buffer, above the top
-    elif isinstance(a, pgo.MappedPool):
-        beyond = b.address + a.capacity           # just past the mapping
+    elif isinstance(a, (pgo.MappedPool, pgo.NUMAAllocator)):
+        beyond = b.address + a.capacity           # just past the (only) mapping
     else:
         beyond = b.address + 16 * a.stats()["stride"]   # just past the only slab
     for address in (theirs.address, numpy_owned.ctypes.data, id(object()), beyond, 4096):
@@ -261,6 +262,7 @@ OWNERS = {
     "arena": lambda: pgo.ArenaAllocator(1 << 13),
     "slab": lambda: pgo.SlabAllocator(512),
     "mapped": lambda: pgo.MappedPool(1 << 15),
+    "numa": lambda: pgo.NUMAAllocator(1 << 15),
 }
 
 
@@ -820,7 +822,8 @@ def test_stats_while_gc_collects_a_threadsafe_allocators_arrays():
              "linear": lambda: pgo.LinearAllocator(4096, threadsafe=True),
              "arena": lambda: pgo.ArenaAllocator(4096, threadsafe=True),
              "slab": lambda: pgo.SlabAllocator(64, threadsafe=True),
-             "mapped": lambda: pgo.MappedPool(4096, threadsafe=True)}[kind]()
+             "mapped": lambda: pgo.MappedPool(4096, threadsafe=True),
+             "numa": lambda: pgo.NUMAAllocator(4096, threadsafe=True)}[kind]()
         gc.collect()
         gc.disable()
         for _ in range(5):

@@ -50,6 +50,7 @@ MAKERS = {
     "slab": lambda: pgo.SlabAllocator(1 << 16, align=16, threadsafe=True),
     "cache": lambda: pgo.CacheAllocator(),
     "mapped": lambda: pgo.MappedPool(8 * MiB, threadsafe=True),
+    "numa": lambda: pgo.NUMAAllocator(8 * MiB),
 }
 KINDS = list(MAKERS)
 

@@ -303,11 +303,27 @@ class MappedMachine(SlabMachine):
             assert s["free_extents"] == 1 and s["largest_free"] == s["capacity"]
 
 
+class NUMAMachine(MappedMachine):
+    def make(self):
+        return pgo.NUMAAllocator(16384)
+
+    @invariant()
+    def slots_add_up(self):
+        s = self.a.stats()
+        assert s["in_use"] == sum(self.units(block_of(obj).nbytes) for obj, _ in self.live)
+        assert sum(s["in_use_by_node"].values()) == s["in_use"]
+        assert s["peak"] >= s["in_use"]
+
+    def check_exhausted(self, n, align, st_before):
+        assert st_before["capacity"] - st_before["in_use"] < self.units(n)
+
+
 TestStack = StackMachine.TestCase
 TestLinear = LinearMachine.TestCase
 TestArena = ArenaMachine.TestCase
 TestSlab = SlabMachine.TestCase
 TestMapped = MappedMachine.TestCase
-for _case in (TestStack, TestLinear, TestArena, TestSlab, TestMapped):
+TestNUMA = NUMAMachine.TestCase
+for _case in (TestStack, TestLinear, TestArena, TestSlab, TestMapped, TestNUMA):
     _case.settings = SETTINGS
 del _case
