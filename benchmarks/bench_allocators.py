@@ -11,7 +11,9 @@ C level (``benchmarks/c_level.pyx.tp``, expanded and built at run time by
 ``nogil`` loops calling the inline ``.pxd`` paths vs glibc ``malloc``/
 ``free`` doing the same pattern in the same loop shape, at 16 B, 256 B,
 4 KiB and 64 KiB.  Value: ns per operation (see c_level.pyx.tp for what an
-operation is in each pattern).
+operation is in each pattern).  The mixed-size churn also runs glibc's arm
+with jemalloc, mimalloc and tcmalloc preloaded into a child process (the
+same loop, timed inside it), against the mapped pool.
 
 Python level: ``alloc()`` + ``free()`` / ``del`` pairs vs ``bytearray(64)``,
 and ``allocator.empty(n)`` vs ``np.empty(n)`` (float64) for n = 16 .. 8M,
@@ -37,6 +39,7 @@ import sys
 import sysconfig
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import _common as common
@@ -53,6 +56,7 @@ TOUCH_NS = (1 << 20, 8 << 20)                # 8 MiB and 64 MiB, every page writ
 SMALL_EMPTY_MAX = 4096                    # "small arrays": up to 32 KiB of float64
 BIG_EMPTY_MIN_BYTES = 4 << 20             # "4 MiB and more"
 PY_BATCH = 100                            # statements per inner loop
+MIXED_MAX = 65536                         # mixed churn: sizes 16 B .. this
 
 
 # ---------------------------------------------------------------------------
@@ -255,7 +259,41 @@ def c_level_rows(c):
                         target=_speedup_target(6.0, "slab >= 6x malloc/free on fixed-size churn")))
         rows.append(Row("c", "churn", "slab (threadsafe)", sts, ml, size=size, pattern=pat,
                         note="mutex on every call; no target"))
+    # Mixed sizes: the mapped pool against glibc and the three peers, whose
+    # arms run the same malloc/free loop in a child with the peer preloaded.
+    pat = f"mixed churn: {CHURN_LIVE} live, sizes 16 B-{size_label(MIXED_MAX)} log-uniform"
+    mp = arm("c.mixed.mapped", "mapped", lambda w: c.mixed("mapped", w, CHURN_LIVE, MIXED_MAX),
+             pat)
+    ml = arm("c.mixed.malloc", "malloc/free",
+             lambda w: c.mixed("malloc", w, CHURN_LIVE, MIXED_MAX), pat)
+    group = [mp, ml]
+    rows.append(Row("c", "mixed", "mapped", mp, ml, size=MIXED_MAX, pattern=pat,
+                    note="no target: a mapped pool is chosen for sharing and a fixed budget"))
+    for peer in common.PRELOAD_PEERS:
+        lib = common.preload_library(peer)
+        if lib is None:
+            common.log(f"  mixed: {peer} left out: {common.preload_missing(peer)}")
+            continue
+        pa = arm(f"c.mixed.{peer}", f"{peer} malloc/free", _peer_arm(lib, "mixed"), pat)
+        group.append(pa)
+        rows.append(Row("c", "mixed", f"{peer}", pa, ml, size=MIXED_MAX, pattern=pat,
+                        note=f"the same loop's malloc/free with {lib} preloaded"))
+        rows.append(Row("c", "mixed", f"mapped vs {peer}", mp, pa, size=MIXED_MAX, pattern=pat,
+                        note=f"baseline: {peer}"))
+    groups.append(group)
     return groups, rows
+
+
+def _peer_arm(lib, pattern):
+    """A run(work) that times `pattern`'s malloc arm in a child process with
+    `lib` preloaded (ns per op, measured inside the child's loop)."""
+    script = str(Path(__file__).resolve())
+
+    def run(work):
+        out = common.run_python([script, "--peer-run", pattern, "--work", str(work)],
+                                env=common.child_env(LD_PRELOAD=lib), check=True)
+        return float(out.stdout.split()[-1])
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -487,7 +525,15 @@ def main(argv=None):
     ap.add_argument("-o", "--output", default=str(common.RESULTS / "allocators.json"),
                     help="JSON output path (default benchmarks/results/allocators.json)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild c_level even if up to date")
+    # Internal: one sample of a pattern's malloc arm, in a child that a peer
+    # allocator was preloaded into; prints ns per op.
+    ap.add_argument("--peer-run", choices=("mixed",), help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.peer_run:
+        c = _build.load_c_level()
+        print(c.mixed("malloc", args.work, CHURN_LIVE, MIXED_MAX))
+        return 0
     if args.repeat is None:
         args.repeat = 3 if args.quick else 7
     if args.repeat < 1:
