@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import _common as common
-import build as _build
+import build as _build  # benchmarks/build.py
 from _common import median, spread_iqr
 
 PATTERNS = ("pairs", "cross")
