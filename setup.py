@@ -14,7 +14,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "mapped", "numa",
-           "_handler_hook", "numpy_bridge", "containers", "recorder"]
+           "hier", "_handler_hook", "numpy_bridge", "containers", "recorder"]
 
 # pgo's hand-written C: the headers (each declared for Cython by the .pxd of
 # the same name) and the .c sources linked into the modules that need them.

@@ -1,8 +1,9 @@
 """pgo: profile-guided memory and GC optimization for Python.
 
-The allocators (stack, linear, arena, slab, cache, mapped, numa) are Cython over malloc'd
-blocks; they hand out Blocks (buffer objects) and numpy arrays, and serve
-numpy's own allocations as its data-memory handler (use, install, Router).
+The allocators (stack, linear, arena, slab, cache, mapped, numa,
+hierarchical) are Cython over memory from the system; they hand out Blocks
+(buffer objects) and numpy arrays, and serve numpy's own allocations as its
+data-memory handler (use, install, Router).
 
 Names are imported on first use: ``import pgo`` alone loads neither numpy
 nor the Cython core, so that ``pgo profile`` / ``pgo run`` start a target
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from pgo._core.arena import ArenaAllocator
     from pgo._core.cache import CacheAllocator
     from pgo._core.containers import IntMap, StringBuilder, Vector
+    from pgo._core.hier import HierarchicalAllocator
     from pgo._core.linear import LinearAllocator
     from pgo._core.mapped import MappedPool
     from pgo._core.numa import NUMAAllocator
@@ -41,6 +43,7 @@ _LAZY = {
     "pgo._core.arena": ("ArenaAllocator",),
     "pgo._core.cache": ("CacheAllocator",),
     "pgo._core.containers": ("IntMap", "StringBuilder", "Vector"),
+    "pgo._core.hier": ("HierarchicalAllocator",),
     "pgo._core.linear": ("LinearAllocator",),
     "pgo._core.mapped": ("MappedPool",),
     "pgo._core.numa": ("NUMAAllocator",),
@@ -59,11 +62,11 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 # A literal list: type checkers read it to know what pgo exports.
 __all__ = [
     "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool", "CacheAllocator",
-    "ConfigError", "DEBUG_BUILD", "IntMap", "LinearAllocator", "MappedPool", "NUMAAllocator",
-    "ObjectPool", "PgoError", "PoolError", "ProfileFormatError", "ProfileGuidedOptimizer",
-    "ProfilerError", "Router", "SizeClass", "SlabAllocator", "StackAllocator", "StackFrame",
-    "StringBuilder", "Vector", "__version__", "current_handler", "handler_name", "install",
-    "installed", "owner", "uninstall", "use",
+    "ConfigError", "DEBUG_BUILD", "HierarchicalAllocator", "IntMap", "LinearAllocator",
+    "MappedPool", "NUMAAllocator", "ObjectPool", "PgoError", "PoolError", "ProfileFormatError",
+    "ProfileGuidedOptimizer", "ProfilerError", "Router", "SizeClass", "SlabAllocator",
+    "StackAllocator", "StackFrame", "StringBuilder", "Vector", "__version__", "current_handler",
+    "handler_name", "install", "installed", "owner", "uninstall", "use",
 ]
 
 

@@ -71,10 +71,14 @@ SETTINGS: dict[str, dict[str, tuple[type, int]]] = {
     "linear": {"capacity": (int, 1)},
     "mapped": {"capacity": (int, 1), "populate": (bool, 0), "huge_pages": (bool, 0)},
     "numa": {"capacity": (int, 1), "node": (int, 0), "huge_pages": (bool, 0)},
+    "hierarchical": {"limit_bytes": (int, 0)},
     "stack": {"capacity": (int, 1)},
 }
 ALLOCATORS = tuple(sorted(SETTINGS))
 SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache", "mapped", "numa")
+# The largest block HierarchicalAllocator serves (pinned to the extension's
+# HIER_MAX_SMALL by a test); size classes only, as its blocks are small.
+HIERARCHICAL_MAX_BYTES = 262144
 SIZE_KEYS = ("min_bytes", "max_bytes", "allocator")
 FULL_COLLECTION = ("default", "growth")
 # The most a "growth" plan waits for (the runtime's backoff stops there too).
@@ -428,6 +432,10 @@ class _Reader:
                 raise self.fail(table, i, "block_size",
                                 f"block_size {block} is smaller than max_bytes {hi}")
         self._check_mapped(table, i, a, settings)
+        if a == "hierarchical" and (hi is None or hi > HIERARCHICAL_MAX_BYTES):
+            raise self.fail(table, i, "max_bytes",
+                            f"a hierarchical allocator serves blocks of at most "
+                            f"{HIERARCHICAL_MAX_BYTES} bytes; give max_bytes <= that")
         return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a, settings=settings,
                              **self._notes(table, i, d))
 

@@ -22,7 +22,7 @@ import pytest
 import pgo
 from pgo._core import _memory
 
-KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa")
+KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa", "hierarchical")
 
 # Large enough for every generic test; the slab serves blocks of up to
 # SLAB_BLOCK bytes.
@@ -43,6 +43,8 @@ def new_allocator(kind, *, threadsafe=False):
         return pgo.MappedPool(CAPACITY, threadsafe=threadsafe)
     if kind == "numa":
         return pgo.NUMAAllocator(CAPACITY, threadsafe=threadsafe)
+    if kind == "hierarchical":
+        return pgo.HierarchicalAllocator(threadsafe=threadsafe)
     raise AssertionError(kind)
 
 

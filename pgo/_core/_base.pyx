@@ -334,7 +334,8 @@ cdef class Allocator:
     """Base of every pgo allocator; not instantiated directly.
 
     Subclasses: StackAllocator, LinearAllocator, ArenaAllocator,
-    SlabAllocator, CacheAllocator, MappedPool.  See each for its allocation pattern.
+    SlabAllocator, CacheAllocator, MappedPool, NUMAAllocator,
+    HierarchicalAllocator.  See each for its allocation pattern.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -349,7 +350,8 @@ cdef class Allocator:
     def __init__(self, *args, **kwargs):
         if type(self) is Allocator:
             raise TypeError("Allocator is abstract; use StackAllocator, LinearAllocator, "
-                            "ArenaAllocator, SlabAllocator, CacheAllocator or MappedPool")
+                            "ArenaAllocator, SlabAllocator, CacheAllocator, MappedPool, "
+                            "NUMAAllocator or HierarchicalAllocator")
         if self._lock.enabled and not self._fork_registered:
             if pgo_fork_register(&self._lock.mutex) != 0:
                 raise MemoryError("pgo: cannot register the allocator's mutex for fork()")

@@ -46,6 +46,9 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
         if kind == "mapped":
             from pgo._core.mapped import MappedPool
             return MappedPool(threadsafe=True, **kwargs)
+        if kind == "hierarchical":
+            from pgo._core.hier import HierarchicalAllocator
+            return HierarchicalAllocator(**kwargs)
         if kind == "numa":
             from pgo._core.numa import NUMAAllocator
             return NUMAAllocator(threadsafe=True, **kwargs)

@@ -38,6 +38,7 @@ from pgo._core.linear cimport (
     pgo_linear_t,
 )
 from pgo._core.slab cimport SlabAllocator, pgo_slab_t, slab_alloc, slab_free, slab_reset
+from pgo._core.hier cimport HierarchicalAllocator, hier_alloc, hier_free, pgo_hier_t
 from pgo._core.numa cimport NUMAAllocator, numa_alloc, numa_free, numa_home_pool
 from pgo._core.mapped cimport (
     MappedPool, mapped_alloc, mapped_create, mapped_destroy, mapped_free, mapped_trim,
@@ -256,6 +257,18 @@ def mapped_trim_c(MappedPool mp not None):
     return got
 
 
+def hier_alloc_c(HierarchicalAllocator h not None, size_t n):
+    cdef void* p
+    with nogil:
+        p = hier_alloc(h.s, n)
+    return <uintptr_t>p
+
+
+def hier_free_c(HierarchicalAllocator h not None, uintptr_t address):
+    with nogil:
+        hier_free(h.s, <void*>address)
+
+
 def numa_alloc_c(NUMAAllocator na not None, size_t n, size_t align=64):
     cdef void* p
     cdef size_t pool
@@ -322,6 +335,8 @@ def slab_churn_with_gil(SlabAllocator sl not None, long iters):
 cdef enum:
     KIND_SLAB = 0
     KIND_ARENA = 1
+    KIND_HIER = 2
+    KIND_MAPPED = 3
     LOCAL_MAX = 32
     ARENA_MAX_BLOCK = 256
 
@@ -336,6 +351,8 @@ ctypedef struct target_t:
     int kind
     pgo_slab_t* slab
     pgo_arena_t* arena
+    pgo_hier_t* hier
+    pgo_mapped_t* mapped
     size_t max_n
 
 
@@ -430,12 +447,20 @@ cdef inline double now() noexcept nogil:
 cdef char* target_alloc(target_t* t, size_t n) except NULL nogil:
     if t.kind == KIND_SLAB:
         return <char*>slab_alloc(t.slab)
+    if t.kind == KIND_HIER:
+        return <char*>hier_alloc(t.hier, n)
+    if t.kind == KIND_MAPPED:
+        return <char*>mapped_alloc(t.mapped, n, 16)
     return <char*>arena_alloc(t.arena, n, 16)
 
 
 cdef int target_free(target_t* t, char* p) except -1 nogil:
     if t.kind == KIND_SLAB:
         return slab_free(t.slab, p)
+    if t.kind == KIND_HIER:
+        return hier_free(t.hier, p)
+    if t.kind == KIND_MAPPED:
+        return mapped_free(t.mapped, p)
     return arena_release(t.arena, p)
 
 
@@ -443,7 +468,17 @@ cdef target_t make_target(allocator) except *:
     cdef target_t t
     t.slab = NULL
     t.arena = NULL
-    if isinstance(allocator, SlabAllocator):
+    t.hier = NULL
+    t.mapped = NULL
+    if isinstance(allocator, HierarchicalAllocator):
+        t.kind = KIND_HIER
+        t.hier = (<HierarchicalAllocator>allocator).s
+        t.max_n = 2048                 # 1 B - 2 KiB: 28 size classes
+    elif isinstance(allocator, MappedPool):
+        t.kind = KIND_MAPPED
+        t.mapped = (<MappedPool>allocator).s
+        t.max_n = ARENA_MAX_BLOCK
+    elif isinstance(allocator, SlabAllocator):
         t.kind = KIND_SLAB
         t.slab = (<SlabAllocator>allocator).s
         t.max_n = t.slab.block_size
@@ -452,8 +487,8 @@ cdef target_t make_target(allocator) except *:
         t.arena = (<ArenaAllocator>allocator).a
         t.max_n = ARENA_MAX_BLOCK
     else:
-        raise TypeError(f"stress() takes a SlabAllocator or an ArenaAllocator, "
-                        f"not {type(allocator).__name__}")
+        raise TypeError(f"stress() takes a SlabAllocator, ArenaAllocator, MappedPool or "
+                        f"HierarchicalAllocator, not {type(allocator).__name__}")
     return t
 
 

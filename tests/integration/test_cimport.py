@@ -1,7 +1,7 @@
 """pgo's .pxd files are a usable C API for third-party Cython code.
 
 The ``cext`` fixture (tests/conftest.py) compiles tests/_cython/stress.pyx,
-which cimports pgo._core.stack, linear, arena, slab, mapped and numa, against the .pxd
+which cimports pgo._core.stack, linear, arena, slab, mapped, numa and hier, against the .pxd
 files shipped next to the pgo under test.  That it builds and imports is
 the first proof; each wrapper makes its C-API call inside ``with nogil:``,
 so these tests also prove that errors raised without the GIL reach Python
@@ -256,6 +256,31 @@ def test_mapped_c_api(cext):
 def test_mapped_without_a_python_object(cext):
     # Everything freed merges back: the pool ends as one free extent.
     assert cext.mapped_without_a_python_object(1 << 20, 3) == (1 << 20) // 64
+
+
+def test_hierarchical_c_api(cext):
+    h = pgo.HierarchicalAllocator()
+    ptrs = [cext.hier_alloc_c(h, n) for n in (1, 16, 17, 300, 5000, 262144 - 8)]
+    assert len(set(ptrs)) == 6 and all(p % 16 == 0 for p in ptrs)
+    py = h.alloc(48)
+    before = h.stats()
+    with pytest.raises(pgo.AllocatorError, match="owned by a Python Block"):
+        cext.hier_free_c(h, py.address)
+    with pytest.raises(pgo.AllocatorError, match="inside a block"):
+        cext.hier_free_c(h, ptrs[3] + 16)
+    with pytest.raises(pgo.AllocatorError, match="not allocated here"):
+        cext.hier_free_c(h, ptrs[0] + (256 << 20))
+    with pytest.raises(MemoryError, match="1,048,576 bytes is more than it can ever hold"):
+        cext.hier_alloc_c(h, 1 << 20)
+    assert h.stats()["allocations"] == before["allocations"]
+    for p in ptrs:
+        cext.hier_free_c(h, p)
+    # A second free of a C block is caught by the mark a freed block carries.
+    with pytest.raises(pgo.AllocatorError, match="double free"):
+        cext.hier_free_c(h, ptrs[2])
+    cext.hier_free_c(h, 0)                                         # NULL: nothing
+    st = h.stats()
+    assert st["allocations"] == st["frees"] + 1 and st["live_blocks"] == 1
 
 
 def test_numa_c_api(cext):

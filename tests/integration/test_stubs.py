@@ -57,6 +57,9 @@ USE = textwrap.dedent("""
     placed: dict[int | None, int] = na.nodes_of(na.zeros(8))
     why: str = na.fallback
     home: int = na.home_node()
+    hier = pgo.HierarchicalAllocator(max_bytes=1 << 26)
+    hier.flush_thread()
+    block_size: int = pgo.HierarchicalAllocator.class_size(100, align=64)
 """)
 
 MISUSE = textwrap.dedent("""

@@ -49,11 +49,12 @@ PROGRAM = textwrap.dedent("""
          "arena": lambda: pgo.ArenaAllocator(4096),
          "cache": lambda: pgo.CacheAllocator(1 << 20),
          "mapped": lambda: pgo.MappedPool(1 << 16),
-         "numa": lambda: pgo.NUMAAllocator(1 << 16)}[kind]()
+         "numa": lambda: pgo.NUMAAllocator(1 << 16),
+         "hierarchical": lambda: pgo.HierarchicalAllocator(64 << 20)}[kind]()
     b = a.alloc(64)
     address = b.address
     ctypes.memset(address, 1, 64)
-    if kind in ("slab", "stack", "cache", "mapped", "numa"):
+    if kind in ("slab", "stack", "cache", "mapped", "numa", "hierarchical"):
         a.free(b)
     else:
         del b
@@ -77,7 +78,8 @@ NUMPY_PROGRAM = textwrap.dedent("""
              "arena": pgo.ArenaAllocator(1 << 20, threadsafe=True),
              "cache": pgo.CacheAllocator(),
              "mapped": pgo.MappedPool(1 << 22, threadsafe=True),
-             "numa": pgo.NUMAAllocator(1 << 22)}
+             "numa": pgo.NUMAAllocator(1 << 22),
+             "hierarchical": pgo.HierarchicalAllocator(64 << 20)}
     for name, a in kinds.items():
         with pgo.use(a):
             xs = [np.ones(n) * 2 for n in (1, 10, 100, 300)]
@@ -117,7 +119,7 @@ def run_under_valgrind(tmp_path, kind, mode, program=PROGRAM):
 
 
 @pytest.mark.parametrize("kind", ["slab", "stack", "linear", "arena", "cache", "mapped",
-                                  "numa"])
+                                  "numa", "hierarchical"])
 def test_read_after_free_is_flagged_and_clean_use_is_not(tmp_path, kind):
     assert run_under_valgrind(tmp_path, kind, "clean") == []
     reports = run_under_valgrind(tmp_path, kind, "use-after-free")

@@ -32,8 +32,9 @@ MAKERS = {
     "slab": lambda: pgo.SlabAllocator(1024, slots_per_slab=16),
     "mapped": lambda: pgo.MappedPool(1 << 16),
     "numa": lambda: pgo.NUMAAllocator(1 << 16),
+    "hierarchical": lambda: pgo.HierarchicalAllocator(),
 }
-WITH_FREE = ["stack", "slab", "mapped", "numa"]
+WITH_FREE = ["stack", "slab", "mapped", "numa", "hierarchical"]
 
 
 def snapshot(a):
@@ -207,6 +208,8 @@ def test_foreign_pointer(freeing):
         beyond = b.address + 4096                 # inside the buffer, above the top
     elif isinstance(a, (pgo.MappedPool, pgo.NUMAAllocator)):
         beyond = b.address + a.capacity           # just past the (only) mapping
+    elif isinstance(a, pgo.HierarchicalAllocator):
+        beyond = b.address + (64 << 20)           # reserved, past the spans handed out
     else:
         beyond = b.address + 16 * a.stats()["stride"]   # just past the only slab
     for address in (theirs.address, numpy_owned.ctypes.data, id(object()), beyond, 4096):
@@ -263,6 +266,7 @@ OWNERS = {
     "slab": lambda: pgo.SlabAllocator(512),
     "mapped": lambda: pgo.MappedPool(1 << 15),
     "numa": lambda: pgo.NUMAAllocator(1 << 15),
+    "hierarchical": lambda: pgo.HierarchicalAllocator(1 << 30),
 }
 
 
@@ -647,6 +651,9 @@ def test_oom_when_an_arena_grows():
 def test_no_system_allocation_while_there_is_room(any_alloc):
     a = any_alloc
     warm = [a.alloc(8)]                       # the slab makes its first slab lazily
+    if isinstance(a, pgo.HierarchicalAllocator):
+        # Each size class carves blocks from a span of its own: room is per class.
+        warm += [a.empty(4), a.zeros((2, 2), dtype=np.int8), a.alloc(0), a.alloc(16)]
     _memory._inject_oom(0)
     blocks = [a.empty(4), a.zeros((2, 2), dtype=np.int8), a.alloc(0), a.alloc(16)]
     if isinstance(a, (pgo.StackAllocator, pgo.SlabAllocator)):
@@ -823,7 +830,8 @@ def test_stats_while_gc_collects_a_threadsafe_allocators_arrays():
              "arena": lambda: pgo.ArenaAllocator(4096, threadsafe=True),
              "slab": lambda: pgo.SlabAllocator(64, threadsafe=True),
              "mapped": lambda: pgo.MappedPool(4096, threadsafe=True),
-             "numa": lambda: pgo.NUMAAllocator(4096, threadsafe=True)}[kind]()
+             "numa": lambda: pgo.NUMAAllocator(4096, threadsafe=True),
+             "hierarchical": lambda: pgo.HierarchicalAllocator()}[kind]()
         gc.collect()
         gc.disable()
         for _ in range(5):

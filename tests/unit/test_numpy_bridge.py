@@ -51,6 +51,7 @@ MAKERS = {
     "cache": lambda: pgo.CacheAllocator(),
     "mapped": lambda: pgo.MappedPool(8 * MiB, threadsafe=True),
     "numa": lambda: pgo.NUMAAllocator(8 * MiB),
+    "hierarchical": lambda: pgo.HierarchicalAllocator(),
 }
 KINDS = list(MAKERS)
 

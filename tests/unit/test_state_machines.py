@@ -62,6 +62,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.a = self.make()
         self.live = []            # [obj, expected bytes], oldest first
         self.freed = []           # Blocks given back with free()
+        self.align_at = {}        # address of a live block -> the alignment asked for
         self.allocations = self.frees = self.requested = self.resets = 0
 
     # -- helpers ------------------------------------------------------------
@@ -111,6 +112,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         data = random.Random(seed).randbytes(n)
         fill(obj, data)
         self.live.append([obj, data])
+        self.align_at[b.address] = align
         self.allocations += 1
         self.requested += n
 
@@ -318,12 +320,34 @@ class NUMAMachine(MappedMachine):
         assert st_before["capacity"] - st_before["in_use"] < self.units(n)
 
 
+class HierarchicalMachine(SlabMachine):
+    max_n = 3000
+
+    def make(self):
+        return pgo.HierarchicalAllocator()
+
+    def check_exhausted(self, n, align, st_before):
+        raise AssertionError("a 64 GiB reservation ran out")
+
+    @invariant()
+    def slots_add_up(self):
+        # Each live block takes its size class (of the bytes, the test
+        # build's canary and the alignment); nothing else counts.
+        s = self.a.stats()
+        assert s["in_use"] == sum(
+            pgo.HierarchicalAllocator.class_size(block_of(obj).nbytes,
+                                                 self.align_at[block_of(obj).address])
+            for obj, _ in self.live)
+
+
 TestStack = StackMachine.TestCase
 TestLinear = LinearMachine.TestCase
 TestArena = ArenaMachine.TestCase
 TestSlab = SlabMachine.TestCase
 TestMapped = MappedMachine.TestCase
 TestNUMA = NUMAMachine.TestCase
-for _case in (TestStack, TestLinear, TestArena, TestSlab, TestMapped, TestNUMA):
+TestHierarchical = HierarchicalMachine.TestCase
+for _case in (TestStack, TestLinear, TestArena, TestSlab, TestMapped, TestNUMA,
+              TestHierarchical):
     _case.settings = SETTINGS
 del _case

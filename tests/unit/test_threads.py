@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -85,10 +86,28 @@ def test_nogil_stress_arena(cext):
     assert st["chunks_in_use"] == 0
 
 
+@pytest.mark.slow
+def test_nogil_stress_hierarchical(cext):
+    # Per-thread caches, frees from other threads through the ring, threads
+    # that exit every round (their caches go back to the central lists).
+    h = pgo.HierarchicalAllocator()
+    total = run_rounds(cext, h, seconds=2.5, rounds=5)
+    assert_clean(h, total, allocations_before=0)
+    # Every worker's cache went back when its thread ended (the OS thread
+    # may still be finishing after join(): wait a little); what is left is
+    # this thread's, from drain().
+    deadline = time.monotonic() + 5
+    while h.stats()["thread_caches"] > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.stats()["thread_caches"] == 1
+
+
 def test_nogil_stress_short(cext):
-    # A fast version for every run: one round, both allocators.
+    # A fast version for every run: one round of each allocator.
     for allocator in (pgo.SlabAllocator(40, slots_per_slab=8, threadsafe=True),
-                      pgo.ArenaAllocator(4096, threadsafe=True)):
+                      pgo.ArenaAllocator(4096, threadsafe=True),
+                      pgo.MappedPool(1 << 20, threadsafe=True),
+                      pgo.HierarchicalAllocator()):
         total = run_rounds(cext, allocator, seconds=0.2, rounds=1)
         assert_clean(allocator, total, allocations_before=0)
 
@@ -135,7 +154,8 @@ def test_python_and_nogil_users_share_a_slab(cext):
 
 
 def test_stress_worker_refuses_other_allocators(cext):
-    with pytest.raises(TypeError, match="SlabAllocator or an ArenaAllocator"):
+    with pytest.raises(TypeError, match="SlabAllocator, ArenaAllocator, MappedPool or "
+                                        "HierarchicalAllocator, not StackAllocator"):
         cext.stress(pgo.StackAllocator(1024, threadsafe=True), cext.Exchange(4), 0.01, 0)
 
 

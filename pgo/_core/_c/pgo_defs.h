@@ -43,6 +43,7 @@
 #  define pgo_vg_free(pool, p) ((void)0)
 #  define pgo_vg_trim(pool, p, n) ((void)0)
 #  define pgo_vg_noaccess(p, n) ((void)0)
+#  define pgo_vg_defined(p, n) ((void)0)
 #else
 #  define pgo_vg_create(pool) VALGRIND_CREATE_MEMPOOL((pool), 0, 0)
 #  define pgo_vg_destroy(pool) VALGRIND_DESTROY_MEMPOOL((pool))
@@ -50,6 +51,7 @@
 #  define pgo_vg_free(pool, p) VALGRIND_MEMPOOL_FREE((pool), (p))
 #  define pgo_vg_trim(pool, p, n) VALGRIND_MEMPOOL_TRIM((pool), (p), (n))
 #  define pgo_vg_noaccess(p, n) VALGRIND_MAKE_MEM_NOACCESS((p), (n))
+#  define pgo_vg_defined(p, n) VALGRIND_MAKE_MEM_DEFINED((p), (n))
 #endif
 
 static inline int pgo_mul_overflow(size_t a, size_t b, size_t *out) {

@@ -16,6 +16,8 @@ cdef extern from "pgo_defs.h" nogil:
     void pgo_vg_free(const void* pool, const void* p) noexcept
     void pgo_vg_trim(const void* pool, const void* p, size_t n) noexcept
     void pgo_vg_noaccess(const void* p, size_t n) noexcept
+    # The allocator's own access to a freed block (its free-list link).
+    void pgo_vg_defined(const void* p, size_t n) noexcept
     bint pgo_likely(bint) noexcept
     bint pgo_unlikely(bint) noexcept
     bint pgo_mul_overflow(size_t a, size_t b, size_t* out) noexcept
