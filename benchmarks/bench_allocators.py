@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
+import json
 import platform
 import sys
 import sysconfig
@@ -115,6 +116,10 @@ class Row:
     reference: Arm | None = None
     note: str = ""
     show_ratio: bool = True
+    peers: list[Arm] = field(default_factory=list)   # the baseline's twins under the peers
+
+    def best_peer(self):
+        return min(self.peers, key=lambda a: median(a.samples)) if self.peers else None
 
     def speedup(self):
         return median(self.baseline.samples) / median(self.arm.samples)
@@ -135,6 +140,12 @@ class Row:
             "speedup_paired": round(self.speedup_paired(), 4),
             "note": self.note,
         }
+        best = self.best_peer()
+        if best is not None:
+            out["peers"] = {a.label: a.to_json() for a in self.peers}
+            out["best_peer"] = best.label
+            out["speedup_vs_best_peer"] = round(
+                median(best.samples) / median(self.arm.samples), 4)
         if self.reference is not None:
             out["reference"] = self.reference.to_json()
             out["arm_over_reference"] = round(
@@ -198,12 +209,29 @@ def _empty_target(n):
 # C level
 
 def c_level_rows(c):
-    """Build arms and rows for the C-level section."""
+    """Build arms and rows for the C-level section.
+
+    Every glibc arm has a twin per peer (jemalloc, mimalloc, tcmalloc: the
+    same call in a child process with the library preloaded), in the same
+    group, so each row also reports the best peer's time next to pgo's.
+    """
     groups, rows = [], []
     big = 50_000_000
+    peers = {}
+    for peer in common.PRELOAD_PEERS:
+        lib = common.preload_library(peer)
+        if lib is None:
+            common.log(f"  {peer} left out: {common.preload_missing(peer)}")
+        else:
+            peers[peer] = lib
 
     def arm(key, label, fn, describe, min_work=20_000):
         return Arm(key, label, fn, min_work=min_work, max_work=big, describe=describe)
+
+    def twins(ml, fn, **kwargs):
+        # The peers' arms for glibc's arm `ml`: c.<fn>("malloc", ops=work, **kwargs).
+        return [arm(f"{ml.key}.{peer}", peer, _peer_arm(lib, fn, kwargs), ml.describe)
+                for peer, lib in peers.items()]
 
     for size in C_SIZES:
         fast = size in TARGET_SIZES_FAST
@@ -216,81 +244,93 @@ def c_level_rows(c):
                      lambda w, s=size, d=depth: c.lifo("malloc", s, w, d), pat)
             rf = arm(f"c.lifo{depth}.ref.{size}", "ref: inline bump pointer",
                      lambda w, s=size, d=depth: c.lifo("ref", s, w, d), pat)
-            g = [st, ml, rf]
+            pa = twins(ml, "lifo", size=size, depth=depth)
+            g = [st, ml, rf, *pa]
             tgt = _speedup_target(8.0, "stack >= 8x malloc/free at 16-256 B") if fast else None
             rows.append(Row("c", f"lifo{depth}", "stack", st, ml, size=size, pattern=pat,
-                            target=tgt, reference=rf))
+                            target=tgt, reference=rf, peers=pa))
             if depth == LIFO_DEPTH:
                 ts = arm(f"c.lifo{depth}.stack_ts.{size}", "stack threadsafe",
                          lambda w, s=size, d=depth: c.lifo("stack", s, w, d, True), pat)
                 g.append(ts)
                 rows.append(Row("c", f"lifo{depth}", "stack (threadsafe)", ts, ml, size=size,
-                                pattern=pat, note="mutex on every call; no target"))
+                                pattern=pat, note="mutex on every call; no target", peers=pa))
             groups.append(g)
         # Bulk: linear and arena vs malloc + free-all.
         pat = f"bulk: alloc {BULK_BATCH}, then reset (glibc: free each)"
-        ml = arm(f"c.bulk.malloc.{size}", "malloc/free", lambda w, s=size: c.bulk("malloc", s, w, BULK_BATCH), pat)
-        li = arm(f"c.bulk.linear.{size}", "linear", lambda w, s=size: c.bulk("linear", s, w, BULK_BATCH), pat)
-        ar = arm(f"c.bulk.arena.{size}", "arena", lambda w, s=size: c.bulk("arena", s, w, BULK_BATCH), pat)
-        rf = arm(f"c.bulk.ref.{size}", "ref: inline bump pointer", lambda w, s=size: c.bulk("ref", s, w, BULK_BATCH), pat)
+        ml = arm(f"c.bulk.malloc.{size}", "malloc/free",
+                 lambda w, s=size: c.bulk("malloc", s, w, BULK_BATCH), pat)
+        li = arm(f"c.bulk.linear.{size}", "linear",
+                 lambda w, s=size: c.bulk("linear", s, w, BULK_BATCH), pat)
+        ar = arm(f"c.bulk.arena.{size}", "arena",
+                 lambda w, s=size: c.bulk("arena", s, w, BULK_BATCH), pat)
+        rf = arm(f"c.bulk.ref.{size}", "ref: inline bump pointer",
+                 lambda w, s=size: c.bulk("ref", s, w, BULK_BATCH), pat)
         lts = arm(f"c.bulk.linear_ts.{size}", "linear threadsafe",
                   lambda w, s=size: c.bulk("linear", s, w, BULK_BATCH, True), pat)
         ats = arm(f"c.bulk.arena_ts.{size}", "arena threadsafe",
                   lambda w, s=size: c.bulk("arena", s, w, BULK_BATCH, True), pat)
-        groups.append([li, ar, ml, rf, lts, ats])
+        pa = twins(ml, "bulk", size=size, batch=BULK_BATCH)
+        groups.append([li, ar, ml, rf, lts, ats, *pa])
         rows.append(Row("c", "bulk", "linear", li, ml, size=size, pattern=pat, reference=rf,
-                        target=_speedup_target(8.0, "linear >= 8x malloc/free at 16-256 B") if fast else None))
+                        target=(_speedup_target(8.0, "linear >= 8x malloc/free at 16-256 B")
+                                if fast else None), peers=pa))
         rows.append(Row("c", "bulk", "arena", ar, ml, size=size, pattern=pat, reference=rf,
                         target=_speedup_target(5.0, "arena >= 5x malloc/free"),
-                        note="1 MiB chunks (default)"))
+                        note="1 MiB chunks (default)", peers=pa))
         rows.append(Row("c", "bulk", "linear (threadsafe)", lts, ml, size=size, pattern=pat,
-                        note="mutex on every call; no target"))
+                        note="mutex on every call; no target", peers=pa))
         rows.append(Row("c", "bulk", "arena (threadsafe)", ats, ml, size=size, pattern=pat,
-                        note="mutex on every call; no target"))
-        # Churn: slab vs malloc.
+                        note="mutex on every call; no target", peers=pa))
+        # Churn: slab and the hierarchical allocator vs malloc.
         pat = f"churn: {CHURN_LIVE} live, free a random one, alloc again"
-        sl = arm(f"c.churn.slab.{size}", "slab", lambda w, s=size: c.churn("slab", s, w, CHURN_LIVE), pat)
-        ml = arm(f"c.churn.malloc.{size}", "malloc/free", lambda w, s=size: c.churn("malloc", s, w, CHURN_LIVE), pat)
-        rf = arm(f"c.churn.ref.{size}", "ref: inline free list", lambda w, s=size: c.churn("ref", s, w, CHURN_LIVE), pat)
+        sl = arm(f"c.churn.slab.{size}", "slab",
+                 lambda w, s=size: c.churn("slab", s, w, CHURN_LIVE), pat)
+        hi = arm(f"c.churn.hier.{size}", "hierarchical",
+                 lambda w, s=size: c.churn("hier", s, w, CHURN_LIVE), pat)
+        ml = arm(f"c.churn.malloc.{size}", "malloc/free",
+                 lambda w, s=size: c.churn("malloc", s, w, CHURN_LIVE), pat)
+        rf = arm(f"c.churn.ref.{size}", "ref: inline free list",
+                 lambda w, s=size: c.churn("ref", s, w, CHURN_LIVE), pat)
         sts = arm(f"c.churn.slab_ts.{size}", "slab threadsafe",
                   lambda w, s=size: c.churn("slab", s, w, CHURN_LIVE, True), pat)
-        groups.append([sl, ml, rf, sts])
+        pa = twins(ml, "churn", size=size, live=CHURN_LIVE)
+        groups.append([sl, hi, ml, rf, sts, *pa])
         rows.append(Row("c", "churn", "slab", sl, ml, size=size, pattern=pat, reference=rf,
-                        target=_speedup_target(6.0, "slab >= 6x malloc/free on fixed-size churn")))
+                        target=_speedup_target(6.0, "slab >= 6x malloc/free on fixed-size churn"),
+                        peers=pa))
+        rows.append(Row("c", "churn", "hierarchical", hi, ml, size=size, pattern=pat,
+                        reference=rf, note="one thread: see bench_concurrent.py for more",
+                        peers=pa))
         rows.append(Row("c", "churn", "slab (threadsafe)", sts, ml, size=size, pattern=pat,
-                        note="mutex on every call; no target"))
-    # Mixed sizes: the mapped pool against glibc and the three peers, whose
-    # arms run the same malloc/free loop in a child with the peer preloaded.
+                        note="mutex on every call; no target", peers=pa))
+    # Mixed sizes: the allocators that serve any size.
     pat = f"mixed churn: {CHURN_LIVE} live, sizes 16 B-{size_label(MIXED_MAX)} log-uniform"
-    mp = arm("c.mixed.mapped", "mapped", lambda w: c.mixed("mapped", w, CHURN_LIVE, MIXED_MAX),
-             pat)
+    mp = arm("c.mixed.mapped", "mapped",
+             lambda w: c.mixed("mapped", w, CHURN_LIVE, MIXED_MAX), pat)
+    hi = arm("c.mixed.hier", "hierarchical",
+             lambda w: c.mixed("hier", w, CHURN_LIVE, MIXED_MAX), pat)
     ml = arm("c.mixed.malloc", "malloc/free",
              lambda w: c.mixed("malloc", w, CHURN_LIVE, MIXED_MAX), pat)
-    group = [mp, ml]
+    pa = twins(ml, "mixed", live=CHURN_LIVE, max_size=MIXED_MAX)
+    groups.append([mp, hi, ml, *pa])
+    rows.append(Row("c", "mixed", "hierarchical", hi, ml, size=MIXED_MAX, pattern=pat,
+                    note="no target", peers=pa))
     rows.append(Row("c", "mixed", "mapped", mp, ml, size=MIXED_MAX, pattern=pat,
-                    note="no target: a mapped pool is chosen for sharing and a fixed budget"))
-    for peer in common.PRELOAD_PEERS:
-        lib = common.preload_library(peer)
-        if lib is None:
-            common.log(f"  mixed: {peer} left out: {common.preload_missing(peer)}")
-            continue
-        pa = arm(f"c.mixed.{peer}", f"{peer} malloc/free", _peer_arm(lib, "mixed"), pat)
-        group.append(pa)
-        rows.append(Row("c", "mixed", f"{peer}", pa, ml, size=MIXED_MAX, pattern=pat,
-                        note=f"the same loop's malloc/free with {lib} preloaded"))
-        rows.append(Row("c", "mixed", f"mapped vs {peer}", mp, pa, size=MIXED_MAX, pattern=pat,
-                        note=f"baseline: {peer}"))
-    groups.append(group)
+                    note="no target: a mapped pool is chosen for sharing and a fixed budget",
+                    peers=pa))
     return groups, rows
 
 
-def _peer_arm(lib, pattern):
-    """A run(work) that times `pattern`'s malloc arm in a child process with
-    `lib` preloaded (ns per op, measured inside the child's loop)."""
+def _peer_arm(lib, fn, kwargs):
+    """A run(work) that times c_level.<fn>("malloc", ops=work, **kwargs) in a
+    child process with `lib` preloaded (ns per op, measured inside the
+    child's loop)."""
     script = str(Path(__file__).resolve())
+    call = json.dumps({"fn": fn, "kwargs": kwargs})
 
     def run(work):
-        out = common.run_python([script, "--peer-run", pattern, "--work", str(work)],
+        out = common.run_python([script, "--peer-run", call, "--work", str(work)],
                                 env=common.child_env(LD_PRELOAD=lib), check=True)
         return float(out.stdout.split()[-1])
     return run
@@ -468,9 +508,11 @@ def render(rows, info, args):
         if r.section != sec:
             sec = r.section
             if sec == "c":
-                w("\nC level: ns per op in a nogil loop (speedup = malloc/free ns / pgo ns)")
+                w("\nC level: ns per op in a nogil loop (speedup = malloc/free ns / pgo ns; "
+                  "best peer: the fastest of jemalloc, mimalloc, tcmalloc on the same loop)")
                 w(f"{'pattern':<8} {'size':>7}  {'allocator':<20} {'pgo ns':>8} {'glibc ns':>8} "
-                  f"{'speedup':>8} {'paired':>7} {'ref ns':>8} {'spread':>6}  target")
+                  f"{'speedup':>8} {'paired':>7} {'ref ns':>8} {'spread':>6}  "
+                  f"{'best peer':>17} {'vs peer':>7}  target")
             else:
                 w("\nPython level: ns per statement, loop overhead included "
                   "(speedup = baseline ns / pgo ns)")
@@ -485,8 +527,11 @@ def render(rows, info, args):
         spread = f"{100 * spread_iqr(r.arm.samples):5.1f}%"
         if r.section == "c":
             ref = _fmt_ns(median(r.reference.samples)) if r.reference else " " * 8
+            best = r.best_peer()
+            peer = (f"{best.label:>8} {_fmt_ns(median(best.samples))} "
+                    f"{median(best.samples) / a:6.2f}x" if best else " " * 25)
             w(f"{r.group:<8} {size_label(r.size):>7}  {r.name:<20} {_fmt_ns(a)} {_fmt_ns(b)} "
-              f"{r.speedup():7.2f}x {r.speedup_paired():6.2f}x {ref} {spread}  {t}")
+              f"{r.speedup():7.2f}x {r.speedup_paired():6.2f}x {ref} {spread}  {peer}  {t}")
         else:
             size = f"n={r.size}" if r.group in ("empty", "touch") else size_label(r.size)
             ratio = (f"{_fmt_ns(b)} {r.speedup():7.2f}x {r.speedup_paired():6.2f}x"
@@ -527,12 +572,15 @@ def main(argv=None):
     ap.add_argument("--rebuild", action="store_true", help="rebuild c_level even if up to date")
     # Internal: one sample of a pattern's malloc arm, in a child that a peer
     # allocator was preloaded into; prints ns per op.
-    ap.add_argument("--peer-run", choices=("mixed",), help=argparse.SUPPRESS)
+    ap.add_argument("--peer-run", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.peer_run:
+        call = json.loads(args.peer_run)
+        if call["fn"] not in ("lifo", "bulk", "churn", "mixed"):
+            ap.error(f"--peer-run: unknown pattern {call['fn']!r}")
         c = _build.load_c_level()
-        print(c.mixed("malloc", args.work, CHURN_LIVE, MIXED_MAX))
+        print(getattr(c, call["fn"])("malloc", ops=args.work, **call["kwargs"]))
         return 0
     if args.repeat is None:
         args.repeat = 3 if args.quick else 7
