@@ -3,6 +3,7 @@
 # C hooks each allocator family fills in), plus pgo_raise, which turns the
 # error codes of the noexcept C paths into Python exceptions.
 
+from pgo._core._c.pgo_fork cimport pgo_fork_fn
 from pgo._core._typedefs cimport (
     PGO_ERR_ALIGN, PGO_ERR_LIVE, PGO_ERR_NOMEM, PGO_ERR_TOO_BIG, PGO_OK, pgo_alloc_fn, pgo_backend_t,
     pgo_bad_align, pgo_destroy_fn, pgo_fit, pgo_free_fn, pgo_holds_fn, pgo_lock, pgo_lock_t,
@@ -19,6 +20,13 @@ cdef int pgo_raise(int code, const char* who, size_t nbytes, size_t align) excep
 # they carry no traceback code and stay small enough to be inlined.
 cdef int pgo_fail(int code, const char* who, size_t nbytes, size_t align) noexcept nogil
 cdef void* pgo_fail_null(int code, const char* who, size_t nbytes, size_t align) noexcept nogil
+# An allocator family's own fork handlers, run inside the fork registry's
+# (see the NOTE in _base.pyx): prepare after every registered allocator
+# mutex is taken, so a thread holding one of those while it waits for the
+# family's own mutexes never deadlocks a fork; parent / child before they
+# are let go.  0, or -1 when the table (8 families) is full.
+cdef int pgo_fork_inner(pgo_fork_fn prepare, pgo_fork_fn parent, pgo_fork_fn child) noexcept
+
 # For misuse of a pointer (free, release): the message names the address.
 cdef int pgo_raise_at(int code, const char* who, const void* p) except -1 with gil
 cdef int pgo_fail_at(int code, const char* who, const void* p) noexcept nogil

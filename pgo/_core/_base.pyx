@@ -47,7 +47,9 @@ from cpython.ref cimport PyObject, Py_INCREF
 from libc.stdint cimport SIZE_MAX, uintptr_t
 from libc.string cimport memset
 
-from pgo._core._c.pgo_fork cimport pgo_fork_hooks, pgo_fork_register, pgo_fork_unregister
+from pgo._core._c.pgo_fork cimport (
+    pgo_fork_add_inner, pgo_fork_fn, pgo_fork_hooks, pgo_fork_register, pgo_fork_unregister,
+)
 from pgo._core._memory cimport pgo_sys_alloc, pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
     PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_INTERIOR,
@@ -317,6 +319,10 @@ cdef class Block:
 # allocators (C callers of *_create own their own fork story).
 if pgo_fork_hooks() != 0:
     raise ImportError("pgo: pthread_atfork failed; allocators could not be made fork-safe")
+
+
+cdef int pgo_fork_inner(pgo_fork_fn prepare, pgo_fork_fn parent, pgo_fork_fn child) noexcept:
+    return pgo_fork_add_inner(prepare, parent, child)
 
 
 # What free() raises (AllocatorError) for a code; {where}: the block's place

@@ -72,6 +72,8 @@ ctypedef struct pgo_hier_t:
     # What exited threads' caches counted (under the registry mutex):
     uint64_t gone_allocs, gone_frees, gone_requested
     int64_t gone_bytes
+    uint64_t py_failed            # allocations the Python path could not make (under `lock`)
+    uint64_t c_failed             # ... and the C API (atomic)
     size_t lo, hi
     pgo_stats_t stats             # the Python / numpy path's (under `lock`)
     pgo_lock_t lock               # the Python / numpy path's mutex (the C API takes none)

@@ -32,10 +32,13 @@ array owns has a bit in its span's bitmap, which the C API refuses to free.
 # order: the allocator's Python-path mutex (``lock``: Python Blocks and
 # numpy's handler, which keep ``stats.live_blocks``), the process-wide
 # registry mutex (caches being made, stats, thread exit, destruction,
-# fork), a class's central mutex, the span mutex.  fork() takes the
-# registry, central and span mutexes of every live allocator in that order
-# and lets them go after, in parent and child, so the child never inherits
-# a mutex held mid-operation; the child keeps only its own thread's caches.
+# fork), a class's central mutex, the span mutex.  fork() keeps that order:
+# the fork registry (_base) takes every allocator's Python-path mutex, then
+# this family's inner hook takes the registry, central and span mutexes of
+# every live allocator; all are let go after, in parent and child, so the
+# child never inherits a mutex held mid-operation.  The child retires the
+# other threads' caches (they do not exist there; their blocks are lost to
+# the child).
 # An allocator is destroyed only when no thread can use it any more (it is
 # a Python object: every user holds a reference).
 """
@@ -47,7 +50,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_fork_inner, pgo_raise, pgo_raise_at,
 )
 from pgo._core._c.pgo_defs cimport pgo_vg_defined
 from pgo._core._c.pgo_memory cimport PGO_PAGE_BYTES
@@ -57,7 +60,7 @@ from pgo._core._memory cimport (
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC,
-    PGO_FILL_FREE, PGO_OK, pgo_atomic_load, pgo_atomic_store, pgo_backend_init, pgo_bad_align,
+    PGO_FILL_FREE, PGO_OK, pgo_atomic_inc, pgo_atomic_load, pgo_atomic_store, pgo_backend_init, pgo_bad_align,
     pgo_destroy_fn, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
     pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_within,
     pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
@@ -80,19 +83,40 @@ cdef extern from *:
     static inline uint32_t pgo_hier_load32(const uint32_t* p) {
         return __atomic_load_n(p, __ATOMIC_ACQUIRE);
     }
+    /* A cache's owner id: written under the registry mutex when the
+       allocator goes, read by the cache's thread without it. */
+    static inline uint64_t pgo_hier_owner(const uint64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
+    static inline void pgo_hier_set_owner(uint64_t* p, uint64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELAXED);
+    }
+    /* A span's Python-ownership bitmap: published once, zeroed before. */
+    static inline uint64_t* pgo_hier_bits(uint64_t** p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void pgo_hier_set_bits(uint64_t** p, uint64_t* v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline uint64_t pgo_hier_load64(const uint64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_RELAXED);
+    }
     """
     void* pgo_hier_last
     pthread_mutex_t pgo_hier_registry
     void _store32 "pgo_hier_store32"(uint32_t* p, uint32_t v) noexcept nogil
     uint32_t _load32 "pgo_hier_load32"(const uint32_t* p) noexcept nogil
+    uint64_t _owner "pgo_hier_owner"(const uint64_t* p) noexcept nogil
+    void _set_owner "pgo_hier_set_owner"(uint64_t* p, uint64_t v) noexcept nogil
+    uint64_t* _bits "pgo_hier_bits"(uint64_t** p) noexcept nogil
+    void _set_bits "pgo_hier_set_bits"(uint64_t** p, uint64_t* v) noexcept nogil
+    uint64_t pgo_atomic_load_u64 "pgo_hier_load64"(const uint64_t* p) noexcept nogil
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned int pthread_key_t
     int pthread_key_create(pthread_key_t* key, void (*destructor)(void*) noexcept nogil)
     void* pthread_getspecific(pthread_key_t key)
     int pthread_setspecific(pthread_key_t key, const void* value)
-    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
-                       void (*child)() noexcept nogil)
 
 cdef enum:
     SPAN = 1048576
@@ -140,6 +164,8 @@ cdef size_t _class_for(size_t n, size_t align) noexcept nogil:
     cdef size_t p2 = 16
     if align <= 16:
         return hier_class_of(n)
+    if want > HIER_MAX_SMALL:
+        return HIER_NCLASSES
     while p2 < want:
         p2 <<= 1
     return hier_class_of(p2)
@@ -236,7 +262,7 @@ cdef void _retire(pgo_hier_cache_t* tc) noexcept nogil:
         h.caches = tc.next_of_owner
     if tc.next_of_owner != NULL:
         tc.next_of_owner.prev_of_owner = tc.prev_of_owner
-    tc.owner_id = 0
+    _set_owner(&tc.owner_id, 0)
     tc.owner = NULL
 
 
@@ -248,7 +274,7 @@ cdef void _thread_exit(void* first) noexcept nogil:
     pthread_mutex_lock(&pgo_hier_registry)
     while tc != NULL:
         nxt = tc.next_of_thread
-        if tc.owner_id != 0:
+        if _owner(&tc.owner_id) != 0:
             _drain(<pgo_hier_t*>tc.owner, tc)
             _retire(tc)
         if pgo_hier_last == <void*>tc:
@@ -268,7 +294,7 @@ cdef pgo_hier_cache_t* _cache_slow(pgo_hier_t* h) noexcept nogil:
     cdef pgo_hier_cache_t* nxt
     cdef size_t c
     while tc != NULL:
-        if tc.owner_id == h.id:
+        if _owner(&tc.owner_id) == h.id:
             pgo_hier_last = tc
             return tc
         tc = tc.next_of_thread
@@ -276,7 +302,7 @@ cdef pgo_hier_cache_t* _cache_slow(pgo_hier_t* h) noexcept nogil:
     tc = first
     while tc != NULL:
         nxt = tc.next_of_thread
-        if tc.owner_id == 0:
+        if _owner(&tc.owner_id) == 0:
             if prev != NULL:
                 prev.next_of_thread = nxt
             else:
@@ -307,7 +333,7 @@ cdef pgo_hier_cache_t* _cache_slow(pgo_hier_t* h) noexcept nogil:
 
 cdef inline pgo_hier_cache_t* _cache(pgo_hier_t* h) noexcept nogil:
     cdef pgo_hier_cache_t* tc = <pgo_hier_cache_t*>pgo_hier_last
-    if tc != NULL and tc.owner_id == h.id:
+    if tc != NULL and _owner(&tc.owner_id) == h.id:
         return tc
     return _cache_slow(h)
 
@@ -440,7 +466,7 @@ cdef inline int _locate(pgo_hier_t* h, void* p, size_t* cls, size_t* span_out,
 
 
 cdef inline bint _py_owned(pgo_hier_t* h, size_t span, size_t slot) noexcept nogil:
-    cdef uint64_t* bits = h.span_py[span]
+    cdef uint64_t* bits = _bits(&h.span_py[span])
     return bits != NULL and (bits[slot >> 6] >> (slot & 63)) & 1
 
 
@@ -459,8 +485,14 @@ cdef inline int _give(pgo_hier_t* h, void* p, size_t c) noexcept nogil:
     pgo_vg_free(h, p)
     tc = _cache(h)
     if tc == NULL:
+        # No cache to be had (out of memory): straight to the central
+        # list, counted as an exited thread's frees are.
         _link(p, NULL, h.cookie ^ <uintptr_t>p)
         _give_list(h, c, p, 1)
+        pthread_mutex_lock(&pgo_hier_registry)
+        h.gone_frees += 1
+        h.gone_bytes -= <int64_t>_size_of[c]
+        pthread_mutex_unlock(&pgo_hier_registry)
         return PGO_OK
     l = &tc.lists[c]
     _link(p, l.head, h.cookie ^ <uintptr_t>p)
@@ -500,6 +532,7 @@ cdef void* hier_alloc(pgo_hier_t* h, size_t n) except NULL nogil:
     cdef size_t c
     cdef int err = _take(h, n, 16, &p, &c)
     if err != PGO_OK:
+        pgo_atomic_inc(&h.c_failed)
         return pgo_fail_null(err, "HierarchicalAllocator", n, 16)
     return p
 
@@ -526,21 +559,21 @@ cdef int _take_py(pgo_hier_t* h, size_t n, size_t align, void** out) noexcept no
     cdef uint64_t* bits
     cdef int err = _take(h, n, align, out, &c)
     if err != PGO_OK:
-        h.stats.failed += 1
+        h.py_failed += 1
         return err
-    h.stats.requested += n
-    h.stats.lost += _size_of[c] - n
     _locate(h, out[0], &c, &span, &slot)
-    bits = h.span_py[span]
+    bits = h.span_py[span]              # only this path (under its mutex) writes it
     if bits == NULL:
         words = ((SPAN // _size_of[c]) + 63) // 64
         bits = <uint64_t*>pgo_sys_calloc(words, sizeof(uint64_t))
         if bits == NULL:
             _give(h, out[0], c)
-            h.stats.failed += 1
+            h.py_failed += 1
             return PGO_ERR_NOMEM
-        h.span_py[span] = bits
+        _set_bits(&h.span_py[span], bits)
     bits[slot >> 6] |= (<uint64_t>1) << (slot & 63)
+    h.stats.requested += n
+    h.stats.lost += _size_of[c] - n
     return PGO_OK
 
 
@@ -601,9 +634,39 @@ cdef void _fork_release() noexcept nogil:
     pthread_mutex_unlock(&pgo_hier_registry)
 
 
+cdef void _fork_child() noexcept nogil:
+    # Only the forking thread lives on in the child: the other threads'
+    # caches are retired (their counts kept; their blocks, possibly
+    # mid-update when fork() came, are left where they are: lost to the
+    # child, never reused).  Every mutex is still held here.
+    cdef pgo_hier_cache_t* mine = <pgo_hier_cache_t*>pthread_getspecific(_key)
+    cdef pgo_hier_cache_t* tc
+    cdef pgo_hier_cache_t* nxt
+    cdef pgo_hier_cache_t* m
+    cdef pgo_hier_t* h = _allocators
+    cdef bint own
+    while h != NULL:
+        tc = h.caches
+        while tc != NULL:
+            nxt = tc.next_of_owner
+            own = False
+            m = mine
+            while m != NULL and not own:
+                own = m == tc
+                m = m.next_of_thread
+            if not own:
+                _retire(tc)
+                free(tc)
+            tc = nxt
+        h = <pgo_hier_t*>h.next_allocator
+    _fork_release()
+
+
 if pthread_key_create(&_key, _thread_exit) != 0:
     raise MemoryError("pgo: cannot make the HierarchicalAllocator's thread key")
-if pthread_atfork(_fork_prepare, _fork_release, _fork_release) != 0:
+# Inside the fork registry's handlers: after every allocator's Python-path
+# mutex (held by callers that then take the registry and central mutexes).
+if pgo_fork_inner(_fork_prepare, _fork_release, _fork_child) != 0:
     raise MemoryError("pgo: cannot install the HierarchicalAllocator's fork handlers")
 
 
@@ -618,7 +681,7 @@ cdef void _hier_destroy(pgo_hier_t* h) noexcept nogil:
     # they next make a cache); nothing touches them once owner_id is 0.
     tc = h.caches
     while tc != NULL:
-        tc.owner_id = 0
+        _set_owner(&tc.owner_id, 0)
         tc.owner = NULL
         tc = tc.next_of_owner
     h.caches = NULL
@@ -706,7 +769,8 @@ cdef class HierarchicalAllocator(Allocator):
     mutex, and spans from one reservation.  Any thread may free any block.
     Memory is never given back to the system: freed blocks stay in the
     caches and central lists for reuse.  ``reset()`` only starts the
-    statistics over.  ``flush_thread()`` gives the calling thread's cached
+    statistics over; ``stats()["peak"]`` is the largest ``in_use`` seen
+    when statistics were read (threads count without a shared counter).  ``flush_thread()`` gives the calling thread's cached
     blocks back to the central lists (a thread's caches go back by
     themselves when it exits).
     """
@@ -730,11 +794,12 @@ cdef class HierarchicalAllocator(Allocator):
     def class_size(size_t nbytes, size_t align=16):
         """The block size a request of `nbytes` aligned to `align` takes
         (ValueError when no class holds it)."""
-        cdef size_t c
+        cdef size_t c = HIER_NCLASSES
         if pgo_bad_align(align):
             raise ValueError(f"alignment must be a power of two from 1 to 4096, got {align}")
-        c = _class_for(nbytes + PGO_CANARY if nbytes + PGO_CANARY else 1, align)
-        if nbytes > HIER_MAX_SMALL - PGO_CANARY or c >= HIER_NCLASSES:
+        if nbytes <= HIER_MAX_SMALL - PGO_CANARY:
+            c = _class_for(nbytes + PGO_CANARY if nbytes + PGO_CANARY else 1, align)
+        if c >= HIER_NCLASSES:
             raise ValueError(f"HierarchicalAllocator serves at most "
                              f"{HIER_MAX_SMALL - PGO_CANARY:,} bytes")
         return _size_of[c]
@@ -777,6 +842,7 @@ cdef class HierarchicalAllocator(Allocator):
         pthread_mutex_unlock(&pgo_hier_registry)
         self.s.stats.allocs = allocs
         self.s.stats.frees = frees
+        self.s.stats.failed = self.s.py_failed + pgo_atomic_load_u64(&self.s.c_failed)
         self.s.stats.in_use = <size_t>in_use if in_use > 0 else 0
         if self.s.stats.in_use > self.s.stats.peak:
             self.s.stats.peak = self.s.stats.in_use

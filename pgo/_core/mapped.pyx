@@ -81,9 +81,11 @@ cdef enum:
     UNIT = 64
     NIL = 0xffffffff
 
-# The most units a pool holds: lengths and links are 32-bit.
-cdef size_t MAX_UNITS = 0xfffffffe
-MAX_CAPACITY = MAX_UNITS << MAPPED_UNIT_SHIFT
+# The most bytes a pool holds: lengths and links are 32-bit unit counts
+# (0xffffffff is the end of a list), rounded down to whole pages so that a
+# capacity under it stays under it when it is rounded up to pages.
+cdef size_t MAX_BYTES = ((<size_t>0xfffffffe) << MAPPED_UNIT_SHIFT) & ~(<size_t>4095)
+MAX_CAPACITY = MAX_BYTES
 
 # A memfd pool's name: pgo-mapped-<pid>-<fd>-<token>.
 _NAME = re.compile(r"pgo-mapped-(\d+)-(\d+)-([0-9a-f]{8})")
@@ -252,8 +254,8 @@ cdef int mapped_locate(pgo_mapped_t* s, void* p, size_t* unit) noexcept nogil:
     # The live block that starts at p: PGO_OK and its unit, or why not.
     cdef size_t off, u, w
     cdef uint64_t word
-    if not pgo_within(p, s.base, s.size):
-        return PGO_ERR_FOREIGN
+    if s.view or not pgo_within(p, s.base, s.size):
+        return PGO_ERR_FOREIGN          # a view has no blocks (nor side arrays)
     off = <uintptr_t>p - <uintptr_t>s.base
     u = off >> MAPPED_UNIT_SHIFT
     if (off & (UNIT - 1)) == 0 and _bit(s.live, u):
@@ -283,7 +285,7 @@ cdef void mapped_release(pgo_mapped_t* s, size_t u) noexcept nogil:
     _clear(s.pybits, u)
     s.live_units -= n
     s.stats.frees += 1
-    if PGO_DEBUG_FILL:
+    if PGO_DEBUG_FILL and not _inherited(s):
         memset(s.base + (u << MAPPED_UNIT_SHIFT), PGO_FILL_FREE, n << MAPPED_UNIT_SHIFT)
     pgo_vg_free(s, s.base + (u << MAPPED_UNIT_SHIFT))
     right = u + n
@@ -372,7 +374,7 @@ cdef pgo_mapped_t* mapped_create(size_t capacity, bint huge_pages,
     cdef size_t size = (capacity + PGO_PAGE_BYTES - 1) & ~(PGO_PAGE_BYTES - 1)
     cdef char* base
     cdef pgo_mapped_t* s
-    if capacity == 0 or capacity > MAX_UNITS << MAPPED_UNIT_SHIFT:
+    if capacity == 0 or capacity > MAX_BYTES:
         pgo_raise(PGO_ERR_TOO_BIG, "MappedPool", capacity, 0)
         return NULL
     base = <char*>pgo_sys_map(size, huge_pages)
@@ -400,7 +402,7 @@ cdef void mapped_destroy(pgo_mapped_t* s) noexcept nogil:
 
 cdef int _alloc_c(void* state, size_t n, size_t align, void** out) noexcept nogil:
     cdef pgo_mapped_t* s = <pgo_mapped_t*>state
-    if s.shared and s.fork_gen != _fork_gen:
+    if _inherited(s):
         s.stats.failed += 1
         return PGO_ERR_NOMEM
     return mapped_take_unlocked(s, n, align, False, out)
@@ -418,6 +420,8 @@ cdef size_t _trim_unlocked(pgo_mapped_t* s) noexcept nogil:
     cdef size_t b, lo, hi, got = 0
     cdef uint32_t u
     cdef int advice = MADV_REMOVE if s.shared else MADV_DONTNEED
+    if _inherited(s):
+        return 0
     for b in range(MAPPED_NBINS):
         u = s.bins[b]
         while u != NIL:
@@ -430,9 +434,15 @@ cdef size_t _trim_unlocked(pgo_mapped_t* s) noexcept nogil:
     return got
 
 
+cdef inline bint _inherited(pgo_mapped_t* s) noexcept nogil:
+    # A shared pool in a forked child: the memory is the parent's, live, and
+    # this copy of the free lists is stale -- nothing may be written to it.
+    return s.shared and s.fork_gen != _fork_gen
+
+
 cdef size_t mapped_trim(pgo_mapped_t* s) noexcept nogil:
     cdef size_t got
-    if s.view:
+    if s.view or _inherited(s):
         return 0
     pgo_lock(&s.lock, &s.stats)
     got = _trim_unlocked(s)
@@ -446,7 +456,7 @@ cdef size_t mapped_trim(pgo_mapped_t* s) noexcept nogil:
 
 cdef int _take_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
     cdef pgo_mapped_t* s = <pgo_mapped_t*>state
-    if s.shared and s.fork_gen != _fork_gen:
+    if _inherited(s):
         s.stats.failed += 1
         return PGO_ERR_NOMEM
     return mapped_take_unlocked(s, n, align, True, out)
@@ -482,7 +492,7 @@ cdef int mapped_reset_unlocked(void* state) noexcept nogil:
     if s.view:
         return PGO_OK
     s.stats.frees += s.stats.allocs - s.stats.frees
-    if PGO_DEBUG_FILL:
+    if PGO_DEBUG_FILL and not _inherited(s):
         for u in range(s.nunits):
             if _bit(s.live, u):
                 memset(s.base + (u << MAPPED_UNIT_SHIFT), PGO_FILL_FREE,
@@ -569,7 +579,7 @@ cdef class MappedPool(Allocator):
             return
         if capacity == 0:
             raise ValueError("MappedPool needs a capacity of at least 1 byte")
-        if capacity > MAX_UNITS << MAPPED_UNIT_SHIFT:
+        if capacity > MAX_BYTES:
             raise ValueError(f"MappedPool holds at most {MAX_CAPACITY:,} bytes; "
                              f"capacity {capacity:,} requested")
         if shared and path is not None:
@@ -648,10 +658,16 @@ cdef class MappedPool(Allocator):
         try:
             if fstat(fd, &sb) != 0:
                 raise OSError(errno, _os_error(f"MappedPool.attach: cannot stat {name}"))
+            if m is not None and os.readlink(f"/proc/self/fd/{fd}") != target:
+                # The owner closed that fd and opened another file under its
+                # number between the check and the open.
+                raise FileNotFoundError(
+                    2, f"MappedPool.attach: no pool named {name}: the process that made it "
+                    f"dropped or unlinked the pool")
             size = <size_t>sb.st_size
-            if size == 0 or size % PGO_PAGE_BYTES:
+            if size == 0 or size % PGO_PAGE_BYTES or size > MAX_BYTES:
                 raise ValueError(f"MappedPool.attach: {name} holds {size:,} bytes, not whole "
-                                 f"pages: it is not a MappedPool")
+                                 f"pages up to {MAX_BYTES:,}: it is not a MappedPool")
             base = _map_fd(fd, size, self._populate)
             self.s = mapped_create_over(base, size, -1, True, threadsafe)
         except BaseException:

@@ -44,7 +44,7 @@ from pgo._core._base cimport (
 from pgo._core._c.pgo_memory cimport PGO_PAGE_BYTES
 from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free
 from pgo._core._typedefs cimport (
-    PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_OK,
+    PGO_CANARY, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_OK,
     pgo_alloc_fn, pgo_backend_init, pgo_destroy_fn, pgo_lock_destroy, pgo_lock_gil_held,
     pgo_lock_init, pgo_unlock, pgo_within,
 )
@@ -300,7 +300,7 @@ cdef size_t _span(void* state, void* p) noexcept nogil:
     cdef size_t pool, unit
     if _find(s, p, &pool, &unit) != PGO_OK:
         return 0
-    return s.pools[pool].len_at[unit] << MAPPED_UNIT_SHIFT
+    return (<size_t>s.pools[pool].len_at[unit] << MAPPED_UNIT_SHIFT) - PGO_CANARY
 
 
 cdef int _reset(void* state) noexcept nogil:

@@ -24,9 +24,10 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from pgo._core._base cimport Allocator
 from pgo._core._typedefs cimport (
-    pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock,
-    pthread_mutex_t, pthread_mutex_unlock,
+    pgo_backend_give, pgo_backend_t, pgo_backend_take, pthread_mutex_destroy,
+    pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock,
 )
 from pgo._core.arena cimport ArenaAllocator, arena_alloc, arena_release, arena_reset, pgo_arena_t
 from pgo._core.containers cimport (
@@ -267,6 +268,29 @@ def hier_alloc_c(HierarchicalAllocator h not None, size_t n):
 def hier_free_c(HierarchicalAllocator h not None, uintptr_t address):
     with nogil:
         hier_free(h.s, <void*>address)
+
+
+def backend_churn_nogil(Allocator a not None, double seconds, size_t n=200_000):
+    """numpy's handler path (take, then give, under the allocator's lock)
+    without the GIL, for `seconds`: what a nogil numpy realloc does.
+    Returns the pairs made."""
+    cdef pgo_backend_t be = a._be
+    cdef void* ps[5]
+    cdef size_t pairs = 0, k
+    cdef double deadline
+    if be.take_fn == NULL:
+        raise TypeError(f"{a!r} has no handler")
+    with nogil:
+        deadline = now() + seconds
+        while now() < deadline:
+            for k in range(5):
+                if pgo_backend_take(&be, n, False, &ps[k]) != 0:
+                    ps[k] = NULL
+            for k in range(5):
+                if ps[k] != NULL:
+                    pgo_backend_give(&be, ps[k])
+            pairs += 5
+    return pairs
 
 
 def numa_alloc_c(NUMAAllocator na not None, size_t n, size_t align=64):

@@ -138,6 +138,46 @@ def test_an_allocator_dropped_while_a_thread_holds_its_cache():
     assert st["allocations"] == st["frees"] == 100
 
 
+def test_a_forked_child_drops_the_other_threads_caches():
+    h = H()
+    ready, finish = threading.Event(), threading.Event()
+
+    def worker():
+        kept = [h.alloc(300) for _ in range(20)]
+        del kept                                  # now in this thread's cache
+        ready.set()
+        finish.wait()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    ready.wait()
+    before = h.stats()
+    assert before["thread_caches"] == 1           # the worker's; this thread has none
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        st = h.stats()
+        b = h.alloc(300)
+        ok = (st["thread_caches"] == 0 and st["allocations"] == st["frees"] == 20
+              and st["thread_cached_bytes"] == 0 and b.nbytes == 300)
+        os.write(w, b"ok" if ok else repr(st).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    finish.set()
+    t.join()
+    assert got == b"ok"
+    assert h.stats()["allocations"] == 20          # the parent kept its caches
+
+
+def test_class_size_refuses_what_no_class_holds():
+    for n, align in ((262145, 16), (2**63 + 1, 32), (2**64 - 1, 4096), (1, 1 << 19)):
+        with pytest.raises((ValueError, OverflowError)):
+            H.class_size(n, align)
+
+
 def test_max_bytes_is_whole_spans_and_a_clear_error():
     h = H(1 << 20)                                 # one span
     a = h.alloc(16)

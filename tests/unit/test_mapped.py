@@ -111,7 +111,7 @@ def test_bad_arguments_are_refused_with_the_reason(tmp_path):
     assert existing.read_bytes() == b"data"          # nothing lost
     with pytest.raises(FileNotFoundError, match="no pool at"):
         pgo.MappedPool.attach(tmp_path / "missing")
-    with pytest.raises(ValueError, match="not whole pages: it is not a MappedPool"):
+    with pytest.raises(ValueError, match="not whole pages up to .*: it is not a MappedPool"):
         pgo.MappedPool.attach(existing)
     with pytest.raises(FileNotFoundError, match="cannot create .*No such file or directory"):
         pgo.MappedPool(4096, path=tmp_path / "no-such-dir" / "pool")
@@ -284,6 +284,44 @@ def test_a_forked_child_may_read_a_shared_pool_but_not_allocate_from_it():
     assert got == "36.0|refused|private ok"
     b = p.alloc(64)                                     # the parent still allocates
     assert p.offset(b) != p.offset(a)
+
+
+def test_a_forked_child_cannot_trim_or_fill_the_parents_shared_pool():
+    # The child's free lists are a stale copy: a trim there would punch
+    # holes in memory the parent has since handed out.
+    p = pgo.MappedPool(4 * MiB, shared=True)
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.read(go_r, 1)                                # the parent allocated and filled
+        os.write(w, str(p.trim()).encode())
+        os._exit(0)
+    os.close(w)
+    a = p.zeros(100_000)
+    a[:] = 7.0
+    os.write(go_w, b"x")
+    with os.fdopen(r) as f:
+        trimmed = f.read()
+    os.waitpid(pid, 0)
+    assert trimmed == "0"
+    assert a.sum() == 700_000.0
+
+
+def test_an_attached_pool_refuses_frees():
+    p = pgo.MappedPool(64 * KiB, shared=True)
+    a = p.zeros(8)
+    q = pgo.MappedPool.attach(p.name)
+    with pytest.raises(pgo.AllocatorError, match="not allocated here"):
+        q._free_address(a.ctypes.data)
+    assert a.sum() == 0.0
+
+
+def test_the_capacity_bound_is_whole_pages_of_32_bit_unit_counts():
+    assert MAX_CAPACITY % 4096 == 0 and MAX_CAPACITY // 64 < 0xffffffff
+    with pytest.raises(ValueError, match="at most"):
+        pgo.MappedPool(MAX_CAPACITY + 1, shared=True)
 
 
 # -- memory -------------------------------------------------------------------------------

@@ -334,3 +334,37 @@ def test_fork_while_another_thread_is_inside_the_allocator(cext):
         print("done")
     """)
     run_with_cext(cext, code, timeout=60)
+
+
+def test_fork_while_a_nogil_thread_takes_hierarchical_blocks_for_numpy(cext):
+    # numpy's handler path holds the allocator's Python-path mutex and then
+    # the central lists' (a nogil realloc does this without the GIL); fork()
+    # takes the allocator mutexes first and the hierarchical family's own
+    # after them, so neither waits for the other in a circle.  (The family's
+    # handlers once ran first: this deadlocked on the first fork.)
+    code = textwrap.dedent("""
+        import os, threading, pgo, _pgo_test_stress as cext
+        h = pgo.HierarchicalAllocator()
+        stop = threading.Event()
+        def churn():
+            while not stop.is_set():
+                cext.backend_churn_nogil(h, 0.05)
+        t = threading.Thread(target=churn, daemon=True)
+        t.start()
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:
+                # The churning thread's blocks at the fork stay counted here.
+                live = h.live_blocks
+                blocks = [h.alloc(200_000) for _ in range(5)] + [h.alloc(64) for _ in range(50)]
+                del blocks
+                os._exit(0 if h.live_blocks == live else 3)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+        stop.set()
+        t.join()
+        st = h.stats()
+        assert st["allocations"] == st["frees"], st
+        print("done")
+    """)
+    run_with_cext(cext, code, timeout=60)

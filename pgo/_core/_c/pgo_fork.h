@@ -12,6 +12,13 @@
 
 /* Installs the pthread_atfork handlers: 0, or pthread_atfork's error. */
 PGO_INTERNAL int pgo_fork_hooks(void);
+typedef void (*pgo_fork_fn)(void);
+/* An allocator family's own fork handlers, run inside the registry's:
+   prepare after every registered mutex is taken (in the order added),
+   parent / child before they are let go (in reverse).  0, or -1 when the
+   table (8) is full. */
+PGO_INTERNAL int pgo_fork_add_inner(pgo_fork_fn prepare, pgo_fork_fn parent,
+                                    pgo_fork_fn child);
 /* 0, or -1 when out of memory. */
 PGO_INTERNAL int pgo_fork_register(pthread_mutex_t *m);
 PGO_INTERNAL void pgo_fork_unregister(pthread_mutex_t *m);
