@@ -68,7 +68,7 @@ ctypedef struct pgo_hier_t:
     uint64_t** span_py            # per span: bit set = a Python Block or array owns the block
     pthread_mutex_t span_mutex
     pgo_hier_central_t central[HIER_NCLASSES]
-    pgo_hier_cache_t* caches      # every thread's cache of this allocator (under the registry mutex)
+    pgo_hier_cache_t* caches      # every thread's cache of it (under the registry mutex)
     # What exited threads' caches counted (under the registry mutex):
     uint64_t gone_allocs, gone_frees, gone_requested
     int64_t gone_bytes

@@ -50,7 +50,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_fork_inner, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_fail_at, pgo_fail_null, pgo_fork_inner, pgo_raise_at,
 )
 from pgo._core._c.pgo_defs cimport pgo_vg_defined
 from pgo._core._c.pgo_memory cimport PGO_PAGE_BYTES
@@ -60,11 +60,11 @@ from pgo._core._memory cimport (
 from pgo._core._typedefs cimport (
     PGO_CANARY, PGO_DEBUG_FILL, PGO_ERR_ALIGN, PGO_ERR_DOUBLE_FREE, PGO_ERR_FOREIGN,
     PGO_ERR_INTERIOR, PGO_ERR_NOMEM, PGO_ERR_PY_OWNED, PGO_ERR_TOO_BIG, PGO_FILL_ALLOC,
-    PGO_FILL_FREE, PGO_OK, pgo_atomic_inc, pgo_atomic_load, pgo_atomic_store, pgo_backend_init, pgo_bad_align,
-    pgo_destroy_fn, pgo_lock_destroy, pgo_lock_gil_held, pgo_lock_init, pgo_unlock,
-    pgo_vg_alloc, pgo_vg_create, pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_within,
-    pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t,
-    pthread_mutex_trylock, pthread_mutex_unlock,
+    PGO_FILL_FREE, PGO_OK, pgo_atomic_inc, pgo_atomic_load, pgo_atomic_store, pgo_backend_init,
+    pgo_bad_align, pgo_destroy_fn, pgo_lock_destroy, pgo_lock_init, pgo_vg_alloc, pgo_vg_create,
+    pgo_vg_destroy, pgo_vg_free, pgo_vg_noaccess, pgo_within, pthread_mutex_destroy,
+    pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_trylock,
+    pthread_mutex_unlock,
 )
 
 from pgo._errors import AllocatorError
@@ -400,7 +400,8 @@ cdef int _refill(pgo_hier_t* h, pgo_hier_cache_t* tc, size_t c) noexcept nogil:
 
 # -- allocation and free ------------------------------------------------------------------------
 
-cdef inline int _take(pgo_hier_t* h, size_t n, size_t align, void** out, size_t* cls) noexcept nogil:
+cdef inline int _take(pgo_hier_t* h, size_t n, size_t align, void** out,
+                      size_t* cls) noexcept nogil:
     # n bytes aligned to `align` from the calling thread's cache.
     cdef size_t c, need
     cdef pgo_hier_cache_t* tc
@@ -770,9 +771,9 @@ cdef class HierarchicalAllocator(Allocator):
     Memory is never given back to the system: freed blocks stay in the
     caches and central lists for reuse.  ``reset()`` only starts the
     statistics over; ``stats()["peak"]`` is the largest ``in_use`` seen
-    when statistics were read (threads count without a shared counter).  ``flush_thread()`` gives the calling thread's cached
-    blocks back to the central lists (a thread's caches go back by
-    themselves when it exits).
+    when statistics were read (threads count without a shared counter).
+    ``flush_thread()`` gives the calling thread's cached blocks back to the
+    central lists (a thread's caches go back by themselves when it exits).
     """
 
     def __cinit__(self, size_t max_bytes=0, *, bint threadsafe=True):

@@ -208,7 +208,9 @@ cdef size_t _find(pgo_mapped_t* s, size_t need, size_t align_units) noexcept nog
 cdef int mapped_take_unlocked(pgo_mapped_t* s, size_t n, size_t align, bint py,
                               void** out) noexcept nogil:
     cdef size_t need, align_units, u, a, total, end
-    if s.view:
+    if s.view or _inherited(s):
+        # A view, or a forked child's stale copy of a shared pool's free
+        # lists: handing out memory here would hand out someone's data.
         s.stats.failed += 1
         return PGO_ERR_NOMEM
     if pgo_bad_align(align):
@@ -401,11 +403,7 @@ cdef void mapped_destroy(pgo_mapped_t* s) noexcept nogil:
 
 
 cdef int _alloc_c(void* state, size_t n, size_t align, void** out) noexcept nogil:
-    cdef pgo_mapped_t* s = <pgo_mapped_t*>state
-    if _inherited(s):
-        s.stats.failed += 1
-        return PGO_ERR_NOMEM
-    return mapped_take_unlocked(s, n, align, False, out)
+    return mapped_take_unlocked(<pgo_mapped_t*>state, n, align, False, out)
 
 
 cdef void* mapped_alloc(pgo_mapped_t* s, size_t n, size_t align) except NULL nogil:
@@ -455,11 +453,7 @@ cdef size_t mapped_trim(pgo_mapped_t* s) noexcept nogil:
 # free them and reset() refuses while they are alive.
 
 cdef int _take_unlocked(void* state, size_t n, size_t align, void** out) noexcept nogil:
-    cdef pgo_mapped_t* s = <pgo_mapped_t*>state
-    if _inherited(s):
-        s.stats.failed += 1
-        return PGO_ERR_NOMEM
-    return mapped_take_unlocked(s, n, align, True, out)
+    return mapped_take_unlocked(<pgo_mapped_t*>state, n, align, True, out)
 
 
 cdef bint _holds(void* state, void* p) noexcept nogil:

@@ -39,7 +39,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport strerror
 
 from pgo._core._base cimport (
-    Allocator, Block, pgo_locked_alloc, pgo_locked_free, pgo_raise, pgo_raise_at,
+    Allocator, Block, pgo_locked_alloc, pgo_locked_free, pgo_raise_at,
 )
 from pgo._core._c.pgo_memory cimport PGO_PAGE_BYTES
 from pgo._core._memory cimport pgo_sys_calloc, pgo_sys_free

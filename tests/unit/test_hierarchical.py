@@ -79,19 +79,26 @@ def test_frees_from_another_thread_are_bounded_and_reused():
     assert st["in_use"] == 0 and st["allocations"] == st["frees"] == 10000
 
 
-def test_a_threads_caches_go_back_when_it_exits():
-    h = H()
+def thread_with_cached_blocks(h, count, size):
+    """A started thread that allocated and freed `count` blocks of `size`
+    (so they sit in its cache) and waits; set the event to let it end."""
     ready, finish = threading.Event(), threading.Event()
 
     def worker():
-        kept = [h.alloc(100) for _ in range(10)]
-        del kept                                 # freed into this thread's cache
+        kept = [h.alloc(size) for _ in range(count)]
+        del kept
         ready.set()
         finish.wait()
 
     t = threading.Thread(target=worker)
     t.start()
     ready.wait()
+    return t, finish
+
+
+def test_a_threads_caches_go_back_when_it_exits():
+    h = H()
+    t, finish = thread_with_cached_blocks(h, 10, 100)
     during = h.stats()
     assert during["thread_caches"] >= 1 and during["thread_cached_bytes"] > 0
     finish.set()
@@ -109,13 +116,13 @@ def test_a_threads_caches_go_back_when_it_exits():
 def test_an_allocator_dropped_while_a_thread_holds_its_cache():
     # The thread's cache is detached when the allocator goes; the thread
     # frees it the next time it makes a cache, and exits cleanly.
-    first = H()
     go, next_round, done = threading.Event(), threading.Event(), threading.Event()
-    box = {}
+    box = {"first": H()}
 
     def worker():
-        b = first.alloc(48)
-        first.free(b)
+        b = box["first"].alloc(48)
+        box["first"].free(b)
+        del b
         go.set()
         next_round.wait()
         second = box["second"]
@@ -127,7 +134,7 @@ def test_an_allocator_dropped_while_a_thread_holds_its_cache():
     t = threading.Thread(target=worker)
     t.start()
     go.wait()
-    del first
+    del box["first"]
     gc.collect()
     box["second"] = H()
     next_round.set()
@@ -140,17 +147,7 @@ def test_an_allocator_dropped_while_a_thread_holds_its_cache():
 
 def test_a_forked_child_drops_the_other_threads_caches():
     h = H()
-    ready, finish = threading.Event(), threading.Event()
-
-    def worker():
-        kept = [h.alloc(300) for _ in range(20)]
-        del kept                                  # now in this thread's cache
-        ready.set()
-        finish.wait()
-
-    t = threading.Thread(target=worker)
-    t.start()
-    ready.wait()
+    t, finish = thread_with_cached_blocks(h, 20, 300)
     before = h.stats()
     assert before["thread_caches"] == 1           # the worker's; this thread has none
     r, w = os.pipe()
