@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -21,10 +22,16 @@ from pgo._core.mapped import MAX_CAPACITY
 KiB, MiB = 1 << 10, 1 << 20
 
 
-def run_python(code, *args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+def child_options():
+    """The environment and working directory of a child that imports the pgo
+    under test (not a source tree in the current directory)."""
+    return {"env": dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+            "cwd": tempfile.gettempdir()}
+
+
+def run_python(code, *args):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=60, **kwargs)
+                          capture_output=True, text=True, timeout=60, **child_options())
 
 
 def memfd_holders(name):
@@ -218,8 +225,7 @@ def test_sigkill_of_either_side_leaves_nothing_behind(killed):
         sys.stdin.readline()
         print(a.sum(), flush=True)
         sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **child_options())
     name, offset = owner.stdout.readline().split()
     _, _, pid, _fd, token = name.split("-")
     memfd = f"pgo-mapped-{pid}-{token}"
@@ -233,7 +239,7 @@ def test_sigkill_of_either_side_leaves_nothing_behind(killed):
         print(v.sum(), flush=True)
         sys.stdin.readline()
     """), name, offset], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+        **child_options())
     try:
         assert float(attacher.stdout.readline()) == 2.0 * (1 << 20) + 1.0
         assert sorted(memfd_holders(memfd)) == sorted([owner.pid, attacher.pid])
