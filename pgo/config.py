@@ -431,7 +431,7 @@ class _Reader:
             if block is not None and hi is not None and block < hi:
                 raise self.fail(table, i, "block_size",
                                 f"block_size {block} is smaller than max_bytes {hi}")
-        self._check_mapped(table, i, a, settings)
+        self._check_capacity(table, i, a, settings)
         if a == "hierarchical" and (hi is None or hi > HIERARCHICAL_MAX_BYTES):
             raise self.fail(table, i, "max_bytes",
                             f"a hierarchical allocator serves blocks of at most "
@@ -439,8 +439,8 @@ class _Reader:
         return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a, settings=settings,
                              **self._notes(table, i, d))
 
-    def _check_mapped(self, table: str, i: int, a: str, settings: tuple[Any, ...]) -> None:
-        # Mapped pools never grow: their size is the config's to say.
+    def _check_capacity(self, table: str, i: int, a: str, settings: tuple[Any, ...]) -> None:
+        # Mapped pools (and a numa allocator's) never grow: their size is the config's to say.
         if a == "mapped" and "capacity" not in dict(settings):
             raise self.fail(table, i, None, "a mapped pool needs capacity (bytes; it never grows)")
         if a == "numa" and "capacity" not in dict(settings):
@@ -461,7 +461,7 @@ class _Reader:
         settings = self._settings(table, i, d, a)
         if a == "slab" and "block_size" not in dict(settings):
             raise self.fail(table, i, None, "a slab [[site]] needs block_size")
-        self._check_mapped(table, i, a, settings)
+        self._check_capacity(table, i, a, settings)
         return SiteRule(function=fn, allocator=a, settings=settings, **self._notes(table, i, d))
 
 
