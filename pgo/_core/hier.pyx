@@ -440,7 +440,7 @@ cdef inline int _take(pgo_hier_t* h, size_t n, size_t align, void** out,
 
 
 cdef inline int _locate(pgo_hier_t* h, void* p, size_t* cls, size_t* span_out,
-                 size_t* slot_out) noexcept nogil:
+                        size_t* slot_out) noexcept nogil:
     # The block that starts at p: its class, span and slot, or why not.
     cdef size_t off, span, within, slot, c
     cdef uint16_t tag
