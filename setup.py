@@ -12,6 +12,7 @@ import os
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "mapped", "numa",
            "hier", "_handler_hook", "numpy_bridge", "containers", "recorder"]
@@ -60,12 +61,27 @@ extensions = [
     for name in MODULES
 ]
 
+
+
+class ParallelBuildExt(build_ext):
+    """build_ext compiling the modules on every core unless -j says
+    otherwise: pip's build runs it without -j, and the modules are
+    independent C files (a serial build is minutes of CI time)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
 setup(
+    cmdclass={"build_ext": ParallelBuildExt},
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
         # Each flavour keeps its generated C apart, so switching between them
         # can never reuse C (or objects) generated with the other's settings.
         build_dir="build/cython-test" if TEST_BUILD else "build/cython",
+        nthreads=os.cpu_count() or 1,
     ),
 )

@@ -91,7 +91,7 @@ def test_nogil_stress_hierarchical(cext):
     # Per-thread caches, frees from other threads through the ring, threads
     # that exit every round (their caches go back to the central lists).
     h = pgo.HierarchicalAllocator()
-    total = run_rounds(cext, h, seconds=2.5, rounds=5)
+    total = run_rounds(cext, h, seconds=1.25, rounds=5)
     assert_clean(h, total, allocations_before=0)
     # Every worker's cache went back when its thread ended (the OS thread
     # may still be finishing after join(): wait a little); what is left is
