@@ -89,6 +89,10 @@ cdef void mapped_release(pgo_mapped_t* s, size_t unit) noexcept nogil
 cdef int mapped_reset_unlocked(void* state) noexcept nogil
 
 
+# (address, nbytes) of a Block, or of the memory of anything numpy can view.
+cdef tuple memory_of(object obj)
+
+
 cdef class MappedPool(Allocator):
     cdef pgo_mapped_t* s
     cdef str _name

@@ -530,6 +530,13 @@ cdef void _prefault(char* base, size_t size) noexcept nogil:
             off += PGO_PAGE_BYTES
 
 
+cdef tuple memory_of(object obj):
+    if isinstance(obj, Block):
+        return obj.address, obj.nbytes
+    arr = np.asarray(obj)
+    return arr.__array_interface__["data"][0], arr.nbytes
+
+
 cdef class MappedPool(Allocator):
     """Blocks of any size from one memory mapping, which other processes
     can map too: the arrays a process makes here, another sees.
@@ -716,11 +723,7 @@ cdef class MappedPool(Allocator):
         """Where a Block or array of this pool starts, in bytes from the
         pool's start: the same in every process that maps the pool."""
         cdef size_t address, nbytes
-        if isinstance(obj, Block):
-            address, nbytes = obj.address, obj.nbytes
-        else:
-            arr = np.asarray(obj)
-            address, nbytes = arr.__array_interface__["data"][0], arr.nbytes
+        address, nbytes = memory_of(obj)
         if not (self.s.lo <= address and address + nbytes <= self.s.hi):
             raise ValueError(f"{self!r}: the {type(obj).__name__} at {address:#x} "
                              f"({nbytes:,} bytes) is not inside this pool")

@@ -50,7 +50,7 @@ from pgo._core._typedefs cimport (
 )
 from pgo._core.mapped cimport (
     MAPPED_UNIT_SHIFT, mapped_create, mapped_destroy, mapped_locate, mapped_release,
-    mapped_reset_unlocked, mapped_take_unlocked,
+    mapped_reset_unlocked, mapped_take_unlocked, memory_of,
 )
 
 from pgo._errors import AllocatorError
@@ -460,11 +460,7 @@ cdef class NUMAAllocator(Allocator):
         under None."""
         import numpy as np
         cdef uintptr_t pp, sp
-        if isinstance(obj, Block):
-            address, nbytes = obj.address, obj.nbytes
-        else:
-            arr = np.asarray(obj)
-            address, nbytes = arr.__array_interface__["data"][0], arr.nbytes
+        address, nbytes = memory_of(obj)
         first = address & ~(PGO_PAGE_BYTES - 1)
         count = max(1, (address + nbytes - first + PGO_PAGE_BYTES - 1) // PGO_PAGE_BYTES)
         pages = np.array([first + i * PGO_PAGE_BYTES for i in range(count)], dtype=np.uintp)
