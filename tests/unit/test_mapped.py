@@ -4,6 +4,7 @@ The generic allocator tests (test_allocators, test_misuse, test_numpy_bridge,
 test_threads) run on MappedPool too; these are the parts only it has.
 """
 
+import ctypes
 import os
 import resource
 import signal
@@ -332,18 +333,20 @@ def test_the_capacity_bound_is_whole_pages_of_32_bit_unit_counts():
 
 # -- memory -------------------------------------------------------------------------------
 
-def _rss_of_mapping(address):
-    """Resident bytes of the mapping that holds `address` (/proc/self/smaps)."""
-    lines = Path("/proc/self/smaps").read_text().splitlines()
-    for i, line in enumerate(lines):
-        head = line.split()[0]
-        if "-" in head and all(c in "0123456789abcdef-" for c in head):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            if lo <= address < hi:
-                for follow in lines[i + 1:]:
-                    if follow.startswith("Rss:"):
-                        return int(follow.split()[1]) * 1024
-    raise AssertionError(f"no mapping holds {address:#x}")
+def _resident_bytes(lo, size):
+    """Resident bytes of [lo, lo+size), page by page (mincore).
+
+    Not /proc/self/smaps: the kernel merges a private pool's mapping with a
+    neighbouring anonymous one, whose pages would then count as the pool's.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = lo - lo % page
+    n = (lo + size - start + page - 1) // page
+    vec = (ctypes.c_ubyte * n)()
+    if libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(n * page), vec) != 0:
+        raise OSError(ctypes.get_errno(), "mincore")
+    return sum(b & 1 for b in vec) * page
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -353,12 +356,13 @@ def test_trim_gives_the_pages_of_free_extents_back_and_keeps_live_blocks(shared)
     keep[:] = 7
     big = p.zeros(24 * MiB, dtype=np.uint8)
     big[:] = 1                                          # resident
-    assert _rss_of_mapping(p.offset(big) + big.ctypes.data - p.offset(big)) >= 24 * MiB
+    base = keep.ctypes.data - p.offset(keep)
+    assert _resident_bytes(base, 32 * MiB) >= 24 * MiB
     del big
     got = p.trim()
     assert got >= 24 * MiB - 8 * KiB
     assert p.stats()["trimmed_bytes"] == got
-    assert _rss_of_mapping(keep.ctypes.data) < 2 * MiB
+    assert _resident_bytes(base, 32 * MiB) < 2 * MiB
     assert (keep == 7).all()
     again = p.zeros(24 * MiB, dtype=np.uint8)           # the pages come back, zeroed
     assert not again.any()
