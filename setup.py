@@ -4,6 +4,9 @@ Set ``PGO_TEST_BUILD=1`` to build the test flavour: Cython bounds, wraparound
 and overflow checks on, ``NDEBUG`` undefined (C asserts live) and every block
 filled with 0xA5 when handed out and 0x5A when freed, so that a read of freed
 memory shows up as a pattern rather than as plausible data.
+
+Set ``PGO_ONLY_MODULES=compact,adaptive`` (names from ``MODULES``) to build
+just those while working on them: the others keep the .so files they have.
 """
 
 import glob
@@ -15,7 +18,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ["_memory", "_base", "stack", "linear", "arena", "slab", "cache", "mapped", "numa",
-           "hier", "_handler_hook", "numpy_bridge", "containers", "recorder"]
+           "hier", "compact", "adaptive", "_handler_hook", "numpy_bridge", "containers", "recorder"]
 
 # pgo's hand-written C: the headers (each declared for Cython by the .pxd of
 # the same name) and the .c sources linked into the modules that need them.
@@ -59,6 +62,8 @@ extensions = [
         extra_compile_args=EXTRA_COMPILE_ARGS,
     )
     for name in MODULES
+    if not os.environ.get("PGO_ONLY_MODULES")
+    or name in os.environ["PGO_ONLY_MODULES"].split(",")
 ]
 
 

@@ -1,7 +1,7 @@
 """pgo: profile-guided memory and GC optimization for Python.
 
 The allocators (stack, linear, arena, slab, cache, mapped, numa,
-hierarchical) are Cython over memory from the system; they hand out Blocks
+hierarchical, compacting) are Cython over memory from the system; they hand out Blocks
 (buffer objects) and numpy arrays, and serve numpy's own allocations as its
 data-memory handler (use, install, Router).
 
@@ -16,7 +16,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pgo._errors import (
-    AllocatorError, ConfigError, PgoError, PoolError, ProfileFormatError, ProfilerError,
+    AllocatorError,
+    ConfigError,
+    PgoError,
+    PoolError,
+    ProfileFormatError,
+    ProfilerError,
 )
 from pgo._version import __version__
 
@@ -24,14 +29,22 @@ if TYPE_CHECKING:
     from pgo._core._base import DEBUG_BUILD, Allocator, Block
     from pgo._core.arena import ArenaAllocator
     from pgo._core.cache import CacheAllocator
+    from pgo._core.compact import CompactingAllocator
     from pgo._core.containers import IntMap, StringBuilder, Vector
     from pgo._core.hier import HierarchicalAllocator
     from pgo._core.linear import LinearAllocator
     from pgo._core.mapped import MappedPool
     from pgo._core.numa import NUMAAllocator
     from pgo._core.numpy_bridge import (
-        Router, SizeClass, current_handler, handler_name, install, installed, owner,
-        uninstall, use,
+        Router,
+        SizeClass,
+        current_handler,
+        handler_name,
+        install,
+        installed,
+        owner,
+        uninstall,
+        use,
     )
     from pgo._core.slab import SlabAllocator
     from pgo._core.stack import StackAllocator, StackFrame
@@ -42,6 +55,7 @@ _LAZY = {
     "pgo._core._base": ("DEBUG_BUILD", "Allocator", "Block"),
     "pgo._core.arena": ("ArenaAllocator",),
     "pgo._core.cache": ("CacheAllocator",),
+    "pgo._core.compact": ("CompactingAllocator",),
     "pgo._core.containers": ("IntMap", "StringBuilder", "Vector"),
     "pgo._core.hier": ("HierarchicalAllocator",),
     "pgo._core.linear": ("LinearAllocator",),
@@ -62,11 +76,11 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 # A literal list: type checkers read it to know what pgo exports.
 __all__ = [
     "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool", "CacheAllocator",
-    "ConfigError", "DEBUG_BUILD", "HierarchicalAllocator", "IntMap", "LinearAllocator",
-    "MappedPool", "NUMAAllocator", "ObjectPool", "PgoError", "PoolError", "ProfileFormatError",
-    "ProfileGuidedOptimizer", "ProfilerError", "Router", "SizeClass", "SlabAllocator",
-    "StackAllocator", "StackFrame", "StringBuilder", "Vector", "__version__", "current_handler",
-    "handler_name", "install", "installed", "owner", "uninstall", "use",
+    "CompactingAllocator", "ConfigError", "DEBUG_BUILD", "HierarchicalAllocator", "IntMap",
+    "LinearAllocator", "MappedPool", "NUMAAllocator", "ObjectPool", "PgoError", "PoolError",
+    "ProfileFormatError", "ProfileGuidedOptimizer", "ProfilerError", "Router", "SizeClass",
+    "SlabAllocator", "StackAllocator", "StackFrame", "StringBuilder", "Vector", "__version__",
+    "current_handler", "handler_name", "install", "installed", "owner", "uninstall", "use",
 ]
 
 

@@ -72,6 +72,8 @@ SETTINGS: dict[str, dict[str, tuple[type, int]]] = {
     "mapped": {"capacity": (int, 1), "populate": (bool, 0), "huge_pages": (bool, 0)},
     "numa": {"capacity": (int, 1), "node": (int, 0), "huge_pages": (bool, 0)},
     "hierarchical": {"limit_bytes": (int, 0)},
+    "compacting": {"limit_bytes": (int, 0), "fragmentation_percent": (int, 101)},
+    "adaptive": {"window": (int, 64), "limit_bytes": (int, 0)},
     "stack": {"capacity": (int, 1)},
 }
 ALLOCATORS = tuple(sorted(SETTINGS))
@@ -79,6 +81,9 @@ SITE_ALLOCATORS = ("arena", "linear", "stack", "slab", "cache", "mapped", "numa"
 # The largest block HierarchicalAllocator serves (pinned to the extension's
 # HIER_MAX_SMALL by a test); size classes only, as its blocks are small.
 HIERARCHICAL_MAX_BYTES = 262144
+# The largest block CompactingAllocator serves (pinned to the extension's
+# COMPACT_MAX_SMALL by a test): meshing needs many blocks to a span.
+COMPACTING_MAX_BYTES = 16384
 SIZE_KEYS = ("min_bytes", "max_bytes", "allocator")
 FULL_COLLECTION = ("default", "growth")
 # The most a "growth" plan waits for (the runtime's backoff stops there too).
@@ -101,10 +106,17 @@ class Pattern:
     LARGE_REPEATED = "large-repeated"
     LONG_LIVED = "long-lived"
     IRREGULAR = "irregular"
+    # Blocks freed by another thread than the one that made them.
+    CROSS_THREAD = "cross-thread-frees"
+    # A site whose sizes or lifetimes change from one part of the run to another.
+    PHASED = "phase-changing"
+    # Small blocks, most freed in no order while a share lives on: holes in every page.
+    FRAGMENTING = "fragmenting-survivors"
 
 
 PATTERNS = (Pattern.LIFO_SCRATCH, Pattern.SCOPED_TEMPORARIES, Pattern.FIXED_SIZE_CHURN,
-            Pattern.LARGE_REPEATED, Pattern.LONG_LIVED, Pattern.IRREGULAR)
+            Pattern.LARGE_REPEATED, Pattern.LONG_LIVED, Pattern.IRREGULAR, Pattern.CROSS_THREAD,
+            Pattern.PHASED, Pattern.FRAGMENTING)
 
 
 @dataclass(frozen=True)
@@ -432,10 +444,12 @@ class _Reader:
                 raise self.fail(table, i, "block_size",
                                 f"block_size {block} is smaller than max_bytes {hi}")
         self._check_capacity(table, i, a, settings)
-        if a == "hierarchical" and (hi is None or hi > HIERARCHICAL_MAX_BYTES):
-            raise self.fail(table, i, "max_bytes",
-                            f"a hierarchical allocator serves blocks of at most "
-                            f"{HIERARCHICAL_MAX_BYTES} bytes; give max_bytes <= that")
+        for kind, most in (("hierarchical", HIERARCHICAL_MAX_BYTES),
+                           ("compacting", COMPACTING_MAX_BYTES)):
+            if a == kind and (hi is None or hi > most):
+                raise self.fail(table, i, "max_bytes",
+                                f"a {kind} allocator serves blocks of at most "
+                                f"{most} bytes; give max_bytes <= that")
         return SizeClassRule(min_bytes=lo, max_bytes=hi, allocator=a, settings=settings,
                              **self._notes(table, i, d))
 

@@ -22,7 +22,7 @@ import pytest
 import pgo
 from pgo._core import _memory
 
-KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa", "hierarchical")
+KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa", "hierarchical", "compacting")
 
 # Large enough for every generic test; the slab serves blocks of up to
 # SLAB_BLOCK bytes.
@@ -45,6 +45,8 @@ def new_allocator(kind, *, threadsafe=False):
         return pgo.NUMAAllocator(CAPACITY, threadsafe=threadsafe)
     if kind == "hierarchical":
         return pgo.HierarchicalAllocator(threadsafe=threadsafe)
+    if kind == "compacting":
+        return pgo.CompactingAllocator(threadsafe=threadsafe)
     raise AssertionError(kind)
 
 

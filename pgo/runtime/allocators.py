@@ -49,6 +49,12 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
         if kind == "hierarchical":
             from pgo._core.hier import HierarchicalAllocator
             return HierarchicalAllocator(**kwargs)
+        if kind == "compacting":
+            from pgo._core.compact import CompactingAllocator
+            return _compact_when_fragmented(CompactingAllocator(threadsafe=True, **kwargs))
+        if kind == "adaptive":
+            from pgo._core.adaptive import AdaptiveAllocator
+            return AdaptiveAllocator(threadsafe=True, **kwargs)
         if kind == "numa":
             from pgo._core.numa import NUMAAllocator
             return NUMAAllocator(threadsafe=True, **kwargs)
@@ -59,6 +65,40 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
         return StackAllocator(threadsafe=True, **kwargs)
     except (ValueError, MemoryError, OverflowError) as e:
         raise ConfigError(f"{where}: cannot make the {kind} allocator: {e}") from None
+
+
+# The least time between two compactions `pgo run` starts by itself.
+COMPACT_INTERVAL_S = 1.0
+
+
+def _compact_when_fragmented(allocator: Any) -> Any:
+    """``allocator``, compacted after a garbage collection when its resident
+    bytes exceed its ``fragmentation_percent`` of the live ones, at most once
+    a second, and only while the program has one thread: compaction copies
+    live blocks, so no other thread may be writing into them (a collection
+    is where the program is in no allocator call).  The callback holds the
+    allocator weakly."""
+    import gc
+    import threading
+    import time
+    import weakref
+
+    ref = weakref.ref(allocator)
+    last = [time.monotonic()]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        a = ref()
+        if a is None:
+            gc.callbacks.remove(on_gc)
+            return
+        now = time.monotonic()
+        if phase == "stop" and now - last[0] >= COMPACT_INTERVAL_S \
+                and threading.active_count() == 1:
+            last[0] = now
+            a.maybe_compact()
+
+    gc.callbacks.append(on_gc)
+    return allocator
 
 
 def router(rules: tuple[SizeClassRule, ...], *, source: str = "<config>", name: str = "pgo",

@@ -40,6 +40,9 @@ from pgo._core.linear cimport (
 )
 from pgo._core.slab cimport SlabAllocator, pgo_slab_t, slab_alloc, slab_free, slab_reset
 from pgo._core.hier cimport HierarchicalAllocator, hier_alloc, hier_free, pgo_hier_t
+from pgo._core.compact cimport (
+    CompactingAllocator, compact_alloc, compact_compact, compact_free, pgo_compact_result_t,
+)
 from pgo._core.numa cimport NUMAAllocator, numa_alloc, numa_free, numa_home_pool
 from pgo._core.mapped cimport (
     MappedPool, mapped_alloc, mapped_create, mapped_destroy, mapped_free, mapped_trim,
@@ -268,6 +271,25 @@ def hier_alloc_c(HierarchicalAllocator h not None, size_t n):
 def hier_free_c(HierarchicalAllocator h not None, uintptr_t address):
     with nogil:
         hier_free(h.s, <void*>address)
+
+
+def compact_alloc_c(CompactingAllocator a not None, size_t n):
+    cdef void* p
+    with nogil:
+        p = compact_alloc(a.s, n)
+    return <uintptr_t>p
+
+
+def compact_free_c(CompactingAllocator a not None, uintptr_t address):
+    with nogil:
+        compact_free(a.s, <void*>address)
+
+
+def compact_c(CompactingAllocator a not None):
+    cdef pgo_compact_result_t r
+    with nogil:
+        compact_compact(a.s, &r)
+    return {"meshed": r.meshed, "emptied": r.emptied, "released_bytes": r.released_bytes}
 
 
 def backend_churn_nogil(Allocator a not None, double seconds, size_t n=200_000):

@@ -283,6 +283,32 @@ def test_hierarchical_c_api(cext):
     assert st["allocations"] == st["frees"] + 1 and st["live_blocks"] == 1
 
 
+def test_compacting_c_api(cext):
+    a = pgo.CompactingAllocator()
+    ptrs = [cext.compact_alloc_c(a, n) for n in (0, 16, 17, 300, 5000, 16384 - 8)]
+    assert len(set(ptrs)) == 6 and all(p % 16 == 0 for p in ptrs)
+    py = a.alloc(48)
+    before = a.stats()
+    with pytest.raises(pgo.AllocatorError, match="owned by a Python Block"):
+        cext.compact_free_c(a, py.address)
+    with pytest.raises(pgo.AllocatorError, match="inside a block"):
+        cext.compact_free_c(a, ptrs[3] + 16)
+    with pytest.raises(pgo.AllocatorError, match="not allocated here"):
+        cext.compact_free_c(a, ptrs[0] + (256 << 20))
+    with pytest.raises(MemoryError, match="1,048,576 bytes is more than it can ever hold"):
+        cext.compact_alloc_c(a, 1 << 20)
+    assert a.stats()["allocations"] == before["allocations"]
+    for p in ptrs:
+        cext.compact_free_c(a, p)
+    with pytest.raises(pgo.AllocatorError, match="double free"):
+        cext.compact_free_c(a, ptrs[2])
+    cext.compact_free_c(a, 0)                                      # NULL: nothing
+    done = cext.compact_c(a)               # the five emptied spans go back
+    assert done["emptied"] == 5 and done["released_bytes"] > 0
+    st = a.stats()
+    assert st["allocations"] == st["frees"] + 1 and st["live_blocks"] == 1
+
+
 def test_numa_c_api(cext):
     na = pgo.NUMAAllocator(1 << 20)
     (p, pool), (q, _) = cext.numa_alloc_c(na, 1000), cext.numa_alloc_c(na, 1000, 4096)

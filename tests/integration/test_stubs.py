@@ -60,6 +60,11 @@ USE = textwrap.dedent("""
     hier = pgo.HierarchicalAllocator(max_bytes=1 << 26)
     hier.flush_thread()
     block_size: int = pgo.HierarchicalAllocator.class_size(100, align=64)
+    ca = pgo.CompactingAllocator(max_bytes=1 << 26, fragmentation_percent=150)
+    done: dict[str, int] = ca.compact()
+    maybe: dict[str, int] | None = ca.maybe_compact()
+    held: int = ca.resident_bytes + ca.file_bytes + ca.live_bytes
+    slot: int = pgo.CompactingAllocator.class_size(100, align=64)
 """)
 
 MISUSE = textwrap.dedent("""

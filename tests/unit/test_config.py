@@ -61,8 +61,8 @@ BAD = [
     ("[pgo]\nversion = 1\n[gc]\npeak_heap_blocks = 1.5e6\n",
      ":4: gc.peak_heap_blocks: expected int, got float"),
     ("[pgo]\nversion = 1\n\n[[numpy.size_class]]\nmin_bytes = 0\nallocator = \"tcmalloc\"\n",
-     ":6: numpy.size_class[0].allocator: unknown allocator 'tcmalloc'; valid: arena, cache, "
-     "hierarchical, linear, mapped, numa, slab, stack"),
+     ":6: numpy.size_class[0].allocator: unknown allocator 'tcmalloc'; valid: adaptive, arena, "
+     "cache, compacting, hierarchical, linear, mapped, numa, slab, stack"),
     ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = -1\nallocator = \"cache\"\n",
      "bad size range"),
     ("[pgo]\nversion = 1\n[[numpy.size_class]]\nmin_bytes = 10\nmax_bytes = 5\nallocator = \"cache\"\n",

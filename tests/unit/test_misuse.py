@@ -33,8 +33,9 @@ MAKERS = {
     "mapped": lambda: pgo.MappedPool(1 << 16),
     "numa": lambda: pgo.NUMAAllocator(1 << 16),
     "hierarchical": lambda: pgo.HierarchicalAllocator(),
+    "compacting": lambda: pgo.CompactingAllocator(),
 }
-WITH_FREE = ["stack", "slab", "mapped", "numa", "hierarchical"]
+WITH_FREE = ["stack", "slab", "mapped", "numa", "hierarchical", "compacting"]
 
 
 def snapshot(a):
@@ -210,6 +211,8 @@ def test_foreign_pointer(freeing):
         beyond = b.address + a.capacity           # just past the (only) mapping
     elif isinstance(a, pgo.HierarchicalAllocator):
         beyond = b.address + (64 << 20)           # reserved, past the spans handed out
+    elif isinstance(a, pgo.CompactingAllocator):
+        beyond = b.address + (64 << 20)           # mapped, past the spans handed out
     else:
         beyond = b.address + 16 * a.stats()["stride"]   # just past the only slab
     for address in (theirs.address, numpy_owned.ctypes.data, id(object()), beyond, 4096):
@@ -267,6 +270,7 @@ OWNERS = {
     "mapped": lambda: pgo.MappedPool(1 << 15),
     "numa": lambda: pgo.NUMAAllocator(1 << 15),
     "hierarchical": lambda: pgo.HierarchicalAllocator(1 << 30),
+    "compacting": lambda: pgo.CompactingAllocator(1 << 30),
 }
 
 
@@ -651,7 +655,7 @@ def test_oom_when_an_arena_grows():
 def test_no_system_allocation_while_there_is_room(any_alloc):
     a = any_alloc
     warm = [a.alloc(8)]                       # the slab makes its first slab lazily
-    if isinstance(a, pgo.HierarchicalAllocator):
+    if isinstance(a, (pgo.HierarchicalAllocator, pgo.CompactingAllocator)):
         # Each size class carves blocks from a span of its own: room is per class.
         warm += [a.empty(4), a.zeros((2, 2), dtype=np.int8), a.alloc(0), a.alloc(16)]
     _memory._inject_oom(0)
@@ -831,7 +835,8 @@ def test_stats_while_gc_collects_a_threadsafe_allocators_arrays():
              "slab": lambda: pgo.SlabAllocator(64, threadsafe=True),
              "mapped": lambda: pgo.MappedPool(4096, threadsafe=True),
              "numa": lambda: pgo.NUMAAllocator(4096, threadsafe=True),
-             "hierarchical": lambda: pgo.HierarchicalAllocator()}[kind]()
+             "hierarchical": lambda: pgo.HierarchicalAllocator(),
+             "compacting": lambda: pgo.CompactingAllocator(threadsafe=True)}[kind]()
         gc.collect()
         gc.disable()
         for _ in range(5):
