@@ -57,6 +57,7 @@ TOUCH_NS = (1 << 20, 8 << 20)                # 8 MiB and 64 MiB, every page writ
 SMALL_EMPTY_MAX = 4096                    # "small arrays": up to 32 KiB of float64
 BIG_EMPTY_MIN_BYTES = 4 << 20             # "4 MiB and more"
 PY_BATCH = 100                            # statements per inner loop
+COMPACTING_MAX_BYTES = 16384              # the largest block a compacting allocator serves
 MIXED_MAX = 65536                         # mixed churn: sizes 16 B .. this
 
 
@@ -294,8 +295,11 @@ def c_level_rows(c):
                  lambda w, s=size: c.churn("ref", s, w, CHURN_LIVE), pat)
         sts = arm(f"c.churn.slab_ts.{size}", "slab threadsafe",
                   lambda w, s=size: c.churn("slab", s, w, CHURN_LIVE, True), pat)
+        cp = (arm(f"c.churn.compact.{size}", "compacting",
+                  lambda w, s=size: c.churn("compact", s, w, CHURN_LIVE), pat)
+              if size <= COMPACTING_MAX_BYTES else None)
         pa = twins(ml, "churn", size=size, live=CHURN_LIVE)
-        groups.append([sl, hi, ml, rf, sts, *pa])
+        groups.append([sl, hi, ml, rf, sts, *([cp] if cp else []), *pa])
         rows.append(Row("c", "churn", "slab", sl, ml, size=size, pattern=pat, reference=rf,
                         target=_speedup_target(6.0, "slab >= 6x malloc/free on fixed-size churn"),
                         peers=pa))
@@ -304,6 +308,10 @@ def c_level_rows(c):
                         peers=pa))
         rows.append(Row("c", "churn", "slab (threadsafe)", sts, ml, size=size, pattern=pat,
                         note="mutex on every call; no target", peers=pa))
+        if cp:
+            rows.append(Row("c", "churn", "compacting", cp, ml, size=size, pattern=pat,
+                            note="no target: chosen for memory (bench_compacting.py)",
+                            peers=pa))
     # Mixed sizes: the allocators that serve any size.
     pat = f"mixed churn: {CHURN_LIVE} live, sizes 16 B-{size_label(MIXED_MAX)} log-uniform"
     mp = arm("c.mixed.mapped", "mapped",
