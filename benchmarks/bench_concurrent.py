@@ -17,9 +17,9 @@ Arms: glibc ``malloc``/``free`` in this process; jemalloc, mimalloc and
 tcmalloc (the same loop in a child process with the library preloaded);
 pgo's thread-safe allocators that serve a block of ``--size`` bytes: the
 hierarchical allocator (per-thread caches; its lock waits are the central
-lists'), and the slab, the mapped pool, the NUMA and the compacting
-allocator (each one mutex over the allocator; ``contention`` counts the
-lock waits of a run).
+lists'), and the slab, the mapped pool, the NUMA, the compacting and the
+adaptive allocator (each one mutex over the allocator; ``contention``
+counts the lock waits of a run).
 
 The thread list comes from ``os.cpu_count()`` (powers of two up to it, and
 it), so on a bigger machine the same command measures more threads;
@@ -45,7 +45,7 @@ import build as _build  # benchmarks/build.py
 from _common import median, spread_iqr
 
 PATTERNS = ("pairs", "cross")
-PGO_ARMS = ("hierarchical", "slab", "mapped", "numa", "compacting")
+PGO_ARMS = ("hierarchical", "slab", "mapped", "numa", "compacting", "adaptive")
 LIVE = 64
 
 
@@ -73,6 +73,8 @@ def make_allocator(arm: str, size: int, ops: int, threads: int):
         return pgo.HierarchicalAllocator()
     if arm == "compacting":
         return pgo.CompactingAllocator(threadsafe=True)
+    if arm == "adaptive":
+        return pgo.AdaptiveAllocator(threadsafe=True)
     return pgo.NUMAAllocator(cap)
 
 

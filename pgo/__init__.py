@@ -1,7 +1,7 @@
 """pgo: profile-guided memory and GC optimization for Python.
 
 The allocators (stack, linear, arena, slab, cache, mapped, numa,
-hierarchical, compacting) are Cython over memory from the system; they hand out Blocks
+hierarchical, compacting, adaptive) are Cython over memory from the system; they hand out Blocks
 (buffer objects) and numpy arrays, and serve numpy's own allocations as its
 data-memory handler (use, install, Router).
 
@@ -27,6 +27,7 @@ from pgo._version import __version__
 
 if TYPE_CHECKING:
     from pgo._core._base import DEBUG_BUILD, Allocator, Block
+    from pgo._core.adaptive import AdaptiveAllocator
     from pgo._core.arena import ArenaAllocator
     from pgo._core.cache import CacheAllocator
     from pgo._core.compact import CompactingAllocator
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "pgo._core._base": ("DEBUG_BUILD", "Allocator", "Block"),
+    "pgo._core.adaptive": ("AdaptiveAllocator",),
     "pgo._core.arena": ("ArenaAllocator",),
     "pgo._core.cache": ("CacheAllocator",),
     "pgo._core.compact": ("CompactingAllocator",),
@@ -75,7 +77,7 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 # A literal list: type checkers read it to know what pgo exports.
 __all__ = [
-    "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool", "CacheAllocator",
+    "AdaptiveAllocator", "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool", "CacheAllocator",
     "CompactingAllocator", "ConfigError", "DEBUG_BUILD", "HierarchicalAllocator", "IntMap",
     "LinearAllocator", "MappedPool", "NUMAAllocator", "ObjectPool", "PgoError", "PoolError",
     "ProfileFormatError", "ProfileGuidedOptimizer", "ProfilerError", "Router", "SizeClass",

@@ -22,7 +22,8 @@ import pytest
 import pgo
 from pgo._core import _memory
 
-KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa", "hierarchical", "compacting")
+KINDS = ("stack", "linear", "arena", "slab", "mapped", "numa", "hierarchical", "compacting",
+         "adaptive")
 
 # Large enough for every generic test; the slab serves blocks of up to
 # SLAB_BLOCK bytes.
@@ -47,6 +48,8 @@ def new_allocator(kind, *, threadsafe=False):
         return pgo.HierarchicalAllocator(threadsafe=threadsafe)
     if kind == "compacting":
         return pgo.CompactingAllocator(threadsafe=threadsafe)
+    if kind == "adaptive":
+        return pgo.AdaptiveAllocator(64, threadsafe=threadsafe)
     raise AssertionError(kind)
 
 

@@ -2,7 +2,7 @@
 
 Python code uses the classes re-exported by :mod:`pgo`; Cython code can
 ``cimport pgo._core.stack`` (and ``linear``, ``arena``, ``slab``, ``cache``,
-``containers``) for the ``nogil`` C-level API declared in the ``.pxd`` files
+``mapped``, ``numa``, ``hier``, ``compact``, ``adaptive``, ``containers``) for the ``nogil`` C-level API declared in the ``.pxd`` files
 shipped in the wheel.  Those declarations include pgo's C headers, shipped
 in ``pgo/_core/_c/``: ``cythonize`` finds them by itself (it adds the
 directory of a ``.pxd``'s headers to the include path); a build that calls

@@ -341,7 +341,8 @@ cdef class Allocator:
 
     Subclasses: StackAllocator, LinearAllocator, ArenaAllocator,
     SlabAllocator, CacheAllocator, MappedPool, NUMAAllocator,
-    HierarchicalAllocator.  See each for its allocation pattern.
+    HierarchicalAllocator, CompactingAllocator, AdaptiveAllocator.  See
+    each for its allocation pattern.
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -357,7 +358,8 @@ cdef class Allocator:
         if type(self) is Allocator:
             raise TypeError("Allocator is abstract; use StackAllocator, LinearAllocator, "
                             "ArenaAllocator, SlabAllocator, CacheAllocator, MappedPool, "
-                            "NUMAAllocator or HierarchicalAllocator")
+                            "NUMAAllocator, HierarchicalAllocator, CompactingAllocator or "
+                            "AdaptiveAllocator")
         if self._lock.enabled and not self._fork_registered:
             if pgo_fork_register(&self._lock.mutex) != 0:
                 raise MemoryError("pgo: cannot register the allocator's mutex for fork()")

@@ -65,6 +65,8 @@ USE = textwrap.dedent("""
     maybe: dict[str, int] | None = ca.maybe_compact()
     held: int = ca.resident_bytes + ca.file_bytes + ca.live_bytes
     slot: int = pgo.CompactingAllocator.class_size(100, align=64)
+    ad = pgo.AdaptiveAllocator(1024, max_bytes=1 << 26, fixed=None, threadsafe=True)
+    chosen: str = ad.backend + str(ad.window)
 """)
 
 MISUSE = textwrap.dedent("""

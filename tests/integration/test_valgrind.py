@@ -51,11 +51,13 @@ PROGRAM = textwrap.dedent("""
          "mapped": lambda: pgo.MappedPool(1 << 16),
          "numa": lambda: pgo.NUMAAllocator(1 << 16),
          "hierarchical": lambda: pgo.HierarchicalAllocator(64 << 20),
-         "compacting": lambda: pgo.CompactingAllocator()}[kind]()
+         "compacting": lambda: pgo.CompactingAllocator(),
+         "adaptive": lambda: pgo.AdaptiveAllocator(64)}[kind]()
     b = a.alloc(64)
     address = b.address
     ctypes.memset(address, 1, 64)
-    if kind in ("slab", "stack", "cache", "mapped", "numa", "hierarchical", "compacting"):
+    if kind in ("slab", "stack", "cache", "mapped", "numa", "hierarchical", "compacting",
+                "adaptive"):
         a.free(b)
     else:
         del b
@@ -81,7 +83,8 @@ NUMPY_PROGRAM = textwrap.dedent("""
              "mapped": pgo.MappedPool(1 << 22, threadsafe=True),
              "numa": pgo.NUMAAllocator(1 << 22),
              "hierarchical": pgo.HierarchicalAllocator(64 << 20),
-             "compacting": pgo.CompactingAllocator(threadsafe=True)}
+             "compacting": pgo.CompactingAllocator(threadsafe=True),
+             "adaptive": pgo.AdaptiveAllocator(64, threadsafe=True)}
     for name, a in kinds.items():
         with pgo.use(a):
             xs = [np.ones(n) * 2 for n in (1, 10, 100, 300)]
@@ -121,7 +124,7 @@ def run_under_valgrind(tmp_path, kind, mode, program=PROGRAM):
 
 
 @pytest.mark.parametrize("kind", ["slab", "stack", "linear", "arena", "cache", "mapped",
-                                  "numa", "hierarchical", "compacting"])
+                                  "numa", "hierarchical", "compacting", "adaptive"])
 def test_read_after_free_is_flagged_and_clean_use_is_not(tmp_path, kind):
     # The use-after-free run must report exactly the deliberate read, so it
     # also shows the allocator's own accesses are clean; the separate clean

@@ -39,7 +39,7 @@ def pattern(n, seed):
 
 
 def max_align(a):
-    return a.align if isinstance(a, pgo.SlabAllocator) else 4096
+    return a.align if isinstance(a, (pgo.SlabAllocator, pgo.AdaptiveAllocator)) else 4096
 
 
 def check_invariants(a):
@@ -377,7 +377,7 @@ def test_stats_invariants_over_rounds(make):
             if i % 3 == 0:
                 live.append(a.empty(n, dtype=np.uint8))
             else:
-                live.append(a.alloc(n, 8 << (i % 4)))
+                live.append(a.alloc(n, min(8 << (i % 4), max_align(a))))
             requested += n
             allocations += 1
             st = check_invariants(a)

@@ -34,8 +34,9 @@ MAKERS = {
     "numa": lambda: pgo.NUMAAllocator(1 << 16),
     "hierarchical": lambda: pgo.HierarchicalAllocator(),
     "compacting": lambda: pgo.CompactingAllocator(),
+    "adaptive": lambda: pgo.AdaptiveAllocator(64),
 }
-WITH_FREE = ["stack", "slab", "mapped", "numa", "hierarchical", "compacting"]
+WITH_FREE = ["stack", "slab", "mapped", "numa", "hierarchical", "compacting", "adaptive"]
 
 
 def snapshot(a):
@@ -211,8 +212,8 @@ def test_foreign_pointer(freeing):
         beyond = b.address + a.capacity           # just past the (only) mapping
     elif isinstance(a, pgo.HierarchicalAllocator):
         beyond = b.address + (64 << 20)           # reserved, past the spans handed out
-    elif isinstance(a, pgo.CompactingAllocator):
-        beyond = b.address + (64 << 20)           # mapped, past the spans handed out
+    elif isinstance(a, (pgo.CompactingAllocator, pgo.AdaptiveAllocator)):
+        beyond = b.address + (64 << 20)           # reserved, past the memory handed out
     else:
         beyond = b.address + 16 * a.stats()["stride"]   # just past the only slab
     for address in (theirs.address, numpy_owned.ctypes.data, id(object()), beyond, 4096):
@@ -271,6 +272,7 @@ OWNERS = {
     "numa": lambda: pgo.NUMAAllocator(1 << 15),
     "hierarchical": lambda: pgo.HierarchicalAllocator(1 << 30),
     "compacting": lambda: pgo.CompactingAllocator(1 << 30),
+    "adaptive": lambda: pgo.AdaptiveAllocator(128, max_bytes=1 << 30),
 }
 
 
@@ -836,7 +838,8 @@ def test_stats_while_gc_collects_a_threadsafe_allocators_arrays():
              "mapped": lambda: pgo.MappedPool(4096, threadsafe=True),
              "numa": lambda: pgo.NUMAAllocator(4096, threadsafe=True),
              "hierarchical": lambda: pgo.HierarchicalAllocator(),
-             "compacting": lambda: pgo.CompactingAllocator(threadsafe=True)}[kind]()
+             "compacting": lambda: pgo.CompactingAllocator(threadsafe=True),
+             "adaptive": lambda: pgo.AdaptiveAllocator(64, threadsafe=True)}[kind]()
         gc.collect()
         gc.disable()
         for _ in range(5):

@@ -53,6 +53,7 @@ MAKERS = {
     "numa": lambda: pgo.NUMAAllocator(8 * MiB),
     "hierarchical": lambda: pgo.HierarchicalAllocator(),
     "compacting": lambda: pgo.CompactingAllocator(threadsafe=True),
+    "adaptive": lambda: pgo.AdaptiveAllocator(64, threadsafe=True),
 }
 KINDS = list(MAKERS)
 # The kinds that serve arrays of 64 KiB and more (a compacting allocator's

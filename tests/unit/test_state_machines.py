@@ -374,6 +374,25 @@ class CompactingMachine(SlabMachine):
         assert s["resident_bytes"] <= s["max_bytes"]
 
 
+class AdaptiveMachine(SlabMachine):
+    max_n = 3000
+    aligns = (1, 2, 4, 8, 16)
+
+    def make(self):
+        # A window of 64 allocations: the machine's runs see it switch.
+        return pgo.AdaptiveAllocator(64, max_bytes=4 << 20)
+
+    def check_exhausted(self, n, align, st_before):
+        assert st_before["max_bytes"] == 4 << 20
+
+    @invariant()
+    def slots_add_up(self):
+        s = self.a.stats()
+        assert s["live_blocks"] == len(self.live)
+        assert s["backend"] in ("system", "slab", "arena", "cache")
+        assert sum(s["allocations_by_backend"].values()) == s["allocations"]
+
+
 TestStack = StackMachine.TestCase
 TestLinear = LinearMachine.TestCase
 TestArena = ArenaMachine.TestCase
@@ -382,7 +401,8 @@ TestMapped = MappedMachine.TestCase
 TestNUMA = NUMAMachine.TestCase
 TestHierarchical = HierarchicalMachine.TestCase
 TestCompacting = CompactingMachine.TestCase
+TestAdaptive = AdaptiveMachine.TestCase
 for _case in (TestStack, TestLinear, TestArena, TestSlab, TestMapped, TestNUMA,
-              TestHierarchical, TestCompacting):
+              TestHierarchical, TestCompacting, TestAdaptive):
     _case.settings = SETTINGS
 del _case
