@@ -77,12 +77,13 @@ _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 # A literal list: type checkers read it to know what pgo exports.
 __all__ = [
-    "AdaptiveAllocator", "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool", "CacheAllocator",
-    "CompactingAllocator", "ConfigError", "DEBUG_BUILD", "HierarchicalAllocator", "IntMap",
-    "LinearAllocator", "MappedPool", "NUMAAllocator", "ObjectPool", "PgoError", "PoolError",
-    "ProfileFormatError", "ProfileGuidedOptimizer", "ProfilerError", "Router", "SizeClass",
-    "SlabAllocator", "StackAllocator", "StackFrame", "StringBuilder", "Vector", "__version__",
-    "current_handler", "handler_name", "install", "installed", "owner", "uninstall", "use",
+    "AdaptiveAllocator", "Allocator", "AllocatorError", "ArenaAllocator", "Block", "BufferPool",
+    "CacheAllocator", "CompactingAllocator", "ConfigError", "DEBUG_BUILD", "HierarchicalAllocator",
+    "IntMap", "LinearAllocator", "MappedPool", "NUMAAllocator", "ObjectPool", "PgoError",
+    "PoolError", "ProfileFormatError", "ProfileGuidedOptimizer", "ProfilerError", "Router",
+    "SizeClass", "SlabAllocator", "StackAllocator", "StackFrame", "StringBuilder", "Vector",
+    "__version__", "current_handler", "handler_name", "install", "installed", "owner", "uninstall",
+    "use",
 ]
 
 
