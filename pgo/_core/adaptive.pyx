@@ -434,7 +434,10 @@ cdef int _slab_alloc(pgo_adaptive_t* a, size_t k, void** out) noexcept nogil:
 
 
 cdef int _arena_alloc(pgo_adaptive_t* a, size_t n, void** out) noexcept nogil:
-    cdef size_t need = PGO_ADAPT_HEADER + _round16(n + PGO_CANARY), s = a.arena_seg, t
+    # At least one byte past the header: a zero-byte block at a region's very
+    # end would otherwise point at the next region and free there.
+    cdef size_t need = PGO_ADAPT_HEADER + _round16(n + PGO_CANARY if n + PGO_CANARY else 1)
+    cdef size_t s = a.arena_seg, t
     cdef int err
     if s == 0 or a.seg_top[s - 1] + need > SEG:
         # The region in use is full: a new one (the old one goes back to

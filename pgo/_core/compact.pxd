@@ -97,6 +97,8 @@ ctypedef struct pgo_compact_t:
     size_t lo, hi                 # the range's addresses
     uint64_t py_requested
     void* next_allocator          # the fork registry's list
+    bint fork_locks               # fork() takes `lock` here: a threadsafe allocator made
+                                  # from C, whose mutex the Python registry does not know
     pgo_stats_t stats
     pgo_lock_t lock
 

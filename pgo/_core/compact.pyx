@@ -46,7 +46,7 @@ from libc.string cimport memcpy, memset, strerror, strlen
 from posix.mman cimport MAP_FAILED, MAP_FIXED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.stat cimport fstat, struct_stat
 from posix.types cimport off_t
-from posix.unistd cimport close, ftruncate, pipe, read, write
+from posix.unistd cimport close, ftruncate, read, write
 
 from pgo._core._base cimport (
     Allocator, Block, pgo_fail, pgo_fail_at, pgo_fail_null, pgo_fork_inner, pgo_raise_at,
@@ -78,6 +78,8 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset)
+    int pipe2(int* fds, int flags)
+    const int O_CLOEXEC
 
 
 cdef extern from *:
@@ -216,17 +218,19 @@ cdef int _new_heap(pgo_compact_t* s, size_t c, uint32_t* out) noexcept nogil:
     err = _grow_tables(s)
     if err != PGO_OK:
         return err
-    if k.free_spans != NIL:
-        v = k.free_spans
-        if s.spans[v].remapped:
-            # Its addresses still map another span's (punched) pages: back
-            # onto its own file pages, holes that read as zeros.
-            if mmap(_span_va(s, v), span_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
-                    s.fd, _span_off(s, v)) == MAP_FAILED:
-                s.last_errno = errno
-                return PGO_ERR_NOMEM
+    v = k.free_spans
+    if v != NIL and s.spans[v].remapped:
+        # Its addresses still map another span's (punched) pages: back onto
+        # its own file pages, holes that read as zeros.  Refused (the
+        # mapping count): new pages instead, if the range has them.
+        if mmap(_span_va(s, v), span_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                s.fd, _span_off(s, v)) == MAP_FAILED:
+            s.last_errno = errno
+            v = NIL
+        else:
             s.spans[v].remapped = 0
             s.remapped_spans -= 1
+    if v != NIL:
         k.free_spans = s.spans[v].next
     else:
         if s.brk_pages + k.pages > s.max_pages:
@@ -501,7 +505,7 @@ cdef inline bint _disjoint(pgo_cheap_t* a, pgo_cheap_t* b) noexcept nogil:
 
 
 cdef int _compact_unlocked(pgo_compact_t* s, pgo_compact_result_t* r) noexcept nogil:
-    cdef size_t c, i, j, n, nd, probes, start, found
+    cdef size_t c, i, j, n, nd, probes, start, found, moved
     cdef uint32_t h
     cdef uint64_t* keys = NULL
     cdef uint32_t* dsts = NULL
@@ -555,10 +559,11 @@ cdef int _compact_unlocked(pgo_compact_t* s, pgo_compact_result_t* r) noexcept n
                 dsts[nd] = h
                 nd += 1
                 continue
-            r.meshed += hp.nspans
+            moved = hp.nspans
             if _mesh(s, h, dsts[found]) != 0:
                 stop = True          # the system refuses mappings: keep what is done
                 break
+            r.meshed += moved
             if s.heaps[dsts[found]].live == k.slots:
                 dsts[found] = dsts[nd - 1]
                 nd -= 1
@@ -722,9 +727,26 @@ cdef void _privatize(pgo_compact_t* s) noexcept nogil:
     s.fd = fd
 
 
+cdef void _fork_locks(bint take) noexcept nogil:
+    # The mutexes of threadsafe allocators made from C (the Python registry
+    # takes the others'), so that no thread is mid-operation in the state
+    # the child copies.
+    cdef pgo_compact_t* s = _allocators
+    while s != NULL:
+        if s.fork_locks:
+            if take:
+                pthread_mutex_lock(&s.lock.mutex)
+            else:
+                pthread_mutex_unlock(&s.lock.mutex)
+        s = <pgo_compact_t*>s.next_allocator
+
+
 cdef void _fork_prepare() noexcept nogil:
     pthread_mutex_lock(&_registry)
-    if _allocators == NULL or pipe(_fork_pipe) != 0:
+    _fork_locks(True)
+    # Close-on-exec: a process spawned meanwhile (posix_spawn skips the fork
+    # handlers) must not hold the write end the parent waits on.
+    if _allocators == NULL or pipe2(_fork_pipe, O_CLOEXEC) != 0:
         _fork_pipe[0] = -1
         _fork_pipe[1] = -1
 
@@ -736,6 +758,7 @@ cdef void _fork_parent() noexcept nogil:
         while read(_fork_pipe[0], &b, 1) < 0 and errno == EINTR:
             pass
         close(_fork_pipe[0])
+    _fork_locks(False)
     pthread_mutex_unlock(&_registry)
 
 
@@ -751,6 +774,7 @@ cdef void _fork_child() noexcept nogil:
     if _fork_pipe[1] >= 0:
         write(_fork_pipe[1], b"x", 1)
         close(_fork_pipe[1])
+    _fork_locks(False)
     pthread_mutex_unlock(&_registry)
 
 
@@ -809,11 +833,13 @@ cdef pgo_compact_t* compact_create(size_t max_bytes, size_t fragmentation_percen
     s.hi = <size_t>s.base + reserve
     _init_classes(s)
     pgo_lock_init(&s.lock, threadsafe)
+    s.fork_locks = threadsafe           # (the Python class clears it: see there)
+    # Held only without the GIL (destroy and fork take it holding the GIL).
     with nogil:
         pthread_mutex_lock(&_registry)
-    s.next_allocator = _allocators
-    _allocators = s
-    pthread_mutex_unlock(&_registry)
+        s.next_allocator = _allocators
+        _allocators = s
+        pthread_mutex_unlock(&_registry)
     pgo_vg_create(s)
     return s
 
@@ -877,6 +903,7 @@ cdef class CompactingAllocator(Allocator):
             raise ValueError(f"fragmentation_percent must be over 100 (resident bytes above "
                              f"live ones), got {fragmentation_percent}")
         self.s = compact_create(max_bytes, fragmentation_percent, threadsafe)
+        self.s.fork_locks = False       # Allocator.__init__ registers the mutex
         pgo_backend_init(&self._be, self.s, &self.s.lock, &self.s.stats, _be_take, NULL,
                          COMPACT_MAX_SMALL - PGO_CANARY, _be_holds, _be_give, _be_span,
                          &self.s.lo, &self.s.hi)
@@ -962,19 +989,29 @@ cdef class CompactingAllocator(Allocator):
         self.s.stats.peak = self.s.peak_live
         self.s.stats.capacity = self.s.resident
 
+    # The span tables grow (realloc) under the lock, from any thread with
+    # threadsafe=True: read them under it too.
     cdef size_t _canary_len(self, Block b) noexcept:
         cdef uint32_t v
-        cdef size_t slot
-        if not PGO_CANARY or _locate(self.s, b.ptr, &v, &slot) != PGO_OK:
+        cdef size_t slot, size = 0
+        if not PGO_CANARY:
             return 0
-        return self.s.classes[self.s.spans[v].cls].size - b.nbytes
+        pgo_lock_gil_held(self._lock, self._st)
+        if _locate(self.s, b.ptr, &v, &slot) == PGO_OK:
+            size = self.s.classes[self.s.spans[v].cls].size
+        pgo_unlock(self._lock)
+        return size - b.nbytes if size else 0
 
     cdef object _where(self, char* p):
         cdef uint32_t v
-        cdef size_t slot
-        if _locate(self.s, p, &v, &slot) != PGO_OK:
+        cdef size_t slot, size = 0
+        pgo_lock_gil_held(self._lock, self._st)
+        if _locate(self.s, p, &v, &slot) == PGO_OK:
+            size = self.s.classes[self.s.spans[v].cls].size
+        pgo_unlock(self._lock)
+        if not size:
             return f"address {<uintptr_t>p:#x}"
-        return f"span {v} slot {slot}, {self.s.classes[self.s.spans[v].cls].size}-byte class"
+        return f"span {v} slot {slot}, {size}-byte class"
 
     def _describe_nomem(self, size_t nbytes):
         limit = (f"max_bytes={self.s.max_bytes:,} reached" if self.s.max_bytes
@@ -992,8 +1029,10 @@ cdef class CompactingAllocator(Allocator):
 
     def _extra_stats(self):
         cdef size_t heaps = 0, i
+        pgo_lock_gil_held(self._lock, self._st)
         for i in range(self.s.nheaps):
             heaps += self.s.heaps[i].alive
+        pgo_unlock(self._lock)
         return {"resident_bytes": self.s.resident, "live_bytes": self.s.live_bytes,
                 "file_bytes": self.file_bytes,
                 "spans": self.s.nspans, "physical_spans": heaps,

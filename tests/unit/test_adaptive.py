@@ -231,6 +231,19 @@ def test_a_zero_size_block_made_last_frees(fixed):
     assert a.stats()["in_use"] == 0
 
 
+def test_a_zero_size_block_at_a_regions_very_end_frees_in_that_region():
+    # Fill a 1 MiB region to 16 bytes short of its end (each block takes a
+    # 16-byte header); a zero-size block there must not point into the next.
+    a = A(fixed="arena")
+    keep = [a.alloc(262144) for _ in range(3)]
+    keep.append(a.alloc(1048576 - 4 * 16 - 3 * 262144 - 16 - (16 if pgo.DEBUG_BUILD else 0)))
+    z = a.alloc(0)
+    a.free(z)
+    del keep
+    st = a.stats()
+    assert st["live_blocks"] == 0 and st["in_use"] == 0
+
+
 def test_alignment_beyond_16_is_refused():
     a = A()
     before = snapshot(a)

@@ -156,7 +156,7 @@ def test_a_refused_mapping_undoes_that_mesh_and_stops():
     finally:
         compact._inject_map_failure(-1)
     st = a.stats()
-    assert done["released_bytes"] == 0 and st["mesh_failures"] == 1
+    assert done["released_bytes"] == done["meshed_spans"] == 0 and st["mesh_failures"] == 1
     assert st["resident_bytes"] == 2 * 8 * BIG and st["meshed_spans"] == 0
     for i, b in enumerate(keep):
         assert (memory(b.address, b.nbytes) == i + 1).all()
@@ -256,3 +256,32 @@ def test_nothing_is_left_behind_when_it_is_dropped():
     del a, b
     gc.collect()
     assert memfds() == held                                  # the memfd closed
+
+
+def test_making_and_dropping_allocators_in_two_threads_never_deadlocks():
+    # The registry mutex fork() and destruction take with the GIL held is
+    # never held while waiting for the GIL (a review found that deadlock).
+    import threading
+    import time
+    stop = time.monotonic() + 1.0
+    done = []
+
+    def maker():
+        while time.monotonic() < stop:
+            pgo.CompactingAllocator()
+        done.append(1)
+
+    def dropper():
+        pool = []
+        while time.monotonic() < stop:
+            pool.append(pgo.CompactingAllocator())
+            if len(pool) > 4:
+                pool.clear()
+        done.append(1)
+
+    threads = [threading.Thread(target=maker), threading.Thread(target=dropper)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(done) == 2
