@@ -39,8 +39,47 @@ for, not fitted to any program):
   function's cache starts at a page.
 - irregular: anything else      -> system
 
+4. Then the patterns that no cluster shares, since only a site's own trace
+   shows them (who frees its blocks, how its pattern changes over the run,
+   what its frees leave behind), checked on every numpy site in this
+   order, each replacing what came before where it holds, the reason
+   keeping the earlier one after "as a whole:":
+
+- phase-changing: the site's blocks split by birth into four equal
+  stretches of its time (``features.PHASE_PARTS``), each stretch of 64
+  blocks or more judged by the rules above; consecutive stretches of one
+  pgo allocator make a phase, of 256 blocks or more (a stretch left to the
+  system neither makes nor splits one); two phases of different allocators
+  or more, none coming back after another took over (that is noise at a
+  rule's threshold)              -> adaptive (size class of its sizes,
+  from 1 KiB): it switches among slab, arena, cache and system by its own
+  counters, 64 requests or more at a time, so a phase of 256 blocks is
+  four of its decisions.  Judged on one sampling level of the trace (the
+  one most of the site's blocks have): a sampled stretch's order features
+  are those of the addresses followed.
+- cross-thread-frees: a site whose allocator would be one of pgo's
+  one-mutex ones (slab, cache, stack, adaptive) with a quarter or more of
+  its frees on another thread than the block's, blocks up to 256 KiB
+                                -> hierarchical (size class of its sizes,
+  from 1 KiB): per-thread caches take a free from any thread without a
+  lock; measured at two threads each freeing the other's blocks, 137-153
+  ns a pair (glibc's and the peers' cost) against 215 ns for the slab and
+  the cache, which waited on their mutex tens of thousands of times.  On
+  one thread it is as fast as glibc, no faster: a site left to the system
+  stays there, threads or not.
+- fragmenting-survivors: a site left to the system, blocks up to 16 KiB,
+  holding on average half its peak live bytes or less from the peak to
+  the end, a twentieth or more of the blocks live at the peak still live
+  halfway from it to the end, under half of its frees LIFO or FIFO, and a
+  MiB or more of difference between the peak and that average
+                                -> compacting (size class of its sizes):
+  pages where a few survivors keep glibc from giving anything back share
+  physical pages once their live blocks do not overlap (Mesh).  It buys
+  memory, not time, so it never replaces an allocator chosen for speed.
+
 Python objects cannot move to a pgo allocator: their sites get a pattern
-(for the GC plan and the suggestions) and the strategy ``system``.
+(for the GC plan and the suggestions; never one of the last three) and the
+strategy ``system``.
 """
 
 from __future__ import annotations
@@ -50,10 +89,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.cluster import hierarchy, vq  # type: ignore[import-untyped]
 
-from pgo._sizes import MiB, SMALL_BLOCK_BYTES, fmt_bytes, fmt_seconds
-from pgo.analysis.features import LARGE, NUMPY, Site
+from pgo._sizes import SMALL_BLOCK_BYTES, MiB, fmt_bytes, fmt_seconds
+from pgo.analysis.features import LARGE, NUMPY, PHASE_MIN_BLOCKS, PHASE_PARTS, PHASE_WINDOW, Site
 from pgo.analysis.summary import LONG_LIVED_ALIVE_SHARE, LONG_LIVED_LIFE_SHARE
-from pgo.config import Pattern
+from pgo.config import COMPACTING_MAX_BYTES, HIERARCHICAL_MAX_BYTES, Pattern
 
 NUMPY_SMALL_CACHE = 1024      # numpy's default handler caches blocks under this size
 SHORT = 0.02                  # a short life: under 2% of the run, or ...
@@ -63,10 +102,42 @@ MAX_CLUSTERS = 8
 OVERRIDE = 0.5
 SEED = 20261127
 
+# Frees from another thread: a quarter of them is a real share, not a
+# stray hand-off (a result passed on now and then); below it most calls
+# come from one thread, and a one-mutex allocator takes its lock
+# uncontended.  Sites whose allocator would be behind one mutex (pgo's
+# slab, cache, stack and adaptive allocators: threadsafe=True behind
+# numpy's handler) then go to the hierarchical one, whose per-thread caches
+# take a free from any thread without a lock: measured on this 2-core VM
+# with each thread freeing its neighbour's blocks, 137-153 ns a pair (as
+# glibc and the LD_PRELOAD peers) where the slab and the cache took 215 ns
+# and waited on their mutex tens of thousands of times.  Alone on one
+# thread it is only as fast as glibc: a site left to the system stays there.
+CROSS_THREAD_SHARE = 0.25
+ONE_MUTEX = ("slab", "cache", "stack", "adaptive")
+# Fragmentation: what the compacting allocator (Mesh's idea: spans whose
+# live blocks do not overlap share one physical span) buys is memory, not
+# time, so it only takes sites left to the system.  Its blocks are small
+# (COMPACTING_MAX_BYTES: many blocks to a span); from its peak to the end
+# the site holds half the peak or less on average (what glibc keeps
+# resident beyond that, in pages a survivor holds, is the waste: at least
+# as much as is live); a twentieth or more of the blocks live at the peak
+# are still live halfway from it to the end (survivors enough to be
+# scattered over the pages, not sitting in a few); the frees do not empty
+# pages in order (a stack's or a queue's frees empty whole pages, at the
+# heap's top or its bottom: under half of them LIFO or FIFO); and a MiB
+# (256 pages) or more could go back.
+FRAG_HELD_SHARE = 0.5
+FRAG_SURVIVORS = 0.05
+FRAG_ORDERED = 0.5
+FRAG_MIN_BYTES = MiB
+
 STRATEGY: dict[str, str] = {
     Pattern.LIFO_SCRATCH: "stack", Pattern.SCOPED_TEMPORARIES: "cache",
     Pattern.FIXED_SIZE_CHURN: "slab", Pattern.LARGE_REPEATED: "cache",
-    Pattern.LONG_LIVED: "system", Pattern.IRREGULAR: "system"}
+    Pattern.LONG_LIVED: "system", Pattern.IRREGULAR: "system",
+    Pattern.CROSS_THREAD: "hierarchical", Pattern.PHASED: "adaptive",
+    Pattern.FRAGMENTING: "compacting"}
 
 
 @dataclass
@@ -103,10 +174,11 @@ def rule(s: Site) -> tuple[str, float, str]:
     short_m = (1.0 - min(1.0, life_share / SHORT, s.life_median_s / SHORT_S)) if short else 0.0
     if s.large_share >= 0.5 and s.count >= 4:
         return (Pattern.LARGE_REPEATED, _clip(min(1.0, 2 * (s.large_share - 0.5) + 0.5)),
-                f"{s.large_share:.0%} of {_size(s.bytes)} in blocks of {_size(LARGE)}+ ({n} blocks, "
-                f"{sizes}), each living {_secs(s.life_median_s)} (median)")
+                f"{s.large_share:.0%} of {_size(s.bytes)} in blocks of {_size(LARGE)}+ ({n} "
+                f"blocks, {sizes}), each living {_secs(s.life_median_s)} (median)")
     if s.modal_share >= 0.8 and s.max_size <= SMALL_BLOCK_BYTES and short:
-        return (Pattern.FIXED_SIZE_CHURN, _clip(min(short_m, (s.modal_share - 0.8) / 0.2 * 0.5 + 0.5)),
+        return (Pattern.FIXED_SIZE_CHURN,
+                _clip(min(short_m, (s.modal_share - 0.8) / 0.2 * 0.5 + 0.5)),
                 f"{s.modal_share:.0%} of {n} blocks are {_size(s.modal_size)}; median life "
                 f"{_secs(s.life_median_s)}")
     if s.lifo >= 0.9 and s.threads == 1 and s.max_size <= MiB and short:
@@ -220,22 +292,131 @@ def classify(sites: list[Site]) -> tuple[list[Decision], list[Cluster]]:
                 pattern, conf = cl.pattern, _clip(0.3 + 0.3 * (1 - margin))
                 reason = (f"like the rest of cluster {cl.index} ({cl.pattern}); its own numbers "
                           f"lean {own}: {why}")
-            strategy = STRATEGY[pattern] if domain == NUMPY else "system"
-            if strategy in ("slab", "cache", "stack") and s.max_size < NUMPY_SMALL_CACHE:
-                # numpy's default handler keeps freed blocks under 1 KiB
-                # per size already: any allocator behind a handler only adds
-                # a lock and a routing step (a slab measured 0.87x and an
-                # arena for a whole function 0.81x on small_arrays.py).
-                strategy = "system"
-                reason += "; numpy's own small-block cache already serves blocks under 1 KiB"
-            elif strategy == "cache" and pattern != Pattern.LARGE_REPEATED \
-                    and s.max_size < SMALL_BLOCK_BYTES:
-                # A function's cache starts at a 4 KiB page; smaller blocks
-                # made while it runs keep the handler's small-block cache,
-                # so a rule would only cost the switch on every call.
-                strategy = "system"
-                reason += "; blocks under 4 KiB: a function's cache starts at a page"
+            strategy, note = numpy_strategy(pattern, s) if domain == NUMPY else ("system", "")
+            reason += note
+            if domain == NUMPY:
+                pattern, strategy, conf, reason, own = _site_facts(s, pattern, strategy, conf,
+                                                                   reason, own)
             decisions.append(Decision(site=s, cluster=cl.index, pattern=pattern,
                                       strategy=strategy, confidence=round(conf, 2),
                                       reason=reason, own_pattern=own))
     return decisions, clusters
+
+
+def numpy_strategy(pattern: str, s: Site) -> tuple[str, str]:
+    """The strategy of a numpy site of this pattern, and what to add to
+    its reason when its block sizes overrule the pattern's strategy."""
+    strategy = STRATEGY[pattern]
+    if strategy in ("slab", "cache", "stack") and s.max_size < NUMPY_SMALL_CACHE:
+        # numpy's default handler keeps freed blocks under 1 KiB
+        # per size already: any allocator behind a handler only adds
+        # a lock and a routing step (a slab measured 0.87x and an
+        # arena for a whole function 0.81x on small_arrays.py).
+        return "system", "; numpy's own small-block cache already serves blocks under 1 KiB"
+    if strategy == "cache" and pattern != Pattern.LARGE_REPEATED \
+            and s.max_size < SMALL_BLOCK_BYTES:
+        # A function's cache starts at a 4 KiB page; smaller blocks
+        # made while it runs keep the handler's small-block cache,
+        # so a rule would only cost the switch on every call.
+        return "system", "; blocks under 4 KiB: a function's cache starts at a page"
+    return strategy, ""
+
+
+def _site_facts(s: Site, pattern: str, strategy: str, conf: float, reason: str, own: str
+                ) -> tuple[str, str, float, str, str]:
+    """The patterns only a site's own trace shows (no cluster shares them):
+    phases, then frees on another thread, then fragmentation; each
+    replaces the (pattern, strategy, confidence, reason, own pattern) it
+    is given where its rule holds."""
+    for check in (phased, cross_thread, fragmenting):
+        found = check(s, pattern, strategy)
+        if found is not None:
+            pattern, margin, why = found
+            strategy, conf, own = STRATEGY[pattern], _clip(0.5 + 0.5 * margin), pattern
+            reason = f"{why}; as a whole: {reason}"
+    return pattern, strategy, conf, reason, own
+
+
+Phase = list[tuple[Site, str, str, float, str]]    # its parts: (part, pattern, strategy,
+                                                   # margin, reason)
+
+
+def phases(s: Site) -> list[Phase]:
+    """The site's phases, in time order: its parts (``Site.phases``: its
+    blocks by stretch of its time) of PHASE_WINDOW blocks or more, each
+    judged by ``rule``, consecutive parts of one pgo allocator making one
+    phase, which counts from PHASE_MIN_BLOCKS blocks.  Parts left to the
+    system neither make a phase nor split one."""
+    runs: list[Phase] = []
+    for p in s.phases:
+        if p.count < PHASE_WINDOW:
+            continue
+        pat, margin, why = rule(p)
+        strat, _ = numpy_strategy(pat, p)
+        if strat == "system":
+            continue
+        if runs and runs[-1][-1][2] == strat:
+            runs[-1].append((p, pat, strat, margin, why))
+        else:
+            runs.append([(p, pat, strat, margin, why)])
+    return [r for r in runs if sum(j[0].count for j in r) >= PHASE_MIN_BLOCKS]
+
+
+def phased(s: Site, pattern: str = "", strategy: str = "") -> tuple[str, float, str] | None:
+    """PHASED when the site's ``phases`` get two pgo allocators or more,
+    none coming back after another one took over (that is the noise of a
+    site near a rule's threshold, not a phase)."""
+    if not s.phases:
+        return None
+    found = phases(s)
+    seq = [r[0][2] for r in found]
+    kinds = list(dict.fromkeys(seq))
+    changes = sum(a != b for a, b in zip(seq, seq[1:]))
+    if len(kinds) < 2 or changes != len(kinds) - 1:
+        return None
+    parts = "; ".join(
+        f"part{'s' if len(r) > 1 else ''} {', '.join(str(j[0].part) for j in r)}: {r[0][1]} -> "
+        f"{r[0][2]} ({sum(j[0].count for j in r):,.0f} blocks)" for r in found)
+    first, last = found[0][0], found[-1][-1]
+    return (Pattern.PHASED, min(j[3] for r in found for j in r),
+            f"its pattern changes over the run (its time in {PHASE_PARTS} parts: {parts}); "
+            f"first {first[1]}: {first[4]}; last {last[1]}: {last[4]}")
+
+
+def cross_thread(s: Site, pattern: str, strategy: str) -> tuple[str, float, str] | None:
+    """CROSS_THREAD for a site that would get a one-mutex pgo allocator
+    while CROSS_THREAD_SHARE of its frees come from another thread than the
+    block's, its blocks small enough for the hierarchical allocator."""
+    if strategy not in ONE_MUTEX or s.cross_thread < CROSS_THREAD_SHARE \
+            or s.max_size > HIERARCHICAL_MAX_BYTES:
+        return None
+    margin = 0.5 + 0.5 * (s.cross_thread - CROSS_THREAD_SHARE) / (1 - CROSS_THREAD_SHARE)
+    return (Pattern.CROSS_THREAD, margin,
+            f"{s.cross_thread:.0%} of its frees on another thread than the block's (made on "
+            f"{s.threads} thread(s), freed on {s.free_threads}), blocks "
+            f"{_size(s.min_size)}-{_size(s.max_size)}: a {strategy} would have both threads "
+            f"wait on its one mutex")
+
+
+def fragmenting(s: Site, pattern: str, strategy: str) -> tuple[str, float, str] | None:
+    """FRAGMENTING for a site left to the system whose small blocks go in
+    no order while a share of them lives on: from its peak to the end it
+    holds FRAG_HELD_SHARE of the peak or less on average, FRAG_SURVIVORS of
+    the blocks live at the peak or more are still live halfway from it to
+    the end, under FRAG_ORDERED of its frees are LIFO or FIFO, and
+    FRAG_MIN_BYTES or more could go back."""
+    if strategy != "system" or s.max_size > COMPACTING_MAX_BYTES or s.peak_live_bytes <= 0:
+        return None
+    held = s.after_peak_live_bytes / s.peak_live_bytes
+    ordered = max(s.lifo, s.fifo)
+    if s.peak_survivors < FRAG_SURVIVORS or held > FRAG_HELD_SHARE or ordered >= FRAG_ORDERED \
+            or s.peak_live_bytes - s.after_peak_live_bytes < FRAG_MIN_BYTES:
+        return None
+    margin = min(1.0 - held / FRAG_HELD_SHARE * 0.5, 1.0 - ordered / FRAG_ORDERED * 0.5)
+    return (Pattern.FRAGMENTING, margin,
+            f"{s.count:,.0f} blocks of {_size(s.min_size)}-{_size(s.max_size)}: "
+            f"{_size(s.peak_live_bytes)} live at the peak, {_size(s.after_peak_live_bytes)} "
+            f"({held:.0%}) on average from there to the end ({_size(s.end_live_bytes)} at the "
+            f"end), in the {s.peak_survivors:.0%} of the peak's blocks that outlive it (still "
+            f"live halfway to the end); the others went in no order ({s.lifo:.0%} LIFO, "
+            f"{s.fifo:.0%} FIFO), leaving holes in the pages the survivors keep")

@@ -1,5 +1,6 @@
 """Allocation events paired into blocks: each block's site, size, birth,
-death (or still alive at the end) and statistical weight.
+death (or still alive at the end), the threads that made and freed it, and
+statistical weight.
 
 Pure numpy over a trace (``pgo.bundle.EventTrace``): no Python loop per
 event, so millions of events take well under a second.  A realloc is the
@@ -35,6 +36,7 @@ class Blocks:
                             # looking at its address: alive or dead is unknown ...
     censor_t: np.ndarray    # float64: ... from this time on (NaN when not censored)
     by_realloc: np.ndarray  # bool: born by a realloc (a block that grew or moved)
+    free_tid: np.ndarray    # uint32: the thread that freed it (its own tid if not freed)
 
     def __len__(self) -> int:
         return len(self.site)
@@ -52,7 +54,7 @@ def pair(events: np.ndarray, t0_ns: int, *, sample_bytes: int | None = None) -> 
         e = np.zeros(0, np.int64)
         return Blocks(np.zeros(0, np.uint32), np.zeros(0, np.uint64), z, z,
                       np.zeros(0, np.uint32), z, 0.0, e, e, np.zeros(0, bool), z,
-                      np.zeros(0, bool))
+                      np.zeros(0, bool), np.zeros(0, np.uint32))
     kind = events["kind"]
     t = (events["t_ns"].astype(np.int64) - np.int64(t0_ns)) / 1e9
     is_birth = kind != FREE
@@ -91,11 +93,14 @@ def pair(events: np.ndarray, t0_ns: int, *, sample_bytes: int | None = None) -> 
         weight = 1.0 / np.maximum(p, 1e-12)
     _inherit_realloc(site, weight if sample_bytes is not None else None, ev, death_ev, kind)
     censor_t = _censor_times(events, t, ev, death_ev)
+    tid = events["tid"][ev].astype(np.uint32)
+    # The thread of the free (or of the realloc that moved the block away).
+    free_tid = np.where(death_ev >= 0, events["tid"][np.maximum(death_ev, 0)], tid)
     return Blocks(site=site, size=size.astype(np.uint64),
-                  birth=t[ev], death=death_t, tid=events["tid"][ev].astype(np.uint32),
+                  birth=t[ev], death=death_t, tid=tid,
                   weight=weight, end=float(t[-1]), birth_ev=ev.astype(np.int64),
                   death_ev=death_ev, censored=~np.isnan(censor_t), censor_t=censor_t,
-                  by_realloc=kind[ev] == REALLOC)
+                  by_realloc=kind[ev] == REALLOC, free_tid=free_tid.astype(np.uint32))
 
 
 def _inherit_realloc(site: np.ndarray, weight: np.ndarray | None, ev: np.ndarray,

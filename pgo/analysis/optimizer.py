@@ -3,8 +3,9 @@ clusters, the GC plan, code suggestions, and the config that ``pgo run``
 applies).  Pure: no process, no handler, no printing.
 
 From decisions to config:
-Only sites that matter make rules: 1% of numpy's bytes, and for a slab
-or a per-function rule a thousand blocks.
+Only sites that matter make rules: 1% of numpy's bytes, and for a slab,
+a per-function rule or one of the three size classes for the patterns of
+a site's own trace a thousand blocks.
 - ``cache`` sites of large repeated blocks: one numpy size class from
   1 MiB up to a CacheAllocator (it keeps freed blocks mapped: no page
   faults on reuse), bounded by a headroom over its own peak rather than
@@ -19,6 +20,13 @@ or a per-function rule a thousand blocks.
   one);
 - ``slab`` sites: one size class from 1 byte to the largest such block
   (rounded up to 16, at most 4 KiB) to a SlabAllocator of that block size;
+- ``hierarchical``, ``compacting`` and ``adaptive`` sites: one size class
+  each, from the smallest of their blocks (not under 1 KiB but for
+  compacting: numpy's own cache serves those) to the largest (rounded up
+  to 16), an adaptive allocator's window an eighth of its shortest phase;
+  size classes may not overlap, so each takes the widest range of its
+  sizes that the classes above and those before it (in that order) left
+  free, or is left out;
 - ``cache`` sites of scoped temporaries, ``arena`` and ``stack`` sites: one
   ``[[site]]`` rule per function (the strategy with most bytes there
   wins), so allocations made while that function runs go to the
@@ -38,14 +46,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pgo import bundle as fmt
+from pgo._sizes import SMALL_BLOCK_BYTES, MiB, fmt_bytes
 from pgo._version import __version__
-from pgo.analysis import classify as cls
 from pgo.analysis import cachesim, features, gcplan
+from pgo.analysis import classify as cls
 from pgo.analysis.lifetimes import Blocks
 from pgo.analysis.summary import wquantile
-from pgo._sizes import MiB, SMALL_BLOCK_BYTES, fmt_bytes
-from pgo.config import Config, Pattern, SiteRule, SizeClassRule
-
+from pgo.config import (
+    COMPACTING_MAX_BYTES,
+    HIERARCHICAL_MAX_BYTES,
+    Config,
+    Pattern,
+    SiteRule,
+    SizeClassRule,
+)
 
 
 @dataclass
@@ -258,7 +272,88 @@ def _size_classes(decisions: list[cls.Decision], collected: features.Collected
             reason=(f"{len(cache)} site(s), {sum(d.site.bytes for d in cache) / MiB:,.0f} MiB "
                     f"in blocks up to {biggest / MiB:.1f} MiB; largest: {top.site.name}: "
                     f"{top.reason}" + (f"; {cost}" if cost else ""))))
+    out += _new_classes(numpy, out, left_out)
     return tuple(sorted(out, key=lambda r: r.min_bytes)), left_out
+
+
+# The size classes of the allocators for patterns only a site's own trace
+# shows: (strategy, pattern, smallest block served, largest), in the order
+# they are placed.  The first two fix one thing a site's blocks suffer from
+# (a contended mutex, pages held by a few survivors); the adaptive
+# allocator, which switches by its own counters, takes the sizes they
+# leave.  Under 1 KiB numpy's own small-block cache serves a thread's
+# blocks (and a class there would cost every small array of the process a
+# routing step); compacting is for memory and takes the small blocks too.
+_NEW_CLASSES = (("hierarchical", Pattern.CROSS_THREAD, cls.NUMPY_SMALL_CACHE,
+                 HIERARCHICAL_MAX_BYTES),
+                ("compacting", Pattern.FRAGMENTING, 1, COMPACTING_MAX_BYTES),
+                ("adaptive", Pattern.PHASED, cls.NUMPY_SMALL_CACHE, None))
+
+
+def _new_classes(numpy: list[cls.Decision], placed: list[SizeClassRule],
+                 left_out: list[str]) -> list[SizeClassRule]:
+    """One size class per allocator of ``_NEW_CLASSES`` that material
+    sites chose (MIN_BLOCKS blocks among them), from their smallest block
+    to their largest (rounded up to 16 bytes).  Size classes may not
+    overlap: those already ``placed`` keep their sizes, and each new one
+    takes the widest (by ratio) range of its sizes that the classes before
+    it left free; one with none left is left out, with why."""
+    out: list[SizeClassRule] = []
+    for strategy, pattern, floor, cap in _NEW_CLASSES:
+        ds = [d for d in numpy if d.strategy == strategy]
+        blocks = sum(d.site.count for d in ds)
+        if not ds or blocks < MIN_BLOCKS:
+            continue
+        lo = max(floor, min(d.site.min_size for d in ds))
+        hi = (max(d.site.max_size for d in ds) + 15) // 16 * 16
+        hi = min(hi, cap) if cap is not None else hi
+        top = max(ds, key=lambda d: (d.site.bytes, d.site.name))
+        taken = sorted((r.min_bytes, r.max_bytes, r.allocator) for r in placed + out
+                       if r.min_bytes <= hi and (r.max_bytes is None or r.max_bytes >= lo))
+        others = ", ".join(f"the {a} class, {_size(x)}-{_size(y) if y is not None else 'up'}"
+                           for x, y, a in taken)
+        free, start = [], lo
+        for x, y, _ in taken:
+            if x > start:
+                free.append((start, x - 1))
+            start = max(start, hi + 1 if y is None else y + 1)
+        if start <= hi:
+            free.append((start, hi))
+        if not free:
+            left_out.append(f"no {strategy} class for the {len(ds)} site(s) of {pattern} "
+                            f"(largest: {top.site.name}): all their sizes ({_size(lo)}-"
+                            f"{_size(hi)}) have a class already: {others}")
+            continue
+        a, b = max(free, key=lambda r: ((r[1] + 1) / max(r[0], 1), -r[0]))
+        cut = f" (of {_size(lo)}-{_size(hi)}; the rest: {others})" if taken else ""
+        out.append(SizeClassRule(
+            a, b, strategy, _new_settings(strategy, ds), pattern=pattern,
+            confidence=_weighted_conf(ds),
+            reason=(f"{len(ds)} site(s), {blocks:,.0f} blocks, sizes {_size(a)}-{_size(b)}{cut}; "
+                    f"largest: {top.site.name}: {top.reason}")))
+    return out
+
+
+def _new_settings(strategy: str, ds: list[cls.Decision]) -> tuple[tuple[str, int], ...]:
+    """An adaptive allocator's window: an eighth of the shortest phase's
+    blocks, a power of two from 64 requests (its least) to 4096 (its
+    default).  It switches once two windows in a row vote for the same
+    backend, so a phase of eight windows is served in its own mode for six
+    of them (a phase of PHASE_MIN_BLOCKS, four windows of 64, for two).
+    The other two keep their allocators' defaults (no bound but their
+    address range; compaction when resident bytes pass 150% of the live)."""
+    if strategy != "adaptive":
+        return ()
+    shortest = min((sum(j[0].count for j in r) for d in ds for r in cls.phases(d.site)),
+                   default=float(features.PHASE_MIN_BLOCKS))
+    window = 64
+    while window * 2 <= min(4096.0, shortest / 8):
+        window *= 2
+    return (("window", window),)
+
+
+def _size(n: float) -> str:
+    return fmt_bytes(n, ".3g")
 
 
 def _site_rules(decisions: list[cls.Decision],

@@ -53,7 +53,8 @@ def site_stats(blocks: Blocks, names: dict[int, str], domain: str,
         median = wquantile(life, w, 0.5)
         p90 = wquantile(life, w, 0.9)
         alive_share = float(w[alive].sum() / w[known].sum()) if known.any() else 0.0
-        if alive_share >= LONG_LIVED_ALIVE_SHARE or (end > 0 and median >= LONG_LIVED_LIFE_SHARE * end):
+        if alive_share >= LONG_LIVED_ALIVE_SHARE or (end > 0
+                                                     and median >= LONG_LIVED_LIFE_SHARE * end):
             cls = "long"
         elif median < 0.1 and (end <= 0 or median < 0.01 * end):
             cls = "short"

@@ -19,9 +19,12 @@ class AnalyzeCommand:
     LIFO and freed-together ratios, threads, CPU share), sites are
     clustered (scipy), and each cluster and site gets a pattern (LIFO
     scratch, scoped temporaries, fixed-size churn, large repeated blocks,
-    long-lived, irregular) and a strategy (a stack or a cache while a
-    function runs, a slab or a cache for a size class, or leave it to the
-    system), with a confidence and the reason.  The GC
+    long-lived, irregular; and from a site's own trace: frees on another
+    thread, a pattern that changes over the run, small blocks freed in no
+    order while some live on) and a strategy (a stack or a cache while a
+    function runs; a slab, cache, hierarchical, adaptive or compacting
+    allocator for a size class; or leave it to the system), with a
+    confidence and the reason.  The GC
     plan (thresholds, full collections, gc.freeze) comes from the measured
     collections and pauses.  The config is written deterministically: the
     same bundle gives the same file.  Apply it with `pgo run`.

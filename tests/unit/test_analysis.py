@@ -83,25 +83,37 @@ def test_synthetic_traces_get_the_intended_strategy(seed):
 
 
 def test_reasons_carry_the_numbers():
-    b, labels = make_bundle({"fixed-size-churn": 1, "large-repeated": 1, "long-lived": 1})
+    b, labels = make_bundle({"fixed-size-churn": 1, "large-repeated": 1, "long-lived": 1,
+                             "cross-thread-frees": 1, "phase-changing": 1,
+                             "fragmenting-survivors": 1})
     for d in cls.classify(extract(b))[0]:
         kind = labels[d.site.site_id]
         if kind == "fixed-size-churn":
             assert "100% of" in d.reason and "blocks are" in d.reason
         elif kind == "large-repeated":
             assert "in blocks of 1 MiB+" in d.reason and "MiB" in d.reason
+        elif kind == "cross-thread-frees":
+            assert "100% of its frees on another thread" in d.reason
+            assert "(made on 1 thread(s), freed on 1)" in d.reason
+        elif kind == "phase-changing":
+            assert "fixed-size-churn -> slab" in d.reason
+            assert "scoped-temporaries -> cache" in d.reason and " blocks)" in d.reason
+        elif kind == "fragmenting-survivors":
+            assert "live at the peak" in d.reason and "on average from there" in d.reason
+            assert "20% of the peak's blocks that outlive it" in d.reason
         else:
             assert "alive at the end" in d.reason
 
 
 def test_large_inputs_are_sampled_not_squared():
-    # 5,000 sites: more than SAMPLE, so the linkage sees a sample and the
+    # 8,000 sites: more than SAMPLE, so the linkage sees a sample and the
     # rest is assigned to the nearest centroid; every site gets a label.
+    n = 1000 * len(KINDS)
     b, labels = make_bundle({k: 1000 for k in KINDS}, seed=3, reps=4, passes=1)
     sites = extract(b)
-    assert len(sites) == 5000 > cls.SAMPLE
+    assert len(sites) == n > cls.SAMPLE
     labels_, centroids = cls.cluster(sites)
-    assert len(labels_) == 5000 and labels_.max() < len(centroids) <= cls.MAX_CLUSTERS
+    assert len(labels_) == n and labels_.max() < len(centroids) <= cls.MAX_CLUSTERS
     again, _ = cls.cluster(sites)
     assert (again == labels_).all()                      # seeded: deterministic
 
@@ -127,6 +139,45 @@ def test_vectorized_site_statistics_match_a_plain_reference():
         srt = np.sort(life)
         assert s.life_median_s == srt[int(np.searchsorted(np.arange(1, len(srt) + 1),
                                                            0.5 * len(srt)))]
+        _check_order_and_live_statistics(s, blocks, m, end)
+
+
+def _check_order_and_live_statistics(s, blocks, m, end):
+    """The statistics the last three patterns read, against plain loops
+    over one site's blocks (one run, every weight 1)."""
+    dead = blocks.death_ev[m] >= 0
+    birth_ev, death_ev = blocks.birth_ev[m], blocks.death_ev[m]
+    tid, free_tid = blocks.tid[m], blocks.free_tid[m]
+    assert s.cross_thread == pytest.approx((free_tid[dead] != tid[dead]).mean() if dead.any()
+                                           else 0.0)
+    assert s.free_threads == len(set(free_tid[dead].tolist()))
+    # FIFO: every older block of the site that dies at all died before it.
+    fifo = [all(death_ev[j] < death_ev[i] for j in np.flatnonzero(dead)
+                if birth_ev[j] < birth_ev[i]) for i in np.flatnonzero(dead)]
+    assert s.fifo == pytest.approx(np.mean(fifo) if fifo else 0.0)
+    # The live bytes over time: deaths first at one instant.
+    size = blocks.size[m].astype(float)
+    birth, death = blocks.birth[m], blocks.death[m]
+    events = sorted([(birth[i], 1, size[i]) for i in range(len(size))]
+                    + [(death[i], 0, -size[i]) for i in range(len(size)) if dead[i]])
+    live, curve = 0.0, []
+    for t, _, d in events:
+        live += d
+        curve.append((t, live))
+    peak = max(c[1] for c in curve)
+    t_peak = next(t for t, c in curve if c == peak)
+    area = 0.0
+    for (t, c), nxt in zip(curve, [c[0] for c in curve[1:]] + [end]):
+        if t >= t_peak:
+            area += c * (nxt - t)
+    after = area / (end - t_peak) if end > t_peak else peak
+    assert s.peak_live_bytes == pytest.approx(peak)
+    assert s.after_peak_live_bytes == pytest.approx(after, rel=1e-6, abs=1e-6)
+    assert s.end_live_bytes == pytest.approx(size[~dead].sum())
+    dies = np.where(dead, death, np.inf)
+    at_peak = (birth <= t_peak) & (dies > t_peak)
+    still = at_peak & (dies > (t_peak + end) / 2)
+    assert s.peak_survivors == pytest.approx(still.sum() / at_peak.sum())
 
 
 def test_groups_rank_correlation_and_mode():
@@ -197,7 +248,7 @@ def _objects_trace(n: int, wall: float, *, kept: bool):
                     death=death, tid=np.ones(n, np.uint32), weight=np.ones(n), end=wall,
                     birth_ev=np.arange(n, dtype=np.int64), death_ev=np.full(n, -1, np.int64),
                     censored=np.zeros(n, bool), censor_t=np.full(n, np.nan),
-                    by_realloc=np.zeros(n, bool))
+                    by_realloc=np.zeros(n, bool), free_tid=np.ones(n, np.uint32))
     traced = Traced(blocks=blocks, lifo=z, together=z, births_before=z,
                     run_starts=np.array([0], np.int64))
     return ({OBJECTS: traced}, {}, {}, {})
@@ -340,7 +391,7 @@ def _large_trace(steps):
                     death=t + 1, tid=np.ones(n, np.uint32), weight=np.ones(n), end=float(n + 1),
                     birth_ev=np.array(birth, np.int64), death_ev=np.array(death, np.int64),
                     censored=np.zeros(n, bool), censor_t=np.full(n, np.nan),
-                    by_realloc=np.zeros(n, bool))
+                    by_realloc=np.zeros(n, bool), free_tid=np.ones(n, np.uint32))
     return Traced(blocks=blocks, lifo=z, together=z, births_before=z,
                   run_starts=np.array([0], np.int64))
 
@@ -353,7 +404,7 @@ def _merged(a, b):
     shift = int(max(x.birth_ev.max(), x.death_ev.max())) + 1
     cat = {f: np.concatenate([getattr(x, f), getattr(y, f) + (shift if f.endswith("_ev") else 0)])
            for f in ("site", "size", "birth", "death", "tid", "weight", "birth_ev", "death_ev",
-                     "censored", "censor_t", "by_realloc")}
+                     "censored", "censor_t", "by_realloc", "free_tid")}
     blocks = Blocks(end=y.end, **cat)
     z = np.zeros(len(blocks))
     return Traced(blocks=blocks, lifo=z, together=z, births_before=z,

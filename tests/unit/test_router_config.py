@@ -73,7 +73,8 @@ def test_from_config_defaults_and_small_slab():
 
 @pytest.mark.parametrize("entry,pattern", [
     ({"min_bytes": 0, "allocator": "jemalloc"},
-     r"allocator: unknown allocator 'jemalloc'; valid: arena, cache, hierarchical, linear, mapped, numa, slab, stack"),
+     r"allocator: unknown allocator 'jemalloc'; valid: adaptive, arena, cache, compacting, "
+     r"hierarchical, linear, mapped, numa, slab, stack"),
     ({"min_bytes": 0}, r"allocator is required"),
     ({"min_bytes": 0, "allocator": "cache", "chunk_size": 5},
      r"chunk_size: unknown key 'chunk_size'; valid keys: .*max_cached_bytes"),
