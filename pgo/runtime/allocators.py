@@ -71,6 +71,13 @@ def make(rule: SizeClassRule | SiteRule, where: str) -> Any:
 COMPACT_INTERVAL_S = 1.0
 
 
+def single_threaded() -> bool:
+    """Whether the program runs one Python thread (then, with the GIL held,
+    nothing else writes into its arrays)."""
+    import threading
+    return threading.active_count() == 1
+
+
 def _compact_when_fragmented(allocator: Any) -> Any:
     """``allocator``, compacted after a garbage collection when its resident
     bytes exceed its ``fragmentation_percent`` of the live ones, at most once
@@ -79,12 +86,11 @@ def _compact_when_fragmented(allocator: Any) -> Any:
     is where the program is in no allocator call).  The callback holds the
     allocator weakly."""
     import gc
-    import threading
     import time
     import weakref
 
     ref = weakref.ref(allocator)
-    last = [time.monotonic()]
+    last = [-COMPACT_INTERVAL_S]          # the first collection may compact at once
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         a = ref()
@@ -92,8 +98,7 @@ def _compact_when_fragmented(allocator: Any) -> Any:
             gc.callbacks.remove(on_gc)
             return
         now = time.monotonic()
-        if phase == "stop" and now - last[0] >= COMPACT_INTERVAL_S \
-                and threading.active_count() == 1:
+        if phase == "stop" and now - last[0] >= COMPACT_INTERVAL_S and single_threaded():
             last[0] = now
             a.maybe_compact()
 
