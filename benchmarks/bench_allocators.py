@@ -320,14 +320,23 @@ def c_level_rows(c):
              lambda w: c.mixed("hier", w, CHURN_LIVE, MIXED_MAX), pat)
     ad = arm("c.mixed.adaptive", "adaptive",
              lambda w: c.mixed("adaptive", w, CHURN_LIVE, MIXED_MAX), pat)
+    na = arm("c.mixed.numa", "numa",
+             lambda w: c.mixed("numa", w, CHURN_LIVE, MIXED_MAX), pat)
+    ca = arm("c.mixed.cache", "cache",
+             lambda w: c.mixed("cache", w, CHURN_LIVE, MIXED_MAX), pat)
     ml = arm("c.mixed.malloc", "malloc/free",
              lambda w: c.mixed("malloc", w, CHURN_LIVE, MIXED_MAX), pat)
     pa = twins(ml, "mixed", live=CHURN_LIVE, max_size=MIXED_MAX)
-    groups.append([mp, hi, ad, ml, *pa])
+    groups.append([mp, hi, ad, na, ca, ml, *pa])
     rows.append(Row("c", "mixed", "hierarchical", hi, ml, size=MIXED_MAX, pattern=pat,
                     note="no target", peers=pa))
     rows.append(Row("c", "mixed", "adaptive", ad, ml, size=MIXED_MAX, pattern=pat,
                     note="no target: its own phases in bench_adaptive.py", peers=pa))
+    rows.append(Row("c", "mixed", "cache", ca, ml, size=MIXED_MAX, pattern=pat,
+                    note="no target: made for big arrays (bench_numpy_handler.py)", peers=pa))
+    rows.append(Row("c", "mixed", "numa", na, ml, size=MIXED_MAX, pattern=pat,
+                    note="no target: a mapped pool per node, chosen for placement",
+                    peers=pa))
     rows.append(Row("c", "mixed", "mapped", mp, ml, size=MIXED_MAX, pattern=pat,
                     note="no target: a mapped pool is chosen for sharing and a fixed budget",
                     peers=pa))
