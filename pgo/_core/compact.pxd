@@ -93,9 +93,7 @@ ctypedef struct pgo_compact_t:
     uint64_t released_bytes       # given back by compaction, in all
     uint64_t mesh_failures        # meshes undone because the system refused a mapping
     size_t remapped_spans         # spans now mapping another's pages (one mapping each)
-    int last_errno
     size_t lo, hi                 # the range's addresses
-    uint64_t py_requested
     void* next_allocator          # the fork registry's list
     bint fork_locks               # fork() takes `lock` here: a threadsafe allocator made
                                   # from C, whose mutex the Python registry does not know

@@ -178,12 +178,10 @@ cdef inline off_t _span_off(pgo_compact_t* s, uint32_t v) noexcept nogil:
     return <off_t>(<size_t>s.spans[v].first_page * PAGE)
 
 
-cdef int _punch(pgo_compact_t* s, off_t off, size_t nbytes) noexcept nogil:
+cdef void _punch(pgo_compact_t* s, off_t off, size_t nbytes) noexcept nogil:
     # The file's pages at off go back to the system (reads see zeros).
-    if fallocate(s.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, <off_t>nbytes) != 0:
-        s.last_errno = errno
-        return -1
-    return 0
+    # (A memfd supports hole punching on every kernel that has memfds.)
+    fallocate(s.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, <off_t>nbytes)
 
 
 cdef int _grow_tables(pgo_compact_t* s) noexcept nogil:
@@ -225,7 +223,6 @@ cdef int _new_heap(pgo_compact_t* s, size_t c, uint32_t* out) noexcept nogil:
         # mapping count): new pages instead, if the range has them.
         if mmap(_span_va(s, v), span_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
                 s.fd, _span_off(s, v)) == MAP_FAILED:
-            s.last_errno = errno
             v = NIL
         else:
             s.spans[v].remapped = 0
@@ -463,7 +460,6 @@ cdef int _mesh(pgo_compact_t* s, uint32_t src, uint32_t dst) noexcept nogil:
     v = sp.first_span
     while v != NIL:
         if _map_span(s, _span_va(s, v), span_bytes, dst_off) == MAP_FAILED:
-            s.last_errno = errno
             # Back onto src's pages, which still hold every block.
             u = sp.first_span
             while u != v:
@@ -604,7 +600,6 @@ cdef void _reset_unlocked(pgo_compact_t* s) noexcept nogil:
     s.stats.resets += 1
     s.stats.requested = 0
     s.stats.lost = 0
-    s.py_requested = 0
 
 
 # -- the C API -----------------------------------------------------------------------------
@@ -643,11 +638,7 @@ cdef int compact_compact(pgo_compact_t* s, pgo_compact_result_t* out) except -1 
 # -- numpy's handler (see pgo_backend_t) ------------------------------------------------------
 
 cdef int _be_take(void* state, size_t n, size_t align, void** out) noexcept nogil:
-    cdef pgo_compact_t* s = <pgo_compact_t*>state
-    cdef int err = _take(s, n, align, True, out)
-    if err == PGO_OK:
-        s.py_requested += n
-    return err
+    return _take(<pgo_compact_t*>state, n, align, True, out)
 
 
 cdef bint _be_holds(void* state, void* p) noexcept nogil:
@@ -969,10 +960,7 @@ cdef class CompactingAllocator(Allocator):
 
     # -- the Allocator hooks -------------------------------------------------------------
     cdef int _c_alloc(self, size_t nbytes, size_t align, void** out, size_t* token) noexcept:
-        cdef int err = _take(self.s, nbytes, align, True, out)
-        if err == PGO_OK:
-            self.s.py_requested += nbytes
-        return err
+        return _take(self.s, nbytes, align, True, out)
 
     cdef int _c_free(self, Block b) noexcept:
         return _give(self.s, b.ptr, True)
